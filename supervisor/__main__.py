@@ -1,0 +1,5 @@
+"""`python -m supervisor` entry point."""
+
+from supervisor.cli import main
+
+raise SystemExit(main())

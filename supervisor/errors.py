@@ -1,0 +1,100 @@
+"""Errors a user is meant to read: each carries its fields and an exit code."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3
+EXIT_PORT_HELD = 10
+EXIT_LOCKED = 75
+
+
+class SupervisorError(Exception):
+    """Base of every error whose message is meant for the user: `what happened; what to do`."""
+
+    exit_code = EXIT_INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(SupervisorError):
+    """The config file is missing, unreadable, not TOML, or has invalid values."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, path: Path | None, problems: Sequence[str]) -> None:
+        self.path = path
+        self.problems = tuple(problems)
+        where = f"config {path}" if path is not None else "config"
+        first = self.problems[0] if self.problems else "invalid"
+        more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+        super().__init__(f"{where}: {first}{more}; fix the file and retry")
+
+    def lines(self) -> list[str]:
+        """One line per problem, each naming the file."""
+        where = f"config {self.path}" if self.path is not None else "config"
+        return [f"{where}: {problem}" for problem in self.problems]
+
+
+class StateDirError(SupervisorError):
+    """The state dir cannot be created, is not a directory, or is not usable."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"state dir {path} is unusable: {reason}; fix its permissions or pass --state-dir"
+        )
+
+
+class AlreadyRunningError(SupervisorError):
+    """Another daemon holds the state dir lock."""
+
+    exit_code = EXIT_LOCKED
+
+    def __init__(self, state_dir: Path, pid: int | None) -> None:
+        self.state_dir = state_dir
+        self.pid = pid
+        who = f"pid {pid}" if pid is not None else "pid unknown"
+        super().__init__(
+            f"another supervisor ({who}) is running for {state_dir}; "
+            'stop it with "supervisor stop" or use --state-dir'
+        )
+
+
+class NotRunningError(SupervisorError):
+    """No daemon is running for the state dir."""
+
+    exit_code = EXIT_NOT_RUNNING
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        super().__init__(
+            f'no supervisor is running for {state_dir}; start one with "supervisor run"'
+        )
+
+
+class UnsupportedPlatformError(SupervisorError):
+    exit_code = EXIT_USAGE
+
+    def __init__(self, platform: str) -> None:
+        self.platform = platform
+        super().__init__(f"the supervisor daemon does not run on {platform}; use Linux or macOS")
+
+
+class NotImplementedYetError(SupervisorError):
+    """A command whose issue has not landed yet."""
+
+    exit_code = EXIT_INTERNAL
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+        super().__init__(f'"{command}" is not implemented yet; see the project\'s open issues')

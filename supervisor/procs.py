@@ -1,0 +1,184 @@
+"""Process facts and safe signalling: the only importer of psutil.
+
+psutil's `NoSuchProcess`/`AccessDenied`/`ZombieProcess` are translated here, at the boundary:
+callers get `None` or a `ProcessGone` instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+import psutil
+
+OWNER_ENV = "SUPERVISOR_OWNER"
+SIDECAR_ENV = "SUPERVISOR_SIDECAR"
+
+# psutil rounds create times to 10 ms on Linux (jiffies); two reads of one process agree exactly,
+# but a time recorded elsewhere (a JSON file) may carry float noise.
+CREATE_TIME_TOLERANCE_S = 0.011
+
+T = TypeVar("T")
+
+
+class ProcessGone(Exception):
+    """The process exited (or its pid now names another process)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(f"process {pid} is gone")
+        self.pid = pid
+
+
+@dataclass(frozen=True)
+class ProcessFacts:
+    """What we could learn about one process. `environ` is None when it cannot be read."""
+
+    pid: int
+    ppid: int | None
+    uid: int | None
+    user: str | None
+    create_time: float
+    cmdline: tuple[str, ...]
+    environ: Mapping[str, str] | None
+
+    @property
+    def command(self) -> str:
+        return " ".join(self.cmdline)
+
+
+def same_create_time(a: float, b: float) -> bool:
+    return abs(a - b) <= CREATE_TIME_TOLERANCE_S
+
+
+def facts(pid: int, *, with_environ: bool = True) -> ProcessFacts | None:
+    """Facts of `pid`, or None if it does not exist (or is a zombie)."""
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            create_time = proc.create_time()
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            ppid = _quiet(proc.ppid)
+            uids = _quiet(proc.uids)
+            user = _quiet(proc.username)
+            cmdline = _quiet(proc.cmdline) or []
+            environ = _quiet(proc.environ) if with_environ else None
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    except psutil.AccessDenied:
+        return None
+    return ProcessFacts(
+        pid=pid,
+        ppid=ppid,
+        uid=uids.real if uids is not None else None,
+        user=user,
+        create_time=create_time,
+        cmdline=tuple(cmdline),
+        environ=environ,
+    )
+
+
+def _quiet(getter: Callable[[], T]) -> T | None:
+    try:
+        return getter()
+    except psutil.AccessDenied:
+        return None
+
+
+def create_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return None
+
+
+def is_alive(pid: int, created: float | None = None) -> bool:
+    """True if `pid` runs (not a zombie) and, when given, was created at `created`."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return created is None or same_create_time(proc.create_time(), created)
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except psutil.AccessDenied:
+        return created is None
+
+
+def descendants(pid: int) -> list[int]:
+    """Pids of every living descendant of `pid` (empty if it is gone)."""
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return []
+
+
+def ancestors(pid: int) -> list[int]:
+    """Pids of the ancestors of `pid`, nearest first."""
+    try:
+        return [parent.pid for parent in psutil.Process(pid).parents()]
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return []
+
+
+def pids_of_uid(uid: int) -> Iterator[int]:
+    """Pids of processes whose real uid is `uid`, newest first (a fresh holder is likelier)."""
+    for pid in sorted(psutil.pids(), reverse=True):
+        try:
+            if sys.platform == "linux":
+                if os.stat(f"/proc/{pid}").st_uid != uid:
+                    continue
+            elif psutil.Process(pid).uids().real != uid:
+                continue
+        except (OSError, psutil.Error):
+            continue
+        yield pid
+
+
+def process_group(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def group_members(pgid: int) -> list[int]:
+    """Living pids of process group `pgid` (a scan; used only at stop and after exits)."""
+    members = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(OSError, psutil.Error):
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                members.append(proc.pid)
+    return members
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send `sig` to process group `pgid`; False if the group is empty."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    return True
+
+
+def signal_name(sig: int | None) -> str | None:
+    if sig is None:
+        return None
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return str(sig)
+
+
+def iter_pids(pids: Iterable[int]) -> Iterator[ProcessFacts]:
+    for pid in pids:
+        found = facts(pid, with_environ=False)
+        if found is not None:
+            yield found

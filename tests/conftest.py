@@ -1,0 +1,75 @@
+"""Shared fixtures: the anyio backend and the process-leak guard every test runs under."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import sys
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _become_subreaper() -> None:
+    # Orphans of the daemons we start (e.g. the child of a SIGKILLed daemon) are reparented to us
+    # instead of to init, so the leak guard still sees them and can reap them.
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+_become_subreaper()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _reap_zombies(me: psutil.Process) -> None:
+    for child in me.children():
+        with contextlib.suppress(psutil.Error, ChildProcessError, OSError):
+            if child.status() == psutil.STATUS_ZOMBIE:
+                os.waitpid(child.pid, os.WNOHANG)
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes() -> Iterator[None]:
+    """Fail a test that leaves any process of its own behind; kill and reap what it left."""
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    yield
+    _reap_zombies(me)
+    left = [p for p in me.children(recursive=True) if p.pid not in before and _is_running(p)]
+    if not left:
+        return
+    # Give processes that are already on their way out a bounded moment to finish.
+    _, alive = psutil.wait_procs(left, timeout=3.0)
+    alive = [p for p in alive if _is_running(p)]
+    described = [_describe(p) for p in alive]
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=3.0)
+    _reap_zombies(me)
+    if described:
+        pytest.fail("test leaked processes: " + "; ".join(described), pytrace=False)
+
+
+def _is_running(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _describe(proc: psutil.Process) -> str:
+    try:
+        return f"pid {proc.pid}: {' '.join(proc.cmdline())[:120]}"
+    except psutil.Error:
+        return f"pid {proc.pid}"

@@ -1,0 +1,373 @@
+"""Test helpers: free ports, configs, a real daemon whose JSON log lines we can wait on, holders.
+
+Everything here starts real processes and synchronises on handshakes (a log event, a line on
+stdout), each bounded by a timeout; nothing sleeps to synchronise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+FORBIDDEN_PORT = 4820
+PYTHON = sys.executable
+ROOT = Path(__file__).resolve().parent.parent
+
+Event = dict[str, Any]
+
+
+def free_port(*, ipv6: bool = False) -> int:
+    """A TCP port that is free right now on 127.0.0.1 (and ::1/:: when `ipv6`)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port == FORBIDDEN_PORT:
+            continue
+        if ipv6:
+            try:
+                with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock6:
+                    sock6.bind(("::", port))
+            except OSError:
+                continue
+        return port
+
+
+def toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(value)
+
+
+def render_config(
+    sidecars: Sequence[Mapping[str, object]], supervisor: Mapping[str, object] | None = None
+) -> str:
+    """TOML text for a config; nested mappings in a sidecar become its sub-tables."""
+    lines: list[str] = []
+    if supervisor:
+        lines.append("[supervisor]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in supervisor.items()]
+    for sidecar in sidecars:
+        lines.append("[[sidecar]]")
+        tables = {k: v for k, v in sidecar.items() if isinstance(v, Mapping) and k != "env"}
+        lines += [f"{k} = {toml_value(v)}" for k, v in sidecar.items() if k not in tables]
+        for name, table in tables.items():
+            assert isinstance(table, Mapping)
+            lines.append(f"[sidecar.{name}]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+def demo_command(port: int, *extra: str) -> list[str]:
+    return [PYTHON, "-m", "supervisor.demo", "--port", str(port), *extra]
+
+
+def demo_sidecar(name: str, port: int, *extra: str, **tables: object) -> dict[str, object]:
+    """A sidecar entry running the demo server, fast restarts and a short stop timeout."""
+    entry: dict[str, object] = {
+        "name": name,
+        "command": demo_command(port, *extra),
+        "port": port,
+        "restart": {"base_delay": 0.05, "max_delay": 0.2},
+        "stop": {"timeout": 2.0},
+    }
+    for key, value in tables.items():
+        base = entry.get(key)
+        if isinstance(base, dict) and isinstance(value, Mapping):
+            entry[key] = {**base, **value}
+        else:
+            entry[key] = value
+    return entry
+
+
+class LogTimeout(AssertionError):
+    pass
+
+
+class Daemon:
+    """A real `supervisor run` whose stderr JSON events are collected by a reader thread."""
+
+    def __init__(
+        self,
+        config: Path,
+        state_dir: Path,
+        *extra_args: str,
+        env: Mapping[str, str] | None = None,
+        stdin: int | None = subprocess.DEVNULL,
+    ) -> None:
+        self.config = config
+        self.state_dir = state_dir
+        self.events: list[Event] = []
+        self.raw_lines: list[str] = []
+        self._cond = threading.Condition()
+        full_env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        full_env.update(env or {})
+        full_env["PYTHONUNBUFFERED"] = "1"
+        self.proc = subprocess.Popen(
+            [
+                PYTHON,
+                "-m",
+                "supervisor",
+                "run",
+                "-c",
+                str(config),
+                "--state-dir",
+                str(state_dir),
+                "--log-format",
+                "json",
+                "--log-level",
+                "debug",
+                *extra_args,
+            ],
+            stdin=stdin,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=full_env,
+            cwd=ROOT,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            with self._cond:
+                self.raw_lines.append(line)
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                    if isinstance(event, dict):
+                        self.events.append(event)
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def find(self, event: str, **fields: object) -> list[Event]:
+        with self._cond:
+            return [e for e in self.events if _matches(e, event, fields)]
+
+    def wait_for(
+        self,
+        event: str,
+        *,
+        timeout: float = 15.0,
+        count: int = 1,
+        where: Callable[[Event], bool] | None = None,
+        **fields: object,
+    ) -> Event:
+        """Block until the `count`-th matching event is logged; return it."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = [
+                    e
+                    for e in self.events
+                    if _matches(e, event, fields) and (where is None or where(e))
+                ]
+                if len(found) >= count:
+                    return found[count - 1]
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise LogTimeout(
+                        f"no {event} {fields} (x{count}) within {timeout}s; log tail:\n"
+                        + "\n".join(self.raw_lines[-40:])
+                    )
+                self._cond.wait(min(remaining, 0.5))
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM the daemon and wait for it to exit; returns its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        self._reader.join(5)
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL the daemon only (its children survive as orphans)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self._reader.join(5)
+
+    def tail(self, n: int = 40) -> str:
+        with self._cond:
+            return "\n".join(self.raw_lines[-n:])
+
+    def __enter__(self) -> Daemon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.stop()
+
+
+def _matches(event: Event, name: str, fields: Mapping[str, object]) -> bool:
+    return event.get("event") == name and all(event.get(k) == v for k, v in fields.items())
+
+
+HOLDER_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, socket, sys
+    family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(sys.argv[3] == "v6only"))
+    if "ignore-term" in sys.argv[3:]:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sock.bind((sys.argv[1], int(sys.argv[2])))
+    sock.listen(16)
+    print("listening", os.getpid(), flush=True)
+    while True:
+        conn, _ = sock.accept()
+        conn.close()
+    """
+)
+
+
+class Holder:
+    """A process of ours that holds a TCP port (LISTEN) until stopped; prints when listening."""
+
+    def __init__(
+        self,
+        port: int,
+        host: str = "127.0.0.1",
+        *flags: str,
+        env: Mapping[str, str] | None = None,
+        argv0_marker: str | None = None,
+        user_cmd: Sequence[str] = (),
+        start_new_session: bool = True,
+    ) -> None:
+        args = [PYTHON, "-c", HOLDER_SCRIPT, host, str(port), *(flags or ("-",))]
+        if argv0_marker is not None:
+            args.append(argv0_marker)
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR_")}
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            [*user_cmd, *args],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+            start_new_session=start_new_session,
+        )
+        assert self.proc.stdout is not None
+        line = _readline(self.proc.stdout, 10.0)
+        if not line.startswith(b"listening"):
+            self.stop()
+            raise RuntimeError(f"holder failed to listen on {host}:{port}: {line!r}")
+        self.pid = int(line.split()[1])
+        self.create_time = psutil.Process(self.pid).create_time()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def untouched(self) -> bool:
+        """Still running, same process (pid and create time)."""
+        try:
+            return self.alive() and psutil.Process(self.pid).create_time() == self.create_time
+        except psutil.Error:
+            return False
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                if _leads_group(self.proc.pid):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                else:
+                    self.proc.kill()
+        self.proc.wait(10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+    def __enter__(self) -> Holder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _leads_group(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except OSError:
+        return False
+
+
+def _readline(stream: Any, timeout: float) -> bytes:
+    """Read one line from a pipe, bounded by `timeout`."""
+    result: list[bytes] = []
+    reader = threading.Thread(target=lambda: result.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return result[0] if result else b""
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll a condition of the outside world (a process gone, a port free), bounded."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def pid_gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((host, port)) != 0
+
+
+@contextlib.contextmanager
+def running(daemon: Daemon) -> Iterator[Daemon]:
+    try:
+        yield daemon
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.stop()
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
