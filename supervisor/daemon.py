@@ -1,11 +1,386 @@
-"""Placeholder until its issue lands."""
+"""The daemon: lock, PID file, signals, reload, status, parent watch and sd_notify calls."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
-from supervisor.errors import NotImplementedYetError
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from supervisor import children, config, exitwatch, logs, paths, pidfile, procs, status
+from supervisor.config import Config, LogFormat, LogLevel, SidecarConfig
+from supervisor.errors import (
+    AlreadyRunningError,
+    StateDirError,
+    SupervisorError,
+    UnsupportedPlatformError,
+)
+from supervisor.notify import Notifier
+from supervisor.reconcile.classify import format_owner_tag
+from supervisor.sidecar import Runtime, Sidecar
+
+LOCK_NAME = "supervisor.lock"
+PID_NAME = "supervisor.pid"
+STATUS_NAME = "status.json"
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+PARENT_EXITED = -1  # a pseudo-signal on the command stream
+KILL_GRACE_S = 5.0  # after the shutdown bound: SIGKILLed groups get this long to be reaped
+
+
+@contextlib.contextmanager
+def state_lock(state_dir: Path) -> Iterator[int]:
+    """Hold `supervisor.lock` exclusively for the daemon's lifetime (not inherited by children)."""
+    path = state_dir / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise StateDirError(state_dir, f"cannot open {LOCK_NAME}: {exc.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            record = pidfile.read(state_dir / PID_NAME)
+            raise AlreadyRunningError(state_dir, pidfile.int_field(record, "pid")) from None
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _prepare_state_dir(path: Path) -> None:
+    try:
+        pidfile.ensure_dir(path)
+    except OSError as exc:
+        raise StateDirError(path, exc.strerror or str(exc)) from None
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        raise StateDirError(path, "not readable and writable by this user")
 
 
 def main(args: argparse.Namespace) -> int:
-    raise NotImplementedYetError(args.command)
+    """`supervisor run`: validate, lock the state dir, then run the event loop until shutdown."""
+    if not children.platform_supported():
+        raise UnsupportedPlatformError(sys.platform)
+    config_path = paths.config_path(args.config)
+    cfg = config.load(config_path)
+    state_dir = paths.state_dir(args.state_dir, cfg.supervisor.state_dir)
+    _prepare_state_dir(state_dir)
+    log_format = LogFormat(args.log_format) if args.log_format else cfg.supervisor.log_format
+    log_level = LogLevel(args.log_level) if args.log_level else cfg.supervisor.log_level
+    logs.configure(log_format, log_level)
+    with state_lock(state_dir):
+        me = os.getpid()
+        daemon = Daemon(
+            cfg,
+            config_path=config_path,
+            state_dir=state_dir,
+            pid=me,
+            create_time=procs.create_time(me) or time.time(),
+            exit_with_parent=bool(args.exit_with_parent) or cfg.supervisor.exit_with_parent,
+            interactive=not args.non_interactive,
+            log_overrides=(args.log_format, args.log_level),
+        )
+        try:
+            pidfile.write(state_dir / PID_NAME, daemon.pid_record())
+        except OSError as exc:
+            raise StateDirError(state_dir, f"cannot write {PID_NAME}: {exc.strerror}") from None
+        try:
+            anyio.run(daemon.run)
+        finally:
+            pidfile.remove(state_dir / PID_NAME)
+    return 0
+
+
+class Daemon:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        config_path: Path,
+        state_dir: Path,
+        pid: int,
+        create_time: float,
+        exit_with_parent: bool,
+        interactive: bool,
+        log_overrides: tuple[str | None, str | None],
+    ) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.state_dir = state_dir
+        self.pid = pid
+        self.create_time = create_time
+        self.started_at = time.time()
+        self.exit_with_parent = exit_with_parent
+        self.parent_pid = os.getppid()
+        self.log_overrides = log_overrides
+        self.log = logs.get()
+        self.notifier = Notifier.from_env()
+        self.sidecars: dict[str, Sidecar] = {}
+        self.shutting_down = False
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._last_summary = ""
+        self._status_failed = False
+        stdin_tty = False
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stdin_tty = os.isatty(0)
+        self.runtime = Runtime(
+            state_dir=state_dir,
+            our_pid=pid,
+            our_create_time=create_time,
+            owner_tag=format_owner_tag(pid, create_time),
+            base_env={k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"},
+            interactive_allowed=interactive,
+            stdin_is_tty=stdin_tty,
+            on_change=self._sidecar_changed,
+        )
+
+    def pid_record(self) -> dict[str, object]:
+        return {
+            "pid": self.pid,
+            "create_time": self.create_time,
+            "started_at": status.iso_utc(self.started_at),
+            "config": str(self.config_path),
+        }
+
+    # -- status --------------------------------------------------------------------------------
+
+    def status_document(self) -> dict[str, object]:
+        return status.document(self.pid_record(), [s.record() for s in self.sidecars.values()])
+
+    def write_status(self) -> dict[str, object]:
+        doc = self.status_document()
+        try:
+            pidfile.write(self.state_dir / STATUS_NAME, doc)
+            self._status_failed = False
+        except OSError as exc:
+            if not self._status_failed:  # once per failure streak, not once per state change
+                self.log.error("status_write_failed", error=str(exc))
+            self._status_failed = True
+        return doc
+
+    def _sidecar_changed(self, _sidecar: Sidecar) -> None:
+        doc = self.write_status()
+        sidecars = doc["sidecars"]
+        assert isinstance(sidecars, list)
+        line = status.summary_line(sidecars)
+        if line != self._last_summary:
+            self._last_summary = line
+            self.notifier.status(line)
+
+    # -- sidecars ------------------------------------------------------------------------------
+
+    def _group(self) -> anyio.abc.TaskGroup:
+        if self._tg is None:
+            raise RuntimeError("the daemon's task group is not running")
+        return self._tg
+
+    async def _start(self, cfg: SidecarConfig, *, interactive: bool) -> Sidecar:
+        sidecar = self.sidecars.get(cfg.name)
+        if sidecar is None or sidecar.config != cfg:
+            sidecar = Sidecar(cfg, self.runtime)
+            self.sidecars[cfg.name] = sidecar
+        await self._group().start(_run_sidecar, sidecar, interactive)
+        return sidecar
+
+    async def _stop_all(self, sidecars: list[Sidecar]) -> None:
+        async with anyio.create_task_group() as tg:
+            for sidecar in sidecars:
+                tg.start_soon(sidecar.stop)
+
+    # -- main loop -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        send, receive = anyio.create_memory_object_stream[int](64)
+        with anyio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(_pump, signals, send.clone())
+                self.log.info(
+                    "daemon_started",
+                    pid=self.pid,
+                    config=str(self.config_path),
+                    state_dir=str(self.state_dir),
+                    sidecars=[s.name for s in self.cfg.sidecars],
+                    interactive=self.runtime.interactive_allowed,
+                )
+                for cfg in self.cfg.sidecars:
+                    await self._start(cfg, interactive=True)
+                self.write_status()
+                self.notifier.ready()
+                if self.exit_with_parent:
+                    tg.start_soon(_watch_parent, self.parent_pid, send.clone())
+                interval = self.notifier.watchdog_interval_s()
+                if interval:
+                    tg.start_soon(_watchdog, self.notifier, interval)
+                send.close()
+                reason = await self._serve(receive)
+                await self._shutdown(reason, receive)
+                tg.cancel_scope.cancel()
+        self.log.info("daemon_stopped", pid=self.pid)
+
+    async def _serve(self, commands: MemoryObjectReceiveStream[int]) -> str:
+        """Handle signals until one asks for shutdown; returns the reason."""
+        async for signum in commands:
+            match signum:
+                case signal.SIGTERM | signal.SIGINT:
+                    return signal.Signals(signum).name
+                case signal.SIGHUP:
+                    await self._reload()
+                case signal.SIGUSR1:
+                    await self._restart_all()
+                case signal.SIGUSR2:
+                    self._dump_status()
+                case _ if signum == PARENT_EXITED:
+                    self.log.info("parent_exited", parent_pid=self.parent_pid)
+                    return "parent_exited"
+        return "signals closed"
+
+    async def _shutdown(self, reason: str, commands: MemoryObjectReceiveStream[int]) -> None:
+        self.shutting_down = True
+        self.log.info("daemon_stopping", reason=reason)
+        self.notifier.stopping()
+        sidecars = list(self.sidecars.values())
+        async with anyio.create_task_group() as tg:
+
+            async def stop_everything() -> None:
+                with anyio.CancelScope(shield=True):
+                    with anyio.move_on_after(self.cfg.supervisor.shutdown_timeout_s):
+                        await self._stop_all(sidecars)
+                        tg.cancel_scope.cancel()
+                        return
+                    self.log.warning(
+                        "shutdown_timeout_exceeded",
+                        timeout_s=self.cfg.supervisor.shutdown_timeout_s,
+                    )
+                    self._kill_all()
+                    with anyio.move_on_after(KILL_GRACE_S):
+                        await self._stop_all(sidecars)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(stop_everything)
+            # Meanwhile: a second SIGTERM/SIGINT kills every group now; HUP and USR1 are ignored.
+            async for signum in commands:
+                if signum in (signal.SIGTERM, signal.SIGINT):
+                    self.log.warning("shutdown_forced", signal=signal.Signals(signum).name)
+                    self._kill_all()
+                elif signum == signal.SIGUSR2:
+                    self._dump_status()
+        self.write_status()
+
+    def _kill_all(self) -> None:
+        for sidecar in self.sidecars.values():
+            sidecar.kill_now()
+
+    def _dump_status(self) -> None:
+        doc = self.write_status()
+        self.log.info("status_dumped", status=doc)
+
+    async def _reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            try:
+                new = config.load(self.config_path)
+            except SupervisorError as exc:
+                self.log.error("config_invalid", path=str(self.config_path), error=exc.message)
+                return
+            self._apply_daemon_settings(new)
+            old = {s.name: s for s in self.cfg.sidecars}
+            fresh = {s.name: s for s in new.sidecars}
+            removed = [n for n in old if n not in fresh]
+            added = [n for n in fresh if n not in old]
+            changed = [n for n in fresh if n in old and old[n] != fresh[n]]
+            unchanged = [n for n in fresh if n in old and old[n] == fresh[n]]
+            await self._stop_all([self.sidecars[n] for n in removed + changed])
+            for name in removed + changed:
+                del self.sidecars[name]
+            self.cfg = new
+            for cfg in new.sidecars:
+                if cfg.name in added or cfg.name in changed:
+                    await self._start(cfg, interactive=True)
+            self.sidecars = {s.name: self.sidecars[s.name] for s in new.sidecars}
+            self.write_status()
+            self.log.info(
+                "config_reloaded",
+                added=added,
+                removed=removed,
+                changed=changed,
+                unchanged=unchanged,
+            )
+        finally:
+            self.notifier.ready()
+
+    def _apply_daemon_settings(self, new: Config) -> None:
+        fmt_override, level_override = self.log_overrides
+        if new.supervisor.log_format != self.cfg.supervisor.log_format or (
+            new.supervisor.log_level != self.cfg.supervisor.log_level
+        ):
+            logs.configure(
+                LogFormat(fmt_override) if fmt_override else new.supervisor.log_format,
+                LogLevel(level_override) if level_override else new.supervisor.log_level,
+            )
+        if new.supervisor.state_dir != self.cfg.supervisor.state_dir:
+            self.log.warning(
+                "config_setting_ignored",
+                key="supervisor.state_dir",
+                detail="the state dir cannot change while the daemon runs; restart it",
+            )
+
+    async def _restart_all(self) -> None:
+        sidecars = list(self.sidecars.values())
+        await self._stop_all(sidecars)
+        for sidecar in sidecars:
+            sidecar.reset_attempts()
+            await self._group().start(_run_sidecar, sidecar, True)
+
+
+async def _run_sidecar(
+    sidecar: Sidecar,
+    interactive: bool,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    await sidecar.run(interactive=interactive, task_status=task_status)
+
+
+async def _pump(signals: AsyncIterator[signal.Signals], send: MemoryObjectSendStream[int]) -> None:
+    async with send:
+        async for signum in signals:
+            await send.send(int(signum))
+
+
+async def _watchdog(notifier: Notifier, interval_s: float) -> None:
+    while True:
+        notifier.watchdog()
+        await anyio.sleep(interval_s)
+
+
+async def _watch_parent(parent_pid: int, send: MemoryObjectSendStream[int]) -> None:
+    """Report when the launching process exits: pidfd (Linux), kqueue (macOS), else polling.
+
+    Never by testing ppid == 1: under a subreaper an orphan is reparented elsewhere.
+    """
+    async with send:
+        await _wait_pid_exit(parent_pid)
+        await send.send(PARENT_EXITED)
+
+
+async def _wait_pid_exit(pid: int) -> None:
+    try:
+        handle = exitwatch.open_exit_handle(pid)
+    except ProcessLookupError:
+        return
+    if handle is not None:
+        try:
+            await handle.wait()
+        finally:
+            handle.close()
+        return
+    # No exit notification on this OS: a change of parent means the launcher is gone.
+    while os.getppid() == pid:  # noqa: ASYNC110 - nothing to wait on but time
+        await anyio.sleep(1.0)

@@ -98,3 +98,17 @@ class NotImplementedYetError(SupervisorError):
     def __init__(self, command: str) -> None:
         self.command = command
         super().__init__(f'"{command}" is not implemented yet; see the project\'s open issues')
+
+
+class StillRunningError(SupervisorError):
+    """`stop --wait S`: the daemon did not exit in time."""
+
+    exit_code = EXIT_INTERNAL
+
+    def __init__(self, pid: int, waited_s: float) -> None:
+        self.pid = pid
+        self.waited_s = waited_s
+        super().__init__(
+            f"the supervisor (pid {pid}) is still running after {waited_s:g}s; "
+            "wait longer or check its log"
+        )

@@ -182,3 +182,120 @@ def iter_pids(pids: Iterable[int]) -> Iterator[ProcessFacts]:
         found = facts(pid, with_environ=False)
         if found is not None:
             yield found
+
+
+# --- Listening sockets and cheap process-tree reads (used by reconcile/holders.py) -------------
+
+
+@dataclass(frozen=True)
+class ListenEntry:
+    """One TCP LISTEN socket as psutil reports it. `pid` is None when psutil may not tell."""
+
+    ip: str
+    port: int
+    pid: int | None
+    uid: int | None
+
+
+def _uid_of(pid: int | None) -> int | None:
+    if pid is None:
+        return None
+    try:
+        if sys.platform == "linux":
+            return os.stat(f"/proc/{pid}").st_uid
+        return psutil.Process(pid).uids().real
+    except (OSError, psutil.Error):
+        return None
+
+
+def tcp_listeners_system(port: int) -> list[ListenEntry]:
+    """Every TCP LISTEN socket on `port`, system-wide (needs root on macOS: raises there)."""
+    found = []
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except psutil.AccessDenied as exc:
+        raise PermissionError("psutil.net_connections needs more privileges here") from exc
+    for conn in conns:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+            found.append(ListenEntry(conn.laddr.ip, port, conn.pid, _uid_of(conn.pid)))
+    return found
+
+
+def tcp_listeners_of(port: int, pids: Iterable[int]) -> list[ListenEntry]:
+    """TCP LISTEN sockets on `port` owned by `pids`, asking each process (macOS without root).
+
+    A socket shared by several processes (forked workers) is reported once per process.
+    """
+    found = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            getter = getattr(proc, "net_connections", None) or proc.connections  # psutil < 6
+            conns = getter(kind="tcp")
+            uid = proc.uids().real
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            continue
+        for conn in conns:
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+                found.append(ListenEntry(conn.laddr.ip, port, pid, uid))
+    return found
+
+
+def parent_pid(pid: int) -> int | None:
+    """The ppid of `pid` (None if it is gone), reading /proc directly on Linux."""
+    if sys.platform == "linux":
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                data = stat.read()
+        except OSError:
+            return None
+        # The command name may contain spaces and parentheses: fields start after the last ')'.
+        fields = data[data.rfind(b")") + 2 :].split()
+        return int(fields[1]) if len(fields) > 1 else None
+    try:
+        return psutil.Process(pid).ppid()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return None
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of `pid`. On Linux reads /proc/PID/task/*/children (no process scan)."""
+    if sys.platform == "linux":
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            return []
+        children: list[int] = []
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children", "rb") as listing:
+                    children.extend(int(word) for word in listing.read().split())
+            except FileNotFoundError:
+                if tid == str(pid) and os.path.exists(f"/proc/{pid}"):
+                    # Kernel built without CONFIG_PROC_CHILDREN: psutil scans instead.
+                    return _psutil_children(pid)
+            except OSError:
+                continue
+        return children
+    return _psutil_children(pid)
+
+
+def _psutil_children(pid: int) -> list[int]:
+    try:
+        return [child.pid for child in psutil.Process(pid).children()]
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return []
+
+
+def descendant_pids(pid: int) -> list[int]:
+    """Every living descendant of `pid`, breadth first (cheap on Linux: no process scan)."""
+    found: list[int] = []
+    queue = [pid]
+    seen = {pid}
+    while queue:
+        for child in child_pids(queue.pop(0)):
+            if child not in seen:
+                seen.add(child)
+                found.append(child)
+                queue.append(child)
+    return found

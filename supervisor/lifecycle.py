@@ -1,0 +1,123 @@
+"""Pure sidecar lifecycle: states, the transition table, the restart decision and backoff."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from types import MappingProxyType
+
+from supervisor.config import RestartConfig, RestartPolicy
+
+
+class State(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    BACKOFF = "backoff"
+    WAITING = "waiting"
+    FAILED = "failed"
+    EXITED = "exited"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class Event(StrEnum):
+    LAUNCH = "launch"  # preflight + spawn begins
+    READY = "ready"  # readiness confirmed
+    WAIT = "wait"  # port held by a holder we won't or may not kill
+    RETRY = "retry"  # exited or failed to start; a restart is scheduled
+    GIVE_UP = "give_up"  # budget exhausted, or a foreign holder with foreign = "fail"
+    FINISH = "finish"  # exited and the policy says don't restart
+    STOP = "stop"  # stop requested
+    STOPPED = "stopped"  # stop completed
+
+
+_RUNNING_EXITS = {
+    Event.RETRY: State.BACKOFF,
+    Event.GIVE_UP: State.FAILED,
+    Event.FINISH: State.EXITED,
+}
+
+TRANSITIONS: Mapping[State, Mapping[Event, State]] = MappingProxyType(
+    {
+        State.STOPPED: {Event.LAUNCH: State.STARTING},
+        State.STARTING: {
+            Event.LAUNCH: State.STARTING,  # the preflight re-runs (e.g. a kill was aborted)
+            Event.READY: State.READY,
+            Event.WAIT: State.WAITING,
+            **_RUNNING_EXITS,
+            Event.STOP: State.STOPPING,
+        },
+        State.READY: {**_RUNNING_EXITS, Event.STOP: State.STOPPING},
+        State.BACKOFF: {Event.LAUNCH: State.STARTING, Event.STOP: State.STOPPING},
+        State.WAITING: {Event.LAUNCH: State.STARTING, Event.STOP: State.STOPPING},
+        State.FAILED: {Event.LAUNCH: State.STARTING, Event.STOP: State.STOPPING},
+        State.EXITED: {Event.LAUNCH: State.STARTING, Event.STOP: State.STOPPING},
+        State.STOPPING: {Event.STOPPED: State.STOPPED},
+    }
+)
+
+
+class InvalidTransition(RuntimeError):
+    """A bug: the shell fed an event the current state does not accept."""
+
+
+def next_state(state: State, event: Event) -> State:
+    try:
+        return TRANSITIONS[state][event]
+    except KeyError:
+        raise InvalidTransition(f"{event} is not valid in state {state}") from None
+
+
+def backoff_delay_s(restart_number: int, base_delay_s: float, max_delay_s: float) -> float:
+    """Restart n (n = 1, 2, ...) waits min(base_delay * 2**(n-1), max_delay)."""
+    if restart_number < 1:
+        raise ValueError(f"restart numbers start at 1, got {restart_number}")
+    if restart_number > 64:  # 2**63 * anything positive is past any sane max_delay
+        return max_delay_s if base_delay_s > 0 else 0.0
+    return min(base_delay_s * 2.0 ** (restart_number - 1), max_delay_s)
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    """How a child ended: `code` for a normal exit, `signal` when a signal killed it."""
+
+    code: int | None
+    signal: int | None
+    failed_start: bool  # never became ready (exited early, timed out, or could not spawn)
+
+    @property
+    def clean(self) -> bool:
+        return self.code == 0 and self.signal is None and not self.failed_start
+
+
+@dataclass(frozen=True)
+class Decision:
+    event: Event  # RETRY, GIVE_UP or FINISH
+    attempts: int  # the consecutive-restart count after this decision
+    delay_s: float  # wait before the next launch (RETRY only)
+
+
+def decide_after_exit(restart: RestartConfig, attempts: int, exit_info: ExitInfo) -> Decision:
+    """What to do when a child exits (or fails to start) while the sidecar should run."""
+    match restart.policy:
+        case RestartPolicy.NEVER:
+            return Decision(Event.FINISH, attempts, 0.0)
+        case RestartPolicy.ON_FAILURE if exit_info.code == 0 and exit_info.signal is None:
+            return Decision(Event.FINISH, attempts, 0.0)
+        case RestartPolicy.ALWAYS | RestartPolicy.ON_FAILURE:
+            pass
+    if attempts >= restart.max_attempts:
+        return Decision(Event.GIVE_UP, attempts, 0.0)
+    restart_number = attempts + 1
+    delay = backoff_delay_s(restart_number, restart.base_delay_s, restart.max_delay_s)
+    return Decision(Event.RETRY, restart_number, delay)
+
+
+def probe_delay_s(elapsed_s: float, interval_s: float) -> float:
+    """The pause before the next readiness probe.
+
+    Proportional to the time already spent starting (10 %), so readiness is noticed within ~10 %
+    of a child's own start-up time, from 2 ms early on up to `interval_s`.
+    """
+    return min(interval_s, max(0.002, elapsed_s * 0.1))

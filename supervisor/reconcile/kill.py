@@ -1,0 +1,155 @@
+"""Killing a port holder safely (SPEC 5.5): identity re-checked before every signal.
+
+On Linux the holder is pinned with a pidfd: once the pidfd is open and the create time still
+matches, every signal through it reaches that very process, never a recycled pid (psutil's create
+time alone has a 10 ms granularity window).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+
+from supervisor import procs
+from supervisor.reconcile import holders
+
+PORT_RELEASE_TIMEOUT_S = 5.0
+KILL_WAIT_S = 5.0
+_HAS_PIDFD = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
+
+
+class KillAborted(Exception):
+    """The holder changed identity (or stopped holding the port) before a signal was sent."""
+
+    def __init__(self, pid: int, reason: str) -> None:
+        super().__init__(f"kill of pid {pid} aborted: {reason}")
+        self.pid = pid
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class KillResult:
+    pid: int
+    escalated: bool  # SIGKILL was needed
+    port_released: bool
+
+
+class _Target:
+    """A process pinned for signalling: a pidfd on Linux, pid + create time elsewhere."""
+
+    def __init__(self, pid: int, create_time: float) -> None:
+        self.pid = pid
+        self.create_time = create_time
+        self.fd: int | None = None
+        if _HAS_PIDFD:
+            try:
+                self.fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                raise KillAborted(pid, "the process is gone") from None
+            except OSError:
+                self.fd = None
+        self.verify()
+
+    def verify(self) -> None:
+        """Abort unless the pid still names the process we classified."""
+        current = procs.create_time(self.pid)
+        if current is None or not procs.same_create_time(current, self.create_time):
+            raise KillAborted(self.pid, "the pid now names another process (create time changed)")
+
+    def exited(self) -> bool:
+        if self.fd is not None:
+            readable, _, _ = select.select([self.fd], [], [], 0)
+            return bool(readable)
+        return not procs.is_alive(self.pid, self.create_time)
+
+    def send(self, sig: int, *, group: bool) -> None:
+        if self.exited():
+            return
+        if self.fd is None:
+            self.verify()  # elsewhere: re-verify immediately before os.kill
+        if group:
+            # The leader is alive (checked above), so its pid - the group id - is not recyclable.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, sig)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            if self.fd is not None:
+                signal.pidfd_send_signal(self.fd, sig)
+            else:
+                os.kill(self.pid, sig)
+
+    async def wait_exit(self, timeout_s: float) -> bool:
+        with anyio.move_on_after(timeout_s):
+            if self.fd is not None:
+                await anyio.wait_readable(self.fd)
+                return True
+            delay = 0.005
+            while not self.exited():
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 0.1)
+            return True
+        return self.exited()
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+async def kill_holder(
+    pid: int,
+    create_time: float,
+    port: int,
+    *,
+    stop_signal: int,
+    stop_timeout_s: float,
+    still_ours: Callable[[], bool],
+) -> KillResult:
+    """Stop `pid` (its group when it leads one), SIGKILL after the timeout, await the port.
+
+    `still_ours` re-runs the classification just before the first signal; any mismatch raises
+    `KillAborted` so the caller can re-run the preflight.
+    """
+    target = _Target(pid, create_time)
+    try:
+        if pid not in holders.pids_listening(port, [pid]):
+            raise KillAborted(pid, f"it no longer listens on port {port}")
+        if not still_ours():
+            raise KillAborted(pid, "it is no longer classified as ours")
+        target.verify()
+        group = procs.process_group(pid) == pid
+        target.send(stop_signal, group=group)
+        escalated = False
+        if not await target.wait_exit(stop_timeout_s):
+            escalated = True
+            target.send(signal.SIGKILL, group=group)
+            await target.wait_exit(KILL_WAIT_S)
+        # Not our child: its parent reaps it at once, so after it exits its pid (and group id) may
+        # be recycled; no group signal is sent past this point. Group members still holding the
+        # port are found by the next preflight.
+        released = await wait_port_released(port, {pid})
+        return KillResult(pid=pid, escalated=escalated, port_released=released)
+    finally:
+        target.close()
+
+
+async def wait_port_released(
+    port: int, pids: set[int], timeout_s: float = PORT_RELEASE_TIMEOUT_S
+) -> bool:
+    """Wait (bounded) until none of `pids` listens on `port` any more."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.001
+    while True:
+        if not holders.find_listeners(port) or not holders.pids_listening(port, pids):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await anyio.sleep(delay)
+        delay = min(delay * 2, 0.05)
