@@ -49,6 +49,7 @@ class Child:
         self.pgid = popen.pid  # start_new_session: the child leads its own group
         self.create_time = procs.create_time(self.pid) or 0.0
         self._exited = False
+        self.sigkilled = False  # SIGKILL was sent to the group (escalation or forced shutdown)
         self.status: ExitStatus | None = None
         try:
             self._exit_handle = exitwatch.open_exit_handle(self.pid)
@@ -91,6 +92,8 @@ class Child:
         """Signal the whole group; safe until the leader is reaped (its pid cannot be reused)."""
         if self.status is not None:
             raise RuntimeError("the group of a reaped child must not be signalled")
+        if sig == signal.SIGKILL:
+            self.sigkilled = True
         return procs.signal_group(self.pgid, sig)
 
     def group_members(self) -> list[int]:
@@ -101,7 +104,6 @@ class Child:
 
         Returns True if SIGKILL was needed. Call it shielded from cancellation.
         """
-        escalated = False
         if self.status is None:
             self.signal_group(sig)
             with anyio.move_on_after(timeout_s) as scope:
@@ -112,13 +114,10 @@ class Child:
                     await anyio.sleep(delay)
                     delay = min(delay * 2, 0.1)
             if scope.cancelled_caught or self.group_members():
-                escalated = True
                 self.signal_group(signal.SIGKILL)
                 await self.wait_exit()
-            elif not self.exited:
-                await self.wait_exit()
             self.reap()
-        return escalated
+        return self.sigkilled
 
     def kill_leftovers(self) -> bool:
         """After the leader exited by itself: SIGKILL what is left of its group; then reap."""

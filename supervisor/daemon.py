@@ -15,7 +15,7 @@ from pathlib import Path
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from supervisor import children, config, exitwatch, logs, paths, pidfile, procs, status
+from supervisor import children, config, exitwatch, logs, notify, paths, pidfile, procs, status
 from supervisor.config import Config, LogFormat, LogLevel, SidecarConfig
 from supervisor.errors import (
     AlreadyRunningError,
@@ -134,7 +134,7 @@ class Daemon:
             our_pid=pid,
             our_create_time=create_time,
             owner_tag=format_owner_tag(pid, create_time),
-            base_env={k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"},
+            base_env={k: v for k, v in os.environ.items() if k not in notify.ENV_VARS},
             interactive_allowed=interactive,
             stdin_is_tty=stdin_tty,
             on_change=self._sidecar_changed,

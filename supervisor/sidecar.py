@@ -175,9 +175,12 @@ class Sidecar:
         port = self.config.port
         if port is None:
             return
+        polls = 0
         while True:
             await anyio.sleep(WAIT_POLL_S)
+            polls += 1
             listeners = holders.find_listeners(port)
+            self.log.debug("sidecar_wait_polled", port=port, polls=polls, held=bool(listeners))
             if not listeners or frozenset(listeners) != outcome.listeners:
                 return
 
@@ -280,8 +283,8 @@ class Sidecar:
         except OSError as exc:
             self.log.error("pidfile_write_failed", path=str(self.pidfile_path), error=str(exc))
         elapsed_ms = round((time.monotonic() - spawned) * 1000, 1)
-        self.log.info("sidecar_ready", pid=child.pid, elapsed_ms=elapsed_ms)
         self._transition(Event.READY, reason=None)
+        self.log.info("sidecar_ready", pid=child.pid, elapsed_ms=elapsed_ms)
 
     def _pid_record(self, child: children.Child) -> dict[str, object]:
         return {

@@ -1,0 +1,272 @@
+"""Consent to kill a live instance of a sidecar (SPEC 5.4): ask the terminal, a command, or deny.
+
+`ask` never raises (cancellation aside): a provider that is missing, crashes, errs or exceeds
+`consent_timeout` is a No, with the reason in `ConsentResult.detail`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import subprocess
+import termios
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import assert_never
+
+import anyio
+
+from supervisor.config import ConsentMode, ReclaimConfig
+
+_ANSWER_LIMIT = 256
+_COMMAND_LIMIT = 512
+
+
+@dataclass(frozen=True)
+class ConsentRequest:
+    """Who holds the port: what the person (or the consent command) is asked about."""
+
+    sidecar: str
+    port: int
+    pid: int
+    user: str | None
+    command: str
+    started_at: float | None  # the holder's create time, epoch seconds
+
+
+class Provider(StrEnum):
+    TTY = "tty"
+    COMMAND = "command"
+    DENY = "deny"
+
+
+@dataclass(frozen=True)
+class ConsentResult:
+    granted: bool
+    provider: Provider
+    detail: str
+
+
+def choose_provider(reclaim: ReclaimConfig, *, stdin_is_tty: bool) -> Provider:
+    """The provider `reclaim.consent` selects; "auto": tty, else the command, else deny."""
+    match reclaim.consent:
+        case ConsentMode.TTY:
+            return Provider.TTY
+        case ConsentMode.COMMAND:
+            return Provider.COMMAND
+        case ConsentMode.DENY:
+            return Provider.DENY
+        case ConsentMode.AUTO:
+            if stdin_is_tty:
+                return Provider.TTY
+            return Provider.COMMAND if reclaim.consent_command else Provider.DENY
+        case _:
+            assert_never(reclaim.consent)
+
+
+async def ask(
+    reclaim: ReclaimConfig, request: ConsentRequest, *, stdin_is_tty: bool | None = None
+) -> ConsentResult:
+    """Ask whether the live holder in `request` may be killed; bounded by consent_timeout."""
+    if stdin_is_tty is None:
+        stdin_is_tty = _isatty(0)
+    provider = choose_provider(reclaim, stdin_is_tty=stdin_is_tty)
+    match provider:
+        case Provider.DENY:
+            if reclaim.consent is ConsentMode.DENY:
+                return ConsentResult(False, provider, 'consent = "deny"')
+            return ConsentResult(False, provider, "no terminal and no consent_command")
+        case Provider.TTY:
+            if not stdin_is_tty:
+                return ConsentResult(False, provider, "stdin is not a terminal; cannot ask")
+        case Provider.COMMAND:
+            if not reclaim.consent_command:
+                return ConsentResult(False, provider, "no consent_command configured")
+        case _:
+            assert_never(provider)
+
+    timeout_s = reclaim.consent_timeout_s
+    detail = f"timed out after {timeout_s:g}s"
+    granted = False
+    with anyio.move_on_after(timeout_s):
+        # A consent provider must never break the launch path: whatever goes wrong is a No.
+        try:
+            if provider is Provider.TTY:
+                granted, detail = await _ask_tty(request)
+            else:
+                granted, detail = await _ask_command(reclaim.consent_command, request)
+        except Exception as exc:
+            granted, detail = False, f"{provider} provider failed: {_describe_error(exc)}"
+    return ConsentResult(granted, provider, detail)
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
+
+
+def _describe_error(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _printable(text: str, limit: int = _COMMAND_LIMIT) -> str:
+    # The holder's command line is attacker-controllable text: never echo terminal escapes.
+    safe = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return safe if len(safe) <= limit else safe[: limit - 3] + "..."
+
+
+def _started(started_at: float | None) -> str:
+    if started_at is None:
+        return "unknown"
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started_at))
+
+
+# --- command ---------------------------------------------------------------------------------
+
+
+def _command_env(request: ConsentRequest) -> dict[str, str]:
+    return {
+        **os.environ,
+        "SUPERVISOR_SIDECAR": request.sidecar,
+        "SUPERVISOR_PORT": str(request.port),
+        "SUPERVISOR_HOLDER_PID": str(request.pid),
+        "SUPERVISOR_HOLDER_COMMAND": request.command,
+        "SUPERVISOR_HOLDER_USER": request.user or "",
+    }
+
+
+async def _ask_command(argv: Sequence[str], request: ConsentRequest) -> tuple[bool, str]:
+    try:
+        process = await anyio.open_process(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=_command_env(request),
+            start_new_session=True,
+        )
+    except FileNotFoundError:
+        return False, f"command not found: {argv[0]}"
+    except PermissionError:
+        return False, f"command not executable: {argv[0]}"
+    except OSError as exc:
+        return False, f"command could not start: {argv[0]}: {_describe_error(exc)}"
+    try:
+        code = await process.wait()
+    finally:
+        # On timeout or cancellation as on a normal exit: nothing the command started may
+        # outlive it (a dialog helper it forked, a `sleep &`).
+        with anyio.CancelScope(shield=True):
+            _kill_group(process.pid)
+            await process.aclose()
+    if code == 0:
+        return True, "command exited 0"
+    if code < 0:
+        return False, f"command killed by {_signal_name(-code)}"
+    return False, f"command exited {code}"
+
+
+def _kill_group(pgid: int) -> None:
+    # The command leads its own session, so its pid is its group id; the kernel does not reuse
+    # a pid while a process group of that id still has members.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+# --- tty -------------------------------------------------------------------------------------
+
+
+def _prompt(request: ConsentRequest) -> bytes:
+    user = _printable(request.user or "unknown", 64)
+    started = _started(request.started_at)
+    text = (
+        f"\nsupervisor: port {request.port} (sidecar {_printable(request.sidecar, 64)}) is held "
+        "by another running instance:\n"
+        f"  pid {request.pid}, user {user}, started {started}\n"
+        f"  command: {_printable(request.command)}\n"
+        "Kill it and start a new one? [y/N] "
+    )
+    return text.encode("utf-8", "replace")
+
+
+def _open_terminal() -> tuple[int, bool]:
+    """A read-write fd on the terminal: stdin itself when it allows writing, else /dev/tty."""
+    if _isatty(0) and fcntl.fcntl(0, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR:
+        return 0, False
+    return os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY), True
+
+
+async def _ask_tty(request: ConsentRequest) -> tuple[bool, str]:
+    try:
+        fd, owned = _open_terminal()
+    except OSError as exc:
+        return False, f"no terminal to ask on: {_describe_error(exc)}"
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    answered = False
+    try:
+        # Non-blocking so that neither the prompt nor the answer can stall the event loop.
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+        # Keys pressed before the question was shown are not an answer to it.
+        termios.tcflush(fd, termios.TCIFLUSH)
+        await _write_all(fd, _prompt(request))
+        line = await _read_line(fd)
+        answered = True
+    finally:
+        if not answered:  # end the unanswered prompt's line; best effort, never blocks
+            with contextlib.suppress(OSError):
+                os.write(fd, b"\n")
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+        if owned:
+            os.close(fd)
+    if line is None:
+        return False, "no answer (end of input)"
+    answer = line.strip().lower()
+    if answer in ("y", "yes"):
+        return True, "answered yes"
+    if not answer:
+        return False, "answered no (default)"
+    if answer in ("n", "no"):
+        return False, "answered no"
+    return False, f"answered no ({_printable(answer, 32)} is not yes)"
+
+
+async def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except BlockingIOError:
+            await anyio.wait_writable(fd)
+            continue
+        view = view[written:]
+
+
+async def _read_line(fd: int) -> str | None:
+    """One line from the terminal (None at end of input); longer input is cut at a bound."""
+    buffer = b""
+    while b"\n" not in buffer and len(buffer) < _ANSWER_LIMIT:
+        await anyio.wait_readable(fd)
+        try:
+            chunk = os.read(fd, _ANSWER_LIMIT)
+        except BlockingIOError:
+            continue  # someone else sharing the terminal took the input first
+        if not chunk:
+            return buffer.decode("utf-8", "replace") if buffer else None
+        buffer += chunk
+    return buffer.split(b"\n", 1)[0].decode("utf-8", "replace")
