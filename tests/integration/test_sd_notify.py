@@ -1,0 +1,88 @@
+"""sd_notify from a real daemon through a real AF_UNIX datagram socket (path and abstract)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import Daemon, demo_sidecar, free_port, render_config
+
+
+class Listener:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.messages: list[str] = []
+
+    def wait_for(self, predicate_text: str, timeout: float = 15.0, *, after: int = 0) -> str:
+        """Receive until a message containing `predicate_text` arrives (bounded).
+
+        Only messages from position `after` on count.
+        """
+        deadline = time.monotonic() + timeout
+        for message in self.messages[after:]:
+            if predicate_text in message:
+                return message
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {predicate_text!r} in {self.messages}")
+            self.sock.settimeout(remaining)
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            message = data.decode()
+            self.messages.append(message)
+            if predicate_text in message:
+                return message
+
+
+@pytest.fixture(params=["path", "abstract"])
+def notify_socket(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Listener]]:
+    if request.param == "abstract" and sys.platform != "linux":
+        pytest.skip("abstract sockets are Linux-only")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    if request.param == "path":
+        address = str(tmp_path / "notify.sock")
+        sock.bind(address)
+    else:
+        name = f"sidecar-notify-test-{os.getpid()}-{time.monotonic_ns()}"
+        sock.bind("\0" + name)
+        address = "@" + name
+    try:
+        yield address, Listener(sock)
+    finally:
+        sock.close()
+
+
+def test_daemon_speaks_sd_notify(tmp_path: Path, notify_socket: tuple[str, Listener]) -> None:
+    address, listener = notify_socket
+    config = tmp_path / "supervisor.toml"
+    config.write_text(render_config([demo_sidecar("web", free_port())]))
+    env = {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"}
+    with Daemon(config, tmp_path / "state", env=env) as daemon:
+        listener.wait_for("READY=1")
+        ready = daemon.wait_for("sidecar_ready")
+        listener.wait_for(f"STATUS=web: ready (pid {ready['pid']})")
+        first = listener.wait_for("WATCHDOG=1")
+        listener.messages.remove(first)
+        listener.wait_for("WATCHDOG=1")  # periodic, not once
+
+        daemon.signal(signal.SIGHUP)
+        reloading = listener.wait_for("RELOADING=1")
+        assert "MONOTONIC_USEC=" in reloading
+        daemon.wait_for("config_reloaded")
+        listener.wait_for("READY=1", after=listener.messages.index(reloading) + 1)
+
+        daemon.signal(signal.SIGTERM)
+        listener.wait_for("STOPPING=1")
+        assert daemon.proc.wait(10) == 0
+    # The sidecar never sees the daemon's notify socket.
+    assert not any("NOTIFY_SOCKET" in str(e.get("line", "")) for e in daemon.events)
