@@ -12,7 +12,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,13 +118,14 @@ class Child:
             self.reap()
         return self.sigkilled
 
-    def kill_leftovers(self) -> bool:
-        """After the leader exited by itself: SIGKILL what is left of its group; then reap."""
-        killed = False
+    def kill_leftovers(self) -> None:
+        """After the leader exited by itself: SIGKILL what is left of its group; then reap.
+
+        One killpg, no process scan: the unreaped leader keeps the group id ours.
+        """
         if self.status is None:
-            killed = bool(self.group_members()) and self.signal_group(signal.SIGKILL)
+            procs.signal_group(self.pgid, signal.SIGKILL)
             self.reap()
-        return killed
 
     def close(self) -> None:
         """Release fds (exit handle, pipes); the process must have been reaped or be abandoned."""
@@ -225,7 +225,3 @@ async def forward_lines(fd: int, stream_name: str, sink: Callable[[str, str, boo
 
 def _decode(data: bytes | bytearray) -> str:
     return bytes(data).decode("utf-8", "replace").rstrip("\r")
-
-
-def platform_supported() -> bool:
-    return sys.platform != "win32"

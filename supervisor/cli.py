@@ -42,6 +42,10 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if sys.platform == "win32":
+        from supervisor.errors import UnsupportedPlatformError
+
+        raise UnsupportedPlatformError(sys.platform)
     from supervisor import daemon
 
     return daemon.main(args)

@@ -149,13 +149,18 @@ class _Problems:
         self.items: list[str] = []
 
     def add(self, key: str, message: str) -> None:
-        self.items.append(f"{key}: {message}")
+        # One problem, one line: control characters from the file are shown escaped.
+        self.items.append(_printable(f"{key}: {message}"))
 
 
 E = TypeVar("E", bound=StrEnum)
 T = TypeVar("T")
 
 _MISSING = object()
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _show(value: object) -> str:
@@ -213,7 +218,10 @@ class _Table:
         def check(value: object) -> float | None:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 return None
-            number = float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an integer with hundreds of digits
+                return None
             if not math.isfinite(number) or number < minimum or (strict and number == minimum):
                 return None
             return number
@@ -221,18 +229,15 @@ class _Table:
         bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
         return self.typed(name, default, check, f"a number {bound}")
 
-    def integer(self, name: str, default: int, *, minimum: int, maximum: int) -> int:
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
         def check(value: object) -> int | None:
             if isinstance(value, bool) or not isinstance(value, int):
                 return None
-            return value if minimum <= value <= maximum else None
+            in_range = value >= minimum and (maximum is None or value <= maximum)
+            return value if in_range else None
 
-        return self.typed(
-            name,
-            default,
-            check,
-            f"an integer {minimum}..{maximum}" if maximum < 2**31 else f"an integer >= {minimum}",
-        )
+        want = f"an integer >= {minimum}" if maximum is None else f"an integer {minimum}..{maximum}"
+        return self.typed(name, default, check, want)
 
     def boolean(self, name: str, default: bool) -> bool:
         return self.typed(
@@ -289,17 +294,24 @@ def _signal(table: _Table, name: str) -> signal.Signals:
     return table.typed(name, signal.SIGTERM, check, 'a signal name such as "SIGTERM"')
 
 
-def _resolve(base_dir: Path | None, value: str) -> Path:
-    path = Path(value).expanduser()
+def _path(table: _Table, name: str, base_dir: Path | None) -> Path | None:
+    """An optional path key; `~` expands, relative paths resolve against the config's folder."""
+    value = table.string(name, "", nonempty=True)
+    if not value:
+        return None
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # ~user of an unknown user, or no home directory
+        table.problems.add(table.path(name), f"cannot expand {_show(value)}: unknown user or home")
+        return None
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
     return path
 
 
 def _daemon(table: _Table, base_dir: Path | None) -> DaemonConfig:
-    state_dir = table.string("state_dir", "", nonempty=True)
     result = DaemonConfig(
-        state_dir=_resolve(base_dir, state_dir) if state_dir else None,
+        state_dir=_path(table, "state_dir", base_dir),
         log_format=table.choice("log_format", LogFormat.AUTO, LogFormat),
         log_level=table.choice("log_level", LogLevel.INFO, LogLevel),
         exit_with_parent=table.boolean("exit_with_parent", False),
@@ -332,13 +344,13 @@ def _sidecar(table: _Table, base_dir: Path | None) -> SidecarConfig:
     name = table.string("name", "", nonempty=True)
     if "name" not in table.raw:
         problems.add(table.path("name"), "is required")
-    elif name and not NAME_RE.match(name):
+    elif name and not NAME_RE.fullmatch(name):
         problems.add(
             table.path("name"),
             f"must match {NAME_RE.pattern} (lowercase letters, digits, _ . -), got {_show(name)}",
         )
     command = table.argv("command", required=True)
-    cwd = table.string("cwd", "", nonempty=True)
+    cwd = _path(table, "cwd", base_dir)
     env = _env(table, "env")
     port_value = table.integer("port", 0, minimum=1, maximum=65535)
     port = port_value or None
@@ -365,7 +377,7 @@ def _sidecar(table: _Table, base_dir: Path | None) -> SidecarConfig:
     base_delay = restart_t.number("base_delay", 1.0)
     restart = RestartConfig(
         policy=restart_t.choice("policy", RestartPolicy.ALWAYS, RestartPolicy),
-        max_attempts=restart_t.integer("max_attempts", 5, minimum=0, maximum=2**31),
+        max_attempts=restart_t.integer("max_attempts", 5, minimum=0),
         base_delay_s=base_delay,
         max_delay_s=restart_t.number("max_delay", max(30.0, base_delay)),
         reset_after_s=restart_t.number("reset_after", 10.0),
@@ -400,7 +412,7 @@ def _sidecar(table: _Table, base_dir: Path | None) -> SidecarConfig:
         command=command,
         marker=marker,
         ready=ready,
-        cwd=_resolve(base_dir, cwd) if cwd else None,
+        cwd=cwd,
         env=env,
         port=port,
         host=host,
@@ -455,6 +467,6 @@ def load(path: Path) -> Config:
         raise ConfigError(path, [f"is not UTF-8 text (byte {exc.start})"]) from None
     try:
         raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, [f"invalid TOML: {exc}"]) from None
+    except ValueError as exc:  # TOMLDecodeError, or an integer too long to convert
+        raise ConfigError(path, [_printable(f"invalid TOML: {exc}")]) from None
     return parse(raw, path.absolute())

@@ -7,7 +7,6 @@ import contextlib
 import fcntl
 import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,13 +14,12 @@ from pathlib import Path
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from supervisor import children, config, exitwatch, logs, notify, paths, pidfile, procs, status
+from supervisor import config, exitwatch, logs, notify, paths, pidfile, procs, status
 from supervisor.config import Config, LogFormat, LogLevel, SidecarConfig
 from supervisor.errors import (
     AlreadyRunningError,
     StateDirError,
     SupervisorError,
-    UnsupportedPlatformError,
 )
 from supervisor.notify import Notifier
 from supervisor.reconcile.classify import format_owner_tag
@@ -65,8 +63,9 @@ def _prepare_state_dir(path: Path) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """`supervisor run`: validate, lock the state dir, then run the event loop until shutdown."""
-    if not children.platform_supported():
-        raise UnsupportedPlatformError(sys.platform)
+    # Until our handlers are installed, a TERM/INT/HUP/USR must not kill us or be lost: block them
+    # now; they stay pending and are delivered once the event loop listens (see Daemon.run).
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
     config_path = paths.config_path(args.config)
     cfg = config.load(config_path)
     state_dir = paths.state_dir(args.state_dir, cfg.supervisor.state_dir)
@@ -198,6 +197,8 @@ class Daemon:
     async def run(self) -> None:
         send, receive = anyio.create_memory_object_stream[int](64)
         with anyio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
+            # Unblocked before anything is spawned: children inherit the signal mask.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 tg.start_soon(_pump, signals, send.clone())

@@ -38,7 +38,6 @@ class Runtime:
     stdin_is_tty: bool
     on_change: Callable[[Sidecar], None]
     consent_lock: anyio.Lock = field(default_factory=anyio.Lock)
-    live_children: set[children.Child] = field(default_factory=set)
 
 
 class Sidecar:
@@ -62,11 +61,6 @@ class Sidecar:
     @property
     def name(self) -> str:
         return self.config.name
-
-    @property
-    def running(self) -> bool:
-        """True while a supervision task runs (anything but failed/exited/stopped at rest)."""
-        return self._scope is not None
 
     # -- control (called by the daemon) ------------------------------------------------------
 
@@ -201,7 +195,6 @@ class Sidecar:
             self.last_exit = {"code": None, "signal": None, "at": status.iso_utc(time.time())}
             return ExitInfo(code=None, signal=None, failed_start=True)
         self.child = child
-        self.rt.live_children.add(child)
         spawned = time.monotonic()
         self.log.info(
             "sidecar_spawned", pid=child.pid, attempt=self.attempts, interactive=interactive
@@ -308,7 +301,7 @@ class Sidecar:
 
     def _child_ended(self, child: children.Child, failed_start: bool) -> None:
         """The leader exited: kill what is left of its group, reap, record the exit."""
-        leftovers = child.kill_leftovers() if child.status is None else False
+        child.kill_leftovers()
         exit_status = child.status
         assert exit_status is not None
         self.last_exit = {
@@ -327,7 +320,6 @@ class Sidecar:
             pid=child.pid,
             code=exit_status.code,
             signal=procs.signal_name(exit_status.signal),
-            leftovers_killed=leftovers,
         )
         self._remove_pidfile()
 
@@ -341,7 +333,6 @@ class Sidecar:
         self.log.info("sidecar_stopped", pid=child.pid, escalated=escalated)
 
     def _release(self, child: children.Child) -> None:
-        self.rt.live_children.discard(child)
         child.close()
         if self.child is child:
             self.child = None

@@ -211,11 +211,24 @@ def _open_terminal() -> tuple[int, bool]:
     return os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY), True
 
 
+def _in_background(fd: int) -> bool:
+    try:
+        foreground = os.tcgetpgrp(fd)
+    except OSError:  # not our controlling terminal: no job control applies
+        return False
+    return foreground != os.getpgrp()
+
+
 async def _ask_tty(request: ConsentRequest) -> tuple[bool, str]:
     try:
         fd, owned = _open_terminal()
     except OSError as exc:
         return False, f"no terminal to ask on: {_describe_error(exc)}"
+    if _in_background(fd):
+        # Reading would stop the whole daemon with SIGTTIN (`supervisor run &` in a shell).
+        if owned:
+            os.close(fd)
+        return False, "the terminal belongs to another foreground job; cannot ask"
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     answered = False
     try:

@@ -16,7 +16,7 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from supervisor import procs
@@ -282,7 +282,7 @@ def _fd_counts_work() -> bool:
         return False
 
 
-def _likely_pids(candidates: Iterable[int], uid: int) -> Iterator[int]:
+def _likely_pids(candidates: Iterable[int], uid: int) -> Generator[int, None, None]:
     """Pids to search for a socket of `uid`, likeliest first, each once.
 
     Candidates (e.g. a PID file's pid) and their descendants; then processes of `uid`, newest

@@ -93,12 +93,12 @@ async def _attempt(
     port = config.port
     listeners = holders.find_listeners(port)
     if not listeners:
-        log.debug("reconcile_port_free", port=port)
+        log.info("reconcile_port_free", port=port)
         return Outcome(Action.LAUNCH)
     recorded_pid = _pidfile_pid(ctx.pidfile_path)
     found = holders.find_holders(port, candidates=[recorded_pid] if recorded_pid else [])
     if not found:  # released between the two looks
-        log.debug("reconcile_port_free", port=port)
+        log.info("reconcile_port_free", port=port)
         return Outcome(Action.LAUNCH)
     to_kill: list[tuple[holders.Holder, Classification]] = []
     blocking: Outcome | None = None
