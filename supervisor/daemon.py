@@ -31,6 +31,9 @@ STATUS_NAME = "status.json"
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 PARENT_EXITED = -1  # a pseudo-signal on the command stream
 KILL_GRACE_S = 5.0  # after the shutdown bound: SIGKILLed groups get this long to be reaped
+# status.json is rewritten on every state change, but at most this often: a crash storm of 50
+# sidecars must not turn into hundreds of fsyncs a second on the event loop.
+STATUS_MIN_GAP_S = 0.05
 
 
 @contextlib.contextmanager
@@ -125,6 +128,7 @@ class Daemon:
         self._tg: anyio.abc.TaskGroup | None = None
         self._last_summary = ""
         self._status_failed = False
+        self._status_dirty = anyio.Event()
         stdin_tty = False
         with contextlib.suppress(OSError, ValueError, AttributeError):
             stdin_tty = os.isatty(0)
@@ -164,13 +168,19 @@ class Daemon:
         return doc
 
     def _sidecar_changed(self, _sidecar: Sidecar) -> None:
-        doc = self.write_status()
-        sidecars = doc["sidecars"]
-        assert isinstance(sidecars, list)
-        line = status.summary_line(sidecars)
-        if line != self._last_summary:
-            self._last_summary = line
-            self.notifier.status(line)
+        self._status_dirty.set()
+        if self.notifier.enabled:
+            line = status.summary_line([s.record() for s in self.sidecars.values()])
+            if line != self._last_summary:
+                self._last_summary = line
+                self.notifier.status(line)
+
+    async def _write_status_on_change(self) -> None:
+        while True:
+            await self._status_dirty.wait()
+            self._status_dirty = anyio.Event()
+            self.write_status()
+            await anyio.sleep(STATUS_MIN_GAP_S)
 
     # -- sidecars ------------------------------------------------------------------------------
 
@@ -202,6 +212,7 @@ class Daemon:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 tg.start_soon(_pump, signals, send.clone())
+                tg.start_soon(self._write_status_on_change)
                 self.log.info(
                     "daemon_started",
                     pid=self.pid,

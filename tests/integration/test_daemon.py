@@ -124,6 +124,8 @@ def test_sigusr1_restarts_a_failed_sidecar_with_fresh_attempts(tmp_path: Path) -
         spawned = daemon.wait_for("sidecar_spawned", count=3)
         assert spawned["attempt"] == 0 and spawned["interactive"] is True
         daemon.wait_for("sidecar_ready")
+        daemon.signal(signal.SIGUSR2)  # handshake: status.json is rewritten before this event
+        daemon.wait_for("status_dumped")
         status = read_json(tmp_path / "state" / "status.json")
         assert status["sidecars"][0]["state"] == "ready"
         assert status["sidecars"][0]["attempts"] == 0

@@ -52,6 +52,8 @@ def test_demo_ready_pidfile_status_then_sigterm_cleans_everything(tmp_path: Path
         assert set(record) >= {"supervisor_create_time", "started_at", "command"}
         daemon.wait_for("pidfile_written")
 
+        daemon.signal(signal.SIGUSR2)  # handshake: status.json is rewritten before this event
+        daemon.wait_for("status_dumped")
         doc = read_json(tmp_path / "state" / "status.json")
         (entry,) = doc["sidecars"]
         assert entry["name"] == "web" and entry["state"] == "ready"

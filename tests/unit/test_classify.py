@@ -1,0 +1,168 @@
+"""The classifier's truth table (SPEC 5.2), the owner tag format and the daemon recogniser."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from supervisor.reconcile.classify import (
+    Evidence,
+    OwnerState,
+    OwnerTag,
+    Verdict,
+    classify,
+    format_owner_tag,
+    is_supervisor_daemon,
+    parse_owner_tag,
+)
+
+UID = 1000
+NAME = "agent-monitor"
+MARKER = "agent_monitor.server"
+
+# A holder of ours by every measure except the facts each case changes.
+BASE = Evidence(
+    pid=4242,
+    uid=UID,
+    command=f"/usr/bin/python3 -m {MARKER} --port 45000",
+    ppid=777,
+    sidecar_tag=NAME,
+    owner_state=OwnerState.NONE,
+    supervisor_ancestor=False,
+)
+
+CASES: list[tuple[str, Evidence, Verdict]] = [
+    # Rule 1: another uid, or no pid.
+    ("other uid", replace(BASE, uid=0, owner_state=OwnerState.GONE), Verdict.FOREIGN),
+    ("unknown uid", replace(BASE, uid=None, owner_state=OwnerState.GONE), Verdict.FOREIGN),
+    ("pid unknown", replace(BASE, pid=None, owner_state=OwnerState.GONE), Verdict.FOREIGN),
+    (
+        "other uid even with a pid file match",
+        replace(BASE, uid=0, pidfile_match=True),
+        Verdict.FOREIGN,
+    ),
+    # Rule 2: neither marker nor sidecar tag.
+    (
+        "no marker, no tag",
+        replace(BASE, command="nginx: master", sidecar_tag=None, owner_state=OwnerState.GONE),
+        Verdict.FOREIGN,
+    ),
+    (
+        "no marker, another sidecar's tag",
+        replace(BASE, command="nginx", sidecar_tag="other", ppid=1),
+        Verdict.FOREIGN,
+    ),
+    ("marker absent but tag matches", replace(BASE, command="nginx", ppid=1), Verdict.ORPHAN),
+    ("tag absent but marker present", replace(BASE, sidecar_tag=None, ppid=1), Verdict.ORPHAN),
+    # Rule 3: owner tag readable.
+    ("owner is this daemon", replace(BASE, owner_state=OwnerState.SELF), Verdict.ORPHAN),
+    ("owner dead or recycled", replace(BASE, owner_state=OwnerState.GONE), Verdict.ORPHAN),
+    ("owner alive", replace(BASE, owner_state=OwnerState.ALIVE), Verdict.LIVE),
+    ("owner alive beats ppid 1", replace(BASE, owner_state=OwnerState.ALIVE, ppid=1), Verdict.LIVE),
+    (
+        "pid file match with a live owner stays live",
+        replace(BASE, owner_state=OwnerState.ALIVE, pidfile_match=True),
+        Verdict.LIVE,
+    ),
+    (
+        "owner gone wins over a supervisor ancestor",
+        replace(BASE, owner_state=OwnerState.GONE, supervisor_ancestor=True),
+        Verdict.ORPHAN,
+    ),
+    # Rule 4: no owner tag.
+    ("no tag, supervisor ancestor", replace(BASE, supervisor_ancestor=True, ppid=1), Verdict.LIVE),
+    ("no tag, ppid 1", replace(BASE, ppid=1), Verdict.ORPHAN),
+    ("no tag, living parent", BASE, Verdict.LIVE),
+    ("no tag, living parent, pid file match", replace(BASE, pidfile_match=True), Verdict.LIVE),
+    ("no tag, ppid unknown", replace(BASE, ppid=None), Verdict.LIVE),
+]
+
+
+@pytest.mark.parametrize(
+    ("evidence", "expected"), [(e, v) for _, e, v in CASES], ids=[c[0] for c in CASES]
+)
+def test_classify_truth_table(evidence: Evidence, expected: Verdict) -> None:
+    result = classify(evidence, name=NAME, marker=MARKER, our_uid=UID)
+    assert result.verdict is expected
+    assert result.reason
+
+
+def test_empty_marker_matches_no_command() -> None:
+    evidence = replace(BASE, sidecar_tag=None, ppid=1)
+    assert classify(evidence, name=NAME, marker="", our_uid=UID).verdict is Verdict.FOREIGN
+
+
+def test_empty_name_never_matches_an_absent_tag() -> None:
+    evidence = replace(BASE, command="nginx", sidecar_tag=None, ppid=1)
+    assert classify(evidence, name="", marker=MARKER, our_uid=UID).verdict is Verdict.FOREIGN
+
+
+def test_pidfile_match_never_changes_the_verdict() -> None:
+    for _, evidence, _ in CASES:
+        plain = classify(
+            replace(evidence, pidfile_match=False), name=NAME, marker=MARKER, our_uid=UID
+        )
+        matched = classify(
+            replace(evidence, pidfile_match=True), name=NAME, marker=MARKER, our_uid=UID
+        )
+        assert plain.verdict is matched.verdict
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("123:1700000000.25", OwnerTag(123, 1700000000.25)),
+        ("1:0.0", OwnerTag(1, 0.0)),
+        ("42:1700000000", OwnerTag(42, 1700000000.0)),
+        (" 42:1.5\n", OwnerTag(42, 1.5)),
+        (None, None),
+        ("", None),
+        ("123", None),
+        ("123:", None),
+        (":1.5", None),
+        ("abc:1.5", None),
+        ("12:abc", None),
+        ("-5:1.5", None),
+        ("0:1.5", None),
+        ("12:nan", None),
+        ("12:inf", None),
+        ("12:-1.0", None),
+        ("1.5:2.5", None),
+        ("12:1.5:3", None),
+        ("١٢:1.5", None),  # non-ASCII digits
+    ],
+)
+def test_parse_owner_tag(text: str | None, expected: OwnerTag | None) -> None:
+    assert parse_owner_tag(text) == expected
+
+
+@pytest.mark.parametrize("created", [0.0, 1.5, 1700000000.123456, 1761234567.89])
+def test_owner_tag_round_trips(created: float) -> None:
+    assert parse_owner_tag(format_owner_tag(31337, created)) == OwnerTag(31337, created)
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "expected"),
+    [
+        (["supervisor", "run"], True),
+        (["/home/u/.venv/bin/supervisor", "run", "-c", "x.toml"], True),
+        (["/usr/bin/python3", "-m", "supervisor", "run"], True),
+        (["python3.12", "-u", "-X", "dev", "-m", "supervisor", "run", "--non-interactive"], True),
+        (["python3", "-msupervisor", "run"], True),
+        (["python3", "-m", "supervisor.cli", "run"], True),
+        (["/home/u/.venv/bin/python", "/home/u/.venv/bin/supervisor", "run"], True),
+        (["supervisor", "status"], False),
+        (["supervisor"], False),
+        (["python3", "-m", "supervisor", "port", "45000"], False),
+        (["python3", "-m", "supervisord", "run"], False),
+        (["python3", "-c", "import x", "supervisor", "run"], False),
+        (["/usr/bin/supervisord", "run"], False),
+        (["bash", "-c", "supervisor run"], False),
+        (["vim", "supervisor", "run"], False),
+        (["python3", "/tmp/not-supervisor.py", "run"], False),
+        ([], False),
+    ],
+)
+def test_is_supervisor_daemon(cmdline: list[str], expected: bool) -> None:
+    assert is_supervisor_daemon(cmdline) is expected
