@@ -105,6 +105,29 @@ class LogTimeout(AssertionError):
     pass
 
 
+def daemon_command(config: Path, state_dir: Path, *extra_args: str) -> list[str]:
+    """argv of `supervisor run` logging JSON (at debug level) for tests to read."""
+    return [
+        PYTHON, "-m", "supervisor", "run", "-c", str(config), "--state-dir", str(state_dir),
+        "--log-format", "json", "--log-level", "debug", *extra_args,
+    ]  # fmt: skip
+
+
+def wait_logged(log: Path, event: str, timeout: float = 15.0) -> dict[str, Any]:
+    """Poll a daemon's JSON log file (bounded) until `event` appears; return it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = log.read_text() if log.exists() else ""
+        for line in text.splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict) and record.get("event") == event:
+                    return record
+        if time.monotonic() > deadline:
+            raise LogTimeout(f"no {event} in {log} within {timeout}s:\n{text[-3000:]}")
+        time.sleep(0.02)
+
+
 class Daemon:
     """A real `supervisor run` whose stderr JSON events are collected by a reader thread."""
 
@@ -125,21 +148,7 @@ class Daemon:
         full_env.update(env or {})
         full_env["PYTHONUNBUFFERED"] = "1"
         self.proc = subprocess.Popen(
-            [
-                PYTHON,
-                "-m",
-                "supervisor",
-                "run",
-                "-c",
-                str(config),
-                "--state-dir",
-                str(state_dir),
-                "--log-format",
-                "json",
-                "--log-level",
-                "debug",
-                *extra_args,
-            ],
+            daemon_command(config, state_dir, *extra_args),
             stdin=stdin,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -18,11 +18,13 @@ from tests.support import (
     PYTHON,
     ROOT,
     Daemon,
+    daemon_command,
     demo_sidecar,
     free_port,
     pid_gone,
     read_json,
     render_config,
+    wait_logged,
 )
 
 
@@ -228,17 +230,7 @@ def test_exit_with_parent_stops_when_the_launcher_is_killed(tmp_path: Path) -> N
             "-c",
             LAUNCHER,
             str(log),
-            PYTHON,
-            "-m",
-            "supervisor",
-            "run",
-            "-c",
-            str(config),
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--log-format",
-            "json",
-            "--exit-with-parent",
+            *daemon_command(config, tmp_path / "state", "--exit-with-parent"),
         ],
         stdout=subprocess.PIPE,
         cwd=ROOT,
@@ -246,15 +238,7 @@ def test_exit_with_parent_stops_when_the_launcher_is_killed(tmp_path: Path) -> N
     assert launcher.stdout is not None
     daemon_pid = int(launcher.stdout.readline())
     daemon = psutil.Process(daemon_pid)
-    status_path = tmp_path / "state" / "status.json"
-    deadline = time.monotonic() + 15
-    while True:  # handshake: the status file says the sidecar is ready
-        doc = read_json(status_path) if status_path.exists() else None
-        if doc and doc["sidecars"] and doc["sidecars"][0]["state"] == "ready":
-            break
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.02)
-    child = doc["sidecars"][0]["pid"]
+    child = wait_logged(log, "sidecar_ready")["pid"]
     launcher.kill()
     launcher.wait()
     launcher.stdout.close()
@@ -263,8 +247,8 @@ def test_exit_with_parent_stops_when_the_launcher_is_killed(tmp_path: Path) -> N
     code = daemon.wait(timeout=5)
     assert time.monotonic() - killed_at < 2.0
     assert code == 0
-    events = [json.loads(line)["event"] for line in log.read_text().splitlines() if line]
-    assert "parent_exited" in events and "daemon_stopped" in events
+    wait_logged(log, "parent_exited", timeout=0)
+    wait_logged(log, "daemon_stopped", timeout=0)
     assert pid_gone(child)
 
 

@@ -18,10 +18,12 @@ from tests.support import (
     PYTHON,
     Daemon,
     Holder,
+    daemon_command,
     demo_sidecar,
     free_port,
     pid_gone,
     render_config,
+    wait_logged,
 )
 
 
@@ -86,36 +88,13 @@ def test_orphan_reparented_to_a_subreaper_is_still_an_orphan(tmp_path: Path) -> 
     state = tmp_path / "state"
     log = tmp_path / "first.log"
     reaper = subprocess.Popen(
-        [
-            PYTHON,
-            "-c",
-            SUBREAPER,
-            str(log),
-            PYTHON,
-            "-m",
-            "supervisor",
-            "run",
-            "-c",
-            str(config),
-            "--state-dir",
-            str(state),
-            "--log-format",
-            "json",
-        ],
+        [PYTHON, "-c", SUBREAPER, str(log), *daemon_command(config, state)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )
     assert reaper.stdout is not None and reaper.stdin is not None
     daemon_pid = int(reaper.stdout.readline())
-    deadline = time.monotonic() + 15
-    orphan = None
-    while orphan is None:
-        for line in log.read_text().splitlines():
-            event = json.loads(line)
-            if event["event"] == "sidecar_ready":
-                orphan = event["pid"]
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.02)
+    orphan = wait_logged(log, "sidecar_ready")["pid"]
     psutil.Process(daemon_pid).kill()
     deadline = time.monotonic() + 10
     while psutil.Process(orphan).ppid() != reaper.pid:  # reparented to the subreaper
