@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import signal
 import tomllib
@@ -306,7 +307,7 @@ def _path(table: _Table, name: str, base_dir: Path | None) -> Path | None:
         return None
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
-    return path
+    return Path(os.path.normpath(path))
 
 
 def _daemon(table: _Table, base_dir: Path | None) -> DaemonConfig:

@@ -49,7 +49,7 @@ async def _http_ok(host: str, port: int, path: str) -> bool:
 
 def listener_is_ours(port: int, child_pid: int) -> bool:
     """The LISTEN socket on `port` belongs to the child or one of its descendants."""
-    tree = [child_pid, *procs.descendants(child_pid)]
+    tree = [child_pid, *procs.descendant_pids(child_pid)]
     return bool(holders.pids_listening(port, tree))
 
 

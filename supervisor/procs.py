@@ -110,14 +110,6 @@ def is_alive(pid: int, created: float | None = None) -> bool:
         return created is None
 
 
-def descendants(pid: int) -> list[int]:
-    """Pids of every living descendant of `pid` (empty if it is gone)."""
-    try:
-        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
-    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-        return []
-
-
 def ancestors(pid: int) -> list[int]:
     """Pids of the ancestors of `pid`, nearest first."""
     try:
@@ -175,16 +167,6 @@ def signal_name(sig: int | None) -> str | None:
         return signal.Signals(sig).name
     except ValueError:
         return str(sig)
-
-
-def iter_pids(pids: Iterable[int]) -> Iterator[ProcessFacts]:
-    for pid in pids:
-        found = facts(pid, with_environ=False)
-        if found is not None:
-            yield found
-
-
-# --- Listening sockets and cheap process-tree reads (used by reconcile/holders.py) -------------
 
 
 @dataclass(frozen=True)

@@ -492,9 +492,7 @@ def test_problem_with_newline_stays_on_one_line(
     assert_user_error(out, err, (), path)
 
 
-def test_large_max_attempts_is_accepted(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_large_max_attempts_is_accepted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path, SIDECAR + f"[sidecar.restart]\nmax_attempts = {2**31 + 1}\n")
     assert cli.main(["check-config", "-c", str(path)]) == 0
 
@@ -596,7 +594,7 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> Non
     )
     cfg = config.load(path)
     assert cfg.supervisor.state_dir == folder / "state"
-    assert cfg.sidecars[0].cwd == folder / "../app"
+    assert cfg.sidecars[0].cwd == folder.parent / "app"  # normalised, not resolved
     assert cfg.path == path
 
 
