@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import pty
+import select
 import signal
 import time
 from pathlib import Path
+
+import pytest
 
 from tests.support import Daemon, Holder, demo_sidecar, free_port, render_config
 
@@ -131,3 +136,44 @@ def test_waiting_uses_no_restart_budget(tmp_path: Path) -> None:
         (entry,) = d.wait_for("status_dumped")["status"]["sidecars"]
         assert entry["attempts"] == 0 and entry["restarts"] == 0 and entry["state"] == "ready"
         assert d.stop() == 0
+
+
+def _read_until(fd: int, needle: bytes, timeout: float) -> bytes:
+    """Read a pty master until `needle` shows up (bounded)."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"no {needle!r} on the terminal; got {seen!r}"
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if readable:
+            seen += os.read(fd, 4096)
+    return seen
+
+
+@pytest.mark.parametrize(("answer", "granted"), [(b"y\n", True), (b"n\n", False)])
+def test_daemon_on_a_terminal_asks_there(tmp_path: Path, answer: bytes, granted: bool) -> None:
+    port = free_port()
+    config = config_for(tmp_path, port)  # consent = "auto": the terminal, since stdin is one
+    master, slave = pty.openpty()
+    try:
+        with (
+            Holder(port, "127.0.0.1", "-", MARKER) as holder,
+            Daemon(config, tmp_path / "state", stdin=slave) as d,
+        ):
+            prompt = _read_until(master, b"[y/N]", 15)
+            assert str(holder.pid).encode() in prompt
+            os.write(master, answer)
+            if granted:
+                d.wait_for("consent_granted", pid=holder.pid)
+                d.wait_for("live_holder_killed", pid=holder.pid)
+                d.wait_for("sidecar_ready")
+                assert not holder.alive()
+            else:
+                d.wait_for("consent_declined", pid=holder.pid)
+                d.wait_for("sidecar_waiting")
+                assert holder.untouched()
+            assert d.stop() == 0
+    finally:
+        os.close(master)
+        os.close(slave)
