@@ -46,6 +46,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from supervisor.errors import UnsupportedPlatformError
 
         raise UnsupportedPlatformError(sys.platform)
+    from supervisor import signals
+
+    # Before the slow imports: until the daemon's handlers are installed, its signals stay
+    # pending instead of killing it.
+    signals.block()
     from supervisor import daemon
 
     return daemon.main(args)

@@ -6,6 +6,7 @@ import math
 import os
 import re
 import signal
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -452,16 +453,38 @@ def parse(raw: Mapping[str, object], path: Path | None = None) -> Config:
     return Config(supervisor=daemon, sidecars=tuple(sidecars), path=path)
 
 
-def load(path: Path) -> Config:
-    """Read and validate the config file at `path`."""
+MAX_CONFIG_BYTES = 4 << 20
+
+
+def _read(path: Path) -> bytes:
+    """The file's bytes; a FIFO, a device or a huge file is refused rather than read."""
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ConfigError(path, ["file not found; create it or pass --config"]) from None
-    except IsADirectoryError:
-        raise ConfigError(path, ["is a directory, not a file"]) from None
     except OSError as exc:
         raise ConfigError(path, [f"cannot be read: {exc.strerror or exc}"]) from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ConfigError(path, ["is a directory, not a file"])
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(path, ["is not a regular file"])
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(path, [f"is too large ({info.st_size} bytes) for a config file"])
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot be read: {exc.strerror or exc}"]) from None
+    finally:
+        os.close(fd)
+
+
+def load(path: Path) -> Config:
+    """Read and validate the config file at `path`."""
+    data = _read(path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from supervisor import config, exitwatch, logs, notify, paths, pidfile, procs, status
+from supervisor import config, exitwatch, logs, notify, paths, pidfile, procs, signals, status
 from supervisor.config import Config, LogFormat, LogLevel, SidecarConfig
 from supervisor.errors import (
     AlreadyRunningError,
@@ -28,7 +28,6 @@ from supervisor.sidecar import Runtime, Sidecar
 LOCK_NAME = "supervisor.lock"
 PID_NAME = "supervisor.pid"
 STATUS_NAME = "status.json"
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 PARENT_EXITED = -1  # a pseudo-signal on the command stream
 KILL_GRACE_S = 5.0  # after the shutdown bound: SIGKILLed groups get this long to be reaped
 # status.json is rewritten on every state change, but at most this often: a crash storm of 50
@@ -55,24 +54,26 @@ def state_lock(state_dir: Path) -> Iterator[int]:
         os.close(fd)
 
 
-def _prepare_state_dir(path: Path) -> None:
+def _prepare_state_dir(path: Path) -> Path:
+    """Create the state dir; returns its real path (a symlinked state dir is the user's choice)."""
     try:
-        pidfile.ensure_dir(path)
+        pidfile.ensure_dir(path, allow_symlink=True)
     except OSError as exc:
         raise StateDirError(path, exc.strerror or str(exc)) from None
     if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
         raise StateDirError(path, "not readable and writable by this user")
+    return Path(os.path.realpath(path))
 
 
 def main(args: argparse.Namespace) -> int:
     """`supervisor run`: validate, lock the state dir, then run the event loop until shutdown."""
-    # Until our handlers are installed, a TERM/INT/HUP/USR must not kill us or be lost: block them
-    # now; they stay pending and are delivered once the event loop listens (see Daemon.run).
-    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+    # Until our handlers are installed, a TERM/INT/HUP/USR must not kill us or be lost: they stay
+    # pending and are delivered once the event loop listens (see Daemon.run).
+    signals.block()
     config_path = paths.config_path(args.config)
     cfg = config.load(config_path)
     state_dir = paths.state_dir(args.state_dir, cfg.supervisor.state_dir)
-    _prepare_state_dir(state_dir)
+    state_dir = _prepare_state_dir(state_dir)
     log_format = LogFormat(args.log_format) if args.log_format else cfg.supervisor.log_format
     log_level = LogLevel(args.log_level) if args.log_level else cfg.supervisor.log_level
     logs.configure(log_format, log_level)
@@ -206,12 +207,11 @@ class Daemon:
 
     async def run(self) -> None:
         send, receive = anyio.create_memory_object_stream[int](64)
-        with anyio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
-            # Unblocked before anything is spawned: children inherit the signal mask.
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        with anyio.open_signal_receiver(*signals.HANDLED) as received:
+            signals.unblock()  # before anything is spawned: children inherit the mask
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                tg.start_soon(_pump, signals, send.clone())
+                tg.start_soon(_pump, received, send.clone())
                 tg.start_soon(self._write_status_on_change)
                 self.log.info(
                     "daemon_started",
@@ -360,9 +360,9 @@ async def _run_sidecar(
     await sidecar.run(interactive=interactive, task_status=task_status)
 
 
-async def _pump(signals: AsyncIterator[signal.Signals], send: MemoryObjectSendStream[int]) -> None:
+async def _pump(received: AsyncIterator[signal.Signals], send: MemoryObjectSendStream[int]) -> None:
     async with send:
-        async for signum in signals:
+        async for signum in received:
             await send.send(int(signum))
 
 

@@ -112,3 +112,15 @@ class StillRunningError(SupervisorError):
             f"the supervisor (pid {pid}) is still running after {waited_s:g}s; "
             "wait longer or check its log"
         )
+
+
+class PathError(SupervisorError):
+    """A path given on the command line or in the environment cannot be used."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, source: str, value: str, reason: str) -> None:
+        self.source = source
+        self.value = value
+        self.reason = reason
+        super().__init__(f"{source} {value!r} cannot be used: {reason}; give an absolute path")

@@ -8,17 +8,26 @@ from pathlib import Path
 
 import platformdirs
 
+from supervisor.errors import PathError
+
 APP_NAME = "sidecar-supervisor"
 CONFIG_ENV = "SUPERVISOR_CONFIG"
 STATE_DIR_ENV = "SUPERVISOR_STATE_DIR"
 
 
+def _expand(source: str, value: str) -> Path:
+    try:
+        return Path(value).expanduser().absolute()
+    except RuntimeError:  # ~user of an unknown user, or no home directory
+        raise PathError(source, value, "its ~ cannot be expanded (unknown user or home)") from None
+
+
 def config_path(cli_path: str | None, environ: Mapping[str, str] = os.environ) -> Path:
     """`--config`, then `$SUPERVISOR_CONFIG`, then `<user_config_dir>/supervisor.toml`."""
     if cli_path:
-        return Path(cli_path).expanduser().absolute()
+        return _expand("--config", cli_path)
     if environ.get(CONFIG_ENV):
-        return Path(environ[CONFIG_ENV]).expanduser().absolute()
+        return _expand(f"${CONFIG_ENV}", environ[CONFIG_ENV])
     return Path(platformdirs.user_config_dir(APP_NAME)) / "supervisor.toml"
 
 
@@ -29,9 +38,9 @@ def state_dir(
 ) -> Path:
     """`--state-dir`, then `$SUPERVISOR_STATE_DIR`, then the config's, then platformdirs."""
     if cli_dir:
-        return Path(cli_dir).expanduser().absolute()
+        return _expand("--state-dir", cli_dir)
     if environ.get(STATE_DIR_ENV):
-        return Path(environ[STATE_DIR_ENV]).expanduser().absolute()
+        return _expand(f"${STATE_DIR_ENV}", environ[STATE_DIR_ENV])
     if configured is not None:
         return configured
     return Path(platformdirs.user_state_dir(APP_NAME))

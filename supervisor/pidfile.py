@@ -7,6 +7,7 @@ nothing is ever written or read through a symlink (a planted link must not redir
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import stat
@@ -23,8 +24,12 @@ class RecordError(OSError):
     """A record could not be written (the state dir is unusable, the disk is full, ...)."""
 
 
-def ensure_dir(path: Path) -> None:
-    """Create `path` (0700) if needed; refuse a symlink or a non-directory."""
+def ensure_dir(path: Path, *, allow_symlink: bool = False) -> None:
+    """Create `path` (0700) if needed; refuse a non-directory, and a symlink unless allowed.
+
+    Only the state dir itself may be a symlink (the user's choice); a link planted at a
+    sidecar's dir inside it would redirect our writes outside the state dir.
+    """
     try:
         os.makedirs(path.parent, mode=DIR_MODE, exist_ok=True)
         os.mkdir(path, DIR_MODE)
@@ -32,15 +37,25 @@ def ensure_dir(path: Path) -> None:
         pass
     info = os.lstat(path)
     if stat.S_ISLNK(info.st_mode):
-        # A symlinked state dir is the user's choice only if it points at a real dir they own.
+        if not allow_symlink:
+            raise RecordError(errno.ELOOP, f"{path} is a symbolic link; refusing to follow it")
         info = os.stat(path)
     if not stat.S_ISDIR(info.st_mode):
-        raise NotADirectoryError(f"{path} is not a directory")
+        raise NotADirectoryError(errno.ENOTDIR, f"{path} is not a directory")
+
+
+def _parent_is_real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path.parent).st_mode)
+    except OSError:
+        return False
 
 
 def write(path: Path, record: Mapping[str, object]) -> None:
     """Atomically replace `path` with `record` as JSON (mode 0600)."""
     data = (json.dumps(record, indent=None, separators=(", ", ": ")) + "\n").encode()
+    if not _parent_is_real_dir(path):
+        raise RecordError(errno.ELOOP, f"cannot write {path}: its folder is not a real directory")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         fd = os.open(
@@ -89,6 +104,8 @@ def read(path: Path) -> dict[str, object] | None:
 
 def remove(path: Path) -> bool:
     """Remove `path` if it exists; True if something was removed."""
+    if not _parent_is_real_dir(path):
+        return False
     try:
         os.unlink(path)
     except FileNotFoundError:

@@ -280,3 +280,31 @@ def test_daemon_lock_fd_is_not_inherited_by_sidecars(tmp_path: Path) -> None:
         targets = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
         assert str(state / "supervisor.lock") not in targets
         assert daemon.stop() == 0
+
+
+def _blocked_signals(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("SigBlk:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/PID/status")
+def test_sigterm_during_startup_is_a_graceful_shutdown(tmp_path: Path) -> None:
+    config = tmp_path / "supervisor.toml"
+    write(config, [demo_sidecar("web", free_port())])
+    daemon = Daemon(config, tmp_path / "state")
+    term_bit = 1 << (signal.SIGTERM - 1)
+    deadline = time.monotonic() + 10
+    # Handshake: the daemon holds its signals blocked (before its slow imports) ...
+    while not _blocked_signals(daemon.pid) & term_bit:
+        assert time.monotonic() < deadline and daemon.proc.poll() is None
+        time.sleep(0.001)
+    # ... so a SIGTERM now, before any handler exists, must not kill it but stop it cleanly.
+    daemon.signal(signal.SIGTERM)
+    assert daemon.proc.wait(15) == 0
+    daemon.wait_for("daemon_stopping", timeout=0)
+    daemon.wait_for("daemon_stopped", timeout=0)
+    for spawned in daemon.find("sidecar_spawned"):
+        assert pid_gone(spawned["pid"])
