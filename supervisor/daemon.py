@@ -22,7 +22,8 @@ from supervisor.errors import (
     SupervisorError,
 )
 from supervisor.notify import Notifier
-from supervisor.reconcile.classify import format_owner_tag
+from supervisor.reconcile import sweep
+from supervisor.reconcile.classify import OwnerTag, format_owner_tag
 from supervisor.sidecar import Runtime, Sidecar
 
 LOCK_NAME = "supervisor.lock"
@@ -88,6 +89,7 @@ def main(args: argparse.Namespace) -> int:
             exit_with_parent=bool(args.exit_with_parent) or cfg.supervisor.exit_with_parent,
             interactive=not args.non_interactive,
             log_overrides=(args.log_format, args.log_level),
+            previous=sweep.previous_owner(pidfile.read(state_dir / PID_NAME)),
         )
         try:
             pidfile.write(state_dir / PID_NAME, daemon.pid_record())
@@ -112,6 +114,7 @@ class Daemon:
         exit_with_parent: bool,
         interactive: bool,
         log_overrides: tuple[str | None, str | None],
+        previous: OwnerTag | None = None,
     ) -> None:
         self.cfg = cfg
         self.config_path = config_path
@@ -122,6 +125,7 @@ class Daemon:
         self.exit_with_parent = exit_with_parent
         self.parent_pid = os.getppid()
         self.log_overrides = log_overrides
+        self.previous = previous  # the daemon before us, if it exited uncleanly
         self.log = logs.get()
         self.notifier = Notifier.from_env()
         self.sidecars: dict[str, Sidecar] = {}
@@ -221,6 +225,10 @@ class Daemon:
                     sidecars=[s.name for s in self.cfg.sidecars],
                     interactive=self.runtime.interactive_allowed,
                 )
+                if self.previous is not None:
+                    await sweep.sweep(
+                        self.previous, {s.name: s for s in self.cfg.sidecars}, self.log
+                    )
                 for cfg in self.cfg.sidecars:
                     await self._start(cfg, interactive=True)
                 self.write_status()

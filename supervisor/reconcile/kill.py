@@ -103,6 +103,37 @@ class _Target:
             self.fd = None
 
 
+async def kill_process(
+    pid: int,
+    create_time: float,
+    *,
+    stop_signal: int,
+    stop_timeout_s: float,
+    still_ours: Callable[[], bool],
+) -> bool:
+    """Stop `pid` (its group when it leads one) and SIGKILL it after the timeout.
+
+    `still_ours` re-checks the classification just before the first signal; a mismatch raises
+    `KillAborted`. Returns True if SIGKILL was needed.
+    """
+    target = _Target(pid, create_time)
+    try:
+        if not still_ours():
+            raise KillAborted(pid, "it is no longer classified as ours")
+        target.verify()
+        group = procs.process_group(pid) == pid
+        target.send(stop_signal, group=group)
+        if await target.wait_exit(stop_timeout_s):
+            # Not our child: its parent reaps it at once, so after it exits its pid (and group
+            # id) may be recycled; no group signal is sent past this point.
+            return False
+        target.send(signal.SIGKILL, group=group)
+        await target.wait_exit(KILL_WAIT_S)
+        return True
+    finally:
+        target.close()
+
+
 async def kill_holder(
     pid: int,
     create_time: float,
@@ -112,32 +143,23 @@ async def kill_holder(
     stop_timeout_s: float,
     still_ours: Callable[[], bool],
 ) -> KillResult:
-    """Stop `pid` (its group when it leads one), SIGKILL after the timeout, await the port.
+    """Kill the holder of `port` (as `kill_process`), then wait until the port is released."""
 
-    `still_ours` re-runs the classification just before the first signal; any mismatch raises
-    `KillAborted` so the caller can re-run the preflight.
-    """
-    target = _Target(pid, create_time)
-    try:
+    def still_holding_and_ours() -> bool:
         if pid not in holders.pids_listening(port, [pid]):
             raise KillAborted(pid, f"it no longer listens on port {port}")
-        if not still_ours():
-            raise KillAborted(pid, "it is no longer classified as ours")
-        target.verify()
-        group = procs.process_group(pid) == pid
-        target.send(stop_signal, group=group)
-        escalated = False
-        if not await target.wait_exit(stop_timeout_s):
-            escalated = True
-            target.send(signal.SIGKILL, group=group)
-            await target.wait_exit(KILL_WAIT_S)
-        # Not our child: its parent reaps it at once, so after it exits its pid (and group id) may
-        # be recycled; no group signal is sent past this point. Group members still holding the
-        # port are found by the next preflight.
-        released = await wait_port_released(port, {pid})
-        return KillResult(pid=pid, escalated=escalated, port_released=released)
-    finally:
-        target.close()
+        return still_ours()
+
+    escalated = await kill_process(
+        pid,
+        create_time,
+        stop_signal=stop_signal,
+        stop_timeout_s=stop_timeout_s,
+        still_ours=still_holding_and_ours,
+    )
+    # Group members still holding the port are found by the next preflight.
+    released = await wait_port_released(port, {pid})
+    return KillResult(pid=pid, escalated=escalated, port_released=released)
 
 
 async def wait_port_released(

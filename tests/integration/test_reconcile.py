@@ -237,3 +237,52 @@ def test_pidfile_naming_an_unrelated_live_process_is_harmless(tmp_path: Path) ->
         assert bystander.stdin is not None
         bystander.stdin.close()
         bystander.wait(10)
+
+
+STARTING_FOREVER = textwrap.dedent(
+    """
+    import os, signal, time
+    # A child that never gets as far as binding its port, with a grandchild in its group.
+    if os.fork() == 0:
+        while True:
+            signal.pause()
+    print("started", flush=True)
+    while True:
+        signal.pause()
+    """
+)
+
+
+def test_leftovers_holding_no_port_are_reclaimed_after_an_unclean_exit(tmp_path: Path) -> None:
+    port = free_port()
+    sidecar: dict[str, object] = {
+        "name": "slow",
+        "command": [PYTHON, "-c", STARTING_FOREVER],
+        "port": port,
+        "ready": {"timeout": 60.0},
+    }
+    config = config_for(tmp_path, [sidecar])
+    first = Daemon(config, tmp_path / "state")
+    child = first.wait_for("sidecar_spawned")["pid"]
+    first.wait_for("child_output", line="started")
+    group = [p.pid for p in psutil.Process(child).children()] + [child]
+    first.kill()
+    with Daemon(config, tmp_path / "state") as second:
+        killed = second.wait_for("orphan_killed", pid=child)
+        assert "did not exit cleanly" in str(killed["reason"])
+        for pid in group:
+            assert pid_gone(pid)
+        assert second.wait_for("sidecar_spawned")["pid"] not in group
+        assert second.stop() == 0
+
+
+def test_a_clean_exit_leaves_nothing_to_sweep(tmp_path: Path) -> None:
+    port = free_port()
+    config = config_for(tmp_path, [demo_sidecar("web", port)])
+    with Daemon(config, tmp_path / "state") as first:
+        first.wait_for("sidecar_ready")
+        assert first.stop() == 0
+    with Daemon(config, tmp_path / "state") as second:
+        second.wait_for("sidecar_ready")
+        assert not second.find("orphan_killed")
+        assert second.stop() == 0
