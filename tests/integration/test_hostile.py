@@ -285,6 +285,7 @@ def test_symlinked_sidecar_dir_does_not_redirect_the_pid_file(tmp_path: Path) ->
     with Daemon(config, state) as daemon:
         daemon.wait_for("sidecar_ready", sidecar="web")
         handshake(daemon)
+        assert "symbolic link" in str(daemon.wait_for("pidfile_write_failed", timeout=0)["error"])
         written = sorted(p.name for p in elsewhere.iterdir())
         assert daemon.stop() == 0
     assert written == [], f"the daemon wrote {written} through the planted symlink"
