@@ -1,0 +1,148 @@
+"""50 sidecars: time until all are ready, then a crash storm (every child exits 0.5 s after it
+starts, `base_delay = 0`), then back to calm; the daemon's CPU share and fds during the storm, and
+its fd count and RSS before and after it (a leak shows as growth).
+
+`python -m bench scale [--sidecars N] [--storm-s S]`. One daemon throughout: storm and calm are
+entered by rewriting its config and sending SIGHUP (every sidecar changes, so all restart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from bench.common import (
+    Check,
+    Daemon,
+    Logged,
+    ProcStats,
+    Row,
+    at_most,
+    free_ports,
+    machine,
+    ns_to_ms,
+    proc_stats,
+    report,
+    row,
+    scratch,
+    sidecar,
+)
+
+BENCH = "scale"
+ALL_READY_S = 5.0
+CPU_SHARE = 0.30
+SETTLE_S = 2.0  # after the last `sidecar_ready`: trailing status writes and output drains finish
+RSS_SLACK_MIB = 1.0  # allocator noise tolerated as "no growth"
+CRASH_AFTER_S = 0.5
+
+
+def sidecars(ports: Sequence[int], *demo_args: str) -> list[dict[str, Any]]:
+    return [
+        sidecar(
+            f"demo-{i}",
+            port,
+            *demo_args,
+            restart={"base_delay": 0.0, "max_attempts": 1_000_000, "reset_after": 0.05},
+        )
+        for i, port in enumerate(ports)
+    ]
+
+
+def all_ready(daemon: Daemon, names: int, after_ns: int, timeout_s: float = 120.0) -> Logged:
+    """The `sidecar_ready` that completes the set of `names` sidecars ready since `after_ns`."""
+    seen: set[str] = set()
+    count = 0
+    while True:
+        count += 1
+        event = daemon.wait_for(
+            "sidecar_ready",
+            count=count,
+            where=lambda e: e.arrival_ns >= after_ns,
+            timeout_s=timeout_s,
+        )
+        seen.add(str(event.event.get("sidecar")))
+        if len(seen) == names:
+            return event
+
+
+def run(count: int, storm_s: float) -> tuple[list[Row], list[Check], list[str]]:
+    ports = free_ports(count)
+    notes: list[str] = []
+    with scratch(BENCH) as work, Daemon(work, sidecars(ports)) as daemon:
+        last = all_ready(daemon, count, daemon.started_ns)
+        ready_s = (last.stamp_ns - daemon.started_ns) / 1e9
+        time.sleep(SETTLE_S)
+        calm_before = proc_stats(daemon.pid)
+
+        daemon.write_config(sidecars(ports, "--crash-after", str(CRASH_AFTER_S)))
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_for("config_reloaded", timeout_s=60.0)
+        storm_start, spawned_before = proc_stats(daemon.pid), daemon.count("sidecar_spawned")
+        fds: list[float] = []
+        deadline = time.monotonic() + storm_s
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            fds.append(proc_stats(daemon.pid).fds)
+        storm_end, spawned_after = proc_stats(daemon.pid), daemon.count("sidecar_spawned")
+        exhausted = daemon.count("restart_budget_exhausted")
+
+        daemon.write_config(sidecars(ports))
+        calm_ns = time.time_ns()
+        daemon.proc.send_signal(signal.SIGHUP)
+        all_ready(daemon, count, calm_ns)
+        time.sleep(SETTLE_S)
+        calm_after = proc_stats(daemon.pid)
+    cpu_share = (storm_end.cpu_s - storm_start.cpu_s) / storm_s
+    spawns_per_s = (spawned_after - spawned_before) / storm_s
+    cpu_per_spawn_ms = (
+        (storm_end.cpu_s - storm_start.cpu_s) * 1000 / max(1, spawned_after - spawned_before)
+    )
+    rows = [
+        row(BENCH, f"daemon start -> all {count} ready", "ours", "s", [ready_s]),
+        row(BENCH, f"crash storm {storm_s:g} s: daemon CPU", "ours", "% core", [cpu_share * 100]),
+        row(BENCH, "crash storm: spawns per second", "ours", "1/s", [spawns_per_s]),
+        row(BENCH, "crash storm: daemon CPU per spawn", "ours", "ms", [cpu_per_spawn_ms]),
+        row(BENCH, "crash storm: daemon fds (1 s samples)", "ours", "count", fds),
+        *rows_before_after(calm_before, storm_start, storm_end, calm_after),
+    ]
+    checks = [
+        at_most(BENCH, f"all {count} ready", ready_s, ALL_READY_S, "s"),
+        at_most(BENCH, "crash-storm daemon CPU", cpu_share * 100, CPU_SHARE * 100, "% core"),
+        at_most(BENCH, "fd growth, calm after vs before", calm_after.fds - calm_before.fds, 0, ""),
+        at_most(
+            BENCH,
+            "RSS growth, calm after vs before",
+            (calm_after.rss_kib - calm_before.rss_kib) / 1024,
+            RSS_SLACK_MIB,
+            "MiB",
+        ),
+    ]
+    notes.append(
+        f"{count} sidecars, each `--crash-after {CRASH_AFTER_S:g}`; restart_budget_exhausted "
+        f"logged {exhausted} times; all ready = JSON timestamp of the last `sidecar_ready` - "
+        f"daemon spawn ({ns_to_ms(last.arrival_ns - last.stamp_ns):.1f} ms before it reached us)"
+    )
+    return rows, checks, notes
+
+
+def rows_before_after(*stats: ProcStats) -> list[Row]:
+    labels = ("calm before", "storm start", "storm end", "calm after")
+    out = []
+    for label, s in zip(labels, stats, strict=True):
+        out.append(row(BENCH, f"daemon fds, {label}", "ours", "count", [s.fds]))
+    for label, s in zip(labels, stats, strict=True):
+        out.append(row(BENCH, f"daemon RSS, {label}", "ours", "MiB", [s.rss_kib / 1024]))
+    return out
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench scale", description=__doc__)
+    parser.add_argument("--sidecars", type=int, default=50)
+    parser.add_argument("--storm-s", type=float, default=30.0, help="crash-storm length")
+    args = parser.parse_args(argv)
+    rows, checks, notes = run(args.sidecars, args.storm_s)
+    report(f"{args.sidecars} sidecars; {machine()}", rows, checks, notes)
+    return 0
