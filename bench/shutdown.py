@@ -36,6 +36,7 @@ from bench.common import (
     sidecar,
     supervisord_bin,
     wait_connect,
+    wait_exited,
     wait_report,
 )
 
@@ -82,7 +83,7 @@ def measure(
                 time.sleep(SETTLE_S)
                 sent_ns = time.time_ns()
                 proc.terminate()
-                proc.wait(30)
+                wait_exited(proc, 30)
                 gone_ns = time.time_ns()
                 if not group_gone(child):
                     raise RuntimeError(f"the child's group {child} survived the shutdown")

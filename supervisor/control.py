@@ -11,17 +11,16 @@ import json
 import os
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
-from supervisor import paths, pidfile, procs
+from supervisor import paths, pidfile, proctime
 from supervisor.errors import EXIT_OK, ConfigError, NotRunningError, StillRunningError
 
 STOP_POLL_MAX_S = 0.05
 
 
-@dataclass(frozen=True)
-class RunningDaemon:
+class RunningDaemon(NamedTuple):
     pid: int
     create_time: float
     state_dir: Path
@@ -46,7 +45,7 @@ def find_daemon(state_dir: Path) -> RunningDaemon:
     record = pidfile.read(state_dir / "supervisor.pid")
     pid = pidfile.int_field(record, "pid")
     created = pidfile.float_field(record, "create_time")
-    if pid is None or created is None or not procs.is_alive(pid, created):
+    if pid is None or created is None or not proctime.is_alive(pid, created):
         raise NotRunningError(state_dir)
     return RunningDaemon(pid=pid, create_time=created, state_dir=state_dir)
 
@@ -73,7 +72,7 @@ def stop(args: argparse.Namespace) -> int:
         return EXIT_OK
     deadline = time.monotonic() + args.wait
     delay = 0.005
-    while procs.is_alive(daemon.pid, daemon.create_time):
+    while proctime.is_alive(daemon.pid, daemon.create_time):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise StillRunningError(daemon.pid, args.wait)
@@ -90,7 +89,7 @@ def signal_daemon(args: argparse.Namespace, name: str) -> int:
 
 def _send(daemon: RunningDaemon, sig: signal.Signals) -> None:
     # Re-verified just before the signal: the daemon may have exited since we read its PID file.
-    if not procs.is_alive(daemon.pid, daemon.create_time):
+    if not proctime.is_alive(daemon.pid, daemon.create_time):
         raise NotRunningError(daemon.state_dir)
     try:
         os.kill(daemon.pid, sig)

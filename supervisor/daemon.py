@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -134,6 +135,9 @@ class Daemon:
         self._last_summary = ""
         self._status_failed = False
         self._status_dirty = anyio.Event()
+        self._status_lock = threading.Lock()
+        self._status_seq = 0
+        self._status_written = 0
         stdin_tty = False
         with contextlib.suppress(OSError, ValueError, AttributeError):
             stdin_tty = os.isatty(0)
@@ -163,14 +167,26 @@ class Daemon:
 
     def write_status(self) -> dict[str, object]:
         doc = self.status_document()
-        try:
-            pidfile.write(self.state_dir / STATUS_NAME, doc)
-            self._status_failed = False
-        except OSError as exc:
-            if not self._status_failed:  # once per failure streak, not once per state change
-                self.log.error("status_write_failed", error=str(exc))
-            self._status_failed = True
+        self._store_status(doc, self._next_status_seq())
         return doc
+
+    def _next_status_seq(self) -> int:
+        self._status_seq += 1
+        return self._status_seq
+
+    def _store_status(self, doc: dict[str, object], seq: int) -> None:
+        """Write one snapshot; an older one never replaces a newer one (writes may overlap)."""
+        with self._status_lock:
+            if seq < self._status_written:
+                return
+            try:
+                pidfile.write(self.state_dir / STATUS_NAME, doc)
+                self._status_failed = False
+            except OSError as exc:
+                if not self._status_failed:  # once per failure streak, not per state change
+                    self.log.error("status_write_failed", error=str(exc))
+                self._status_failed = True
+            self._status_written = seq
 
     def _sidecar_changed(self, _sidecar: Sidecar) -> None:
         self._status_dirty.set()
@@ -184,7 +200,9 @@ class Daemon:
         while True:
             await self._status_dirty.wait()
             self._status_dirty = anyio.Event()
-            self.write_status()
+            # The snapshot is taken on the loop; the fsync happens off it (~1 ms each).
+            doc, seq = self.status_document(), self._next_status_seq()
+            await anyio.to_thread.run_sync(self._store_status, doc, seq)
             await anyio.sleep(STATUS_MIN_GAP_S)
 
     # -- sidecars ------------------------------------------------------------------------------

@@ -6,8 +6,6 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-import platformdirs
-
 from supervisor.errors import PathError
 
 APP_NAME = "sidecar-supervisor"
@@ -28,6 +26,8 @@ def config_path(cli_path: str | None, environ: Mapping[str, str] = os.environ) -
         return _expand("--config", cli_path)
     if environ.get(CONFIG_ENV):
         return _expand(f"${CONFIG_ENV}", environ[CONFIG_ENV])
+    import platformdirs  # only here: `status --state-dir` should not pay for it
+
     return Path(platformdirs.user_config_dir(APP_NAME)) / "supervisor.toml"
 
 
@@ -43,4 +43,6 @@ def state_dir(
         return _expand(f"${STATE_DIR_ENV}", environ[STATE_DIR_ENV])
     if configured is not None:
         return configured
+    import platformdirs
+
     return Path(platformdirs.user_state_dir(APP_NAME))

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import json
 import os
+import secrets
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -56,7 +57,8 @@ def write(path: Path, record: Mapping[str, object]) -> None:
     data = (json.dumps(record, indent=None, separators=(", ", ": ")) + "\n").encode()
     if not _parent_is_real_dir(path):
         raise RecordError(errno.ELOOP, f"cannot write {path}: its folder is not a real directory")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # A unique temp name: a status write in a worker thread may overlap one on the loop.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         fd = os.open(
             tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE

@@ -140,12 +140,31 @@ def process_group(pid: int) -> int | None:
 
 
 def group_members(pgid: int) -> list[int]:
-    """Living pids of process group `pgid` (a scan; used only at stop and after exits)."""
+    """Living pids of process group `pgid` (a scan; used only at stop)."""
+    if sys.platform == "linux":
+        return _group_members_proc(pgid)
     members = []
     for proc in psutil.process_iter():
         with contextlib.suppress(OSError, psutil.Error):
             if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
                 members.append(proc.pid)
+    return members
+
+
+def _group_members_proc(pgid: int) -> list[int]:
+    members = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as stat:
+                data = stat.read()
+        except OSError:
+            continue
+        fields = data[data.rfind(b")") + 2 :].split()
+        # fields: state, ppid, pgrp, ...
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
+            members.append(int(name))
     return members
 
 
