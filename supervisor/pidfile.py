@@ -10,7 +10,6 @@ import contextlib
 import errno
 import json
 import os
-import secrets
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -58,7 +57,7 @@ def write(path: Path, record: Mapping[str, object]) -> None:
     if not _parent_is_real_dir(path):
         raise RecordError(errno.ELOOP, f"cannot write {path}: its folder is not a real directory")
     # A unique temp name: a status write in a worker thread may overlap one on the loop.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
         fd = os.open(
             tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE
