@@ -308,3 +308,18 @@ def test_sigterm_during_startup_is_a_graceful_shutdown(tmp_path: Path) -> None:
     daemon.wait_for("daemon_stopped", timeout=0)
     for spawned in daemon.find("sidecar_spawned"):
         assert pid_gone(spawned["pid"])
+
+
+def test_sighup_during_shutdown_is_ignored(tmp_path: Path) -> None:
+    config = tmp_path / "supervisor.toml"
+    write(config, [demo_sidecar("slow", free_port(), "--ignore-sigterm", stop={"timeout": 1.0})])
+    with Daemon(config, tmp_path / "state") as daemon:
+        daemon.wait_for("sidecar_ready")
+        daemon.signal(signal.SIGTERM)
+        daemon.wait_for("sidecar_stopping")
+        daemon.signal(signal.SIGHUP)
+        daemon.signal(signal.SIGUSR2)  # handled during shutdown: proves the HUP was received
+        daemon.wait_for("status_dumped")
+        assert daemon.proc.wait(10) == 0
+        assert not daemon.find("config_reloaded")
+        assert len(daemon.find("sidecar_spawned")) == 1
