@@ -272,7 +272,7 @@ class Sidecar:
         try:
             pidfile.ensure_dir(self.pidfile_path.parent)
             pidfile.write(self.pidfile_path, self._pid_record(child))
-            self.log.debug("pidfile_written", path=str(self.pidfile_path), pid=child.pid)
+            self.log.info("pidfile_written", path=str(self.pidfile_path), pid=child.pid)
         except OSError as exc:
             self.log.error("pidfile_write_failed", path=str(self.pidfile_path), error=str(exc))
         elapsed_ms = round((time.monotonic() - spawned) * 1000, 1)
@@ -341,7 +341,7 @@ class Sidecar:
 
     def _remove_pidfile(self) -> None:
         if pidfile.remove(self.pidfile_path):
-            self.log.debug("pidfile_removed", path=str(self.pidfile_path))
+            self.log.info("pidfile_removed", path=str(self.pidfile_path))
 
     def _settle_stopped(self) -> None:
         """After the supervision task ends: a cancelled sidecar rests in `stopped`."""
