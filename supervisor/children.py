@@ -9,6 +9,7 @@ can never hit a stranger.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -46,7 +47,6 @@ class Child:
         self.popen = popen
         self.pid = popen.pid
         self.pgid = popen.pid  # start_new_session: the child leads its own group
-        self.create_time = procs.create_time(self.pid) or 0.0
         self._exited = False
         self.sigkilled = False  # SIGKILL was sent to the group (escalation or forced shutdown)
         self.status: ExitStatus | None = None
@@ -54,6 +54,12 @@ class Child:
             self._exit_handle = exitwatch.open_exit_handle(self.pid)
         except ProcessLookupError:  # cannot happen before we reap it, but never crash on it
             self._exit_handle = None
+
+    @functools.cached_property
+    def create_time(self) -> float:
+        # Read lazily: right after the fork, /proc/PID/stat blocks until the child's exec is
+        # done (~3 ms), which would sit on the respawn path. By readiness it is instant.
+        return procs.create_time(self.pid) or 0.0
 
     @property
     def exited(self) -> bool:

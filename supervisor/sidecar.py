@@ -207,7 +207,7 @@ class Sidecar:
                 failure = await self._await_ready(child)
                 if failure is None:
                     failed_start = False
-                    self._became_ready(child, spawned)
+                    await self._became_ready(child, spawned)
                     await self._hold_ready(child)
                 else:
                     self.reason = failure
@@ -267,17 +267,22 @@ class Sidecar:
             failure.append("exited before becoming ready")
         return failure[0] if failure else None
 
-    def _became_ready(self, child: children.Child, spawned: float) -> None:
+    async def _became_ready(self, child: children.Child, spawned: float) -> None:
         self.ready_child = child
         try:
-            pidfile.ensure_dir(self.pidfile_path.parent)
-            pidfile.write(self.pidfile_path, self._pid_record(child))
+            # The fsync (~1 ms) happens off the event loop; readiness is announced after it.
+            record = self._pid_record(child)
+            await anyio.to_thread.run_sync(self._write_pidfile, record)
             self.log.info("pidfile_written", path=str(self.pidfile_path), pid=child.pid)
         except OSError as exc:
             self.log.error("pidfile_write_failed", path=str(self.pidfile_path), error=str(exc))
         elapsed_ms = round((time.monotonic() - spawned) * 1000, 1)
         self._transition(Event.READY, reason=None)
         self.log.info("sidecar_ready", pid=child.pid, elapsed_ms=elapsed_ms)
+
+    def _write_pidfile(self, record: dict[str, object]) -> None:
+        pidfile.ensure_dir(self.pidfile_path.parent)
+        pidfile.write(self.pidfile_path, record)
 
     def _pid_record(self, child: children.Child) -> dict[str, object]:
         return {
@@ -399,7 +404,8 @@ class Sidecar:
             "name": self.name,
             "state": self.state.value,
             "pid": child.pid if child is not None and child.status is None else None,
-            "create_time": child.create_time if child is not None else None,
+            # Known once ready (see Child.create_time); never read here before.
+            "create_time": self.ready_child.create_time if self.ready_child else None,
             "port": self.config.port,
             "attempts": self.attempts,
             "restarts": self.restarts,
