@@ -124,14 +124,15 @@ class Child:
             self.reap()
         return self.sigkilled
 
-    def kill_leftovers(self) -> None:
-        """After the leader exited by itself: SIGKILL what is left of its group; then reap.
+    def finish(self) -> ExitStatus:
+        """After the leader exited: SIGKILL what is left of its group, reap, return the status.
 
         One killpg, no process scan: the unreaped leader keeps the group id ours.
         """
-        if self.status is None:
-            procs.signal_group(self.pgid, signal.SIGKILL)
-            self.reap()
+        if self.status is not None:
+            return self.status
+        procs.signal_group(self.pgid, signal.SIGKILL)
+        return self.reap()
 
     def close(self) -> None:
         """Release fds (exit handle, pipes); the process must have been reaped or be abandoned."""

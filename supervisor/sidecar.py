@@ -306,9 +306,7 @@ class Sidecar:
 
     def _child_ended(self, child: children.Child, failed_start: bool) -> None:
         """The leader exited: kill what is left of its group, reap, record the exit."""
-        child.kill_leftovers()
-        exit_status = child.status
-        assert exit_status is not None
+        exit_status = child.finish()
         self.last_exit = {
             "code": exit_status.code,
             "signal": procs.signal_name(exit_status.signal),

@@ -76,7 +76,7 @@ async def preflight(
         return Outcome(Action.LAUNCH)
     try:
         for _ in range(MAX_RERUNS):
-            outcome = await _attempt(config, interactive=interactive, ctx=ctx, log=log)
+            outcome = await _attempt(config, config.port, interactive=interactive, ctx=ctx, log=log)
             if outcome is not None:
                 return outcome
         return Outcome(Action.LAUNCH, reason="the holder kept changing; launching anyway")
@@ -86,11 +86,14 @@ async def preflight(
 
 
 async def _attempt(
-    config: SidecarConfig, *, interactive: bool, ctx: Context, log: FilteringBoundLogger
+    config: SidecarConfig,
+    port: int,
+    *,
+    interactive: bool,
+    ctx: Context,
+    log: FilteringBoundLogger,
 ) -> Outcome | None:
     """One pass; None means "something changed under us, run again"."""
-    assert config.port is not None
-    port = config.port
     listeners = holders.find_listeners(port)
     if not listeners:
         log.info("reconcile_port_free", port=port)
@@ -141,6 +144,7 @@ async def _attempt(
     for holder, verdict in to_kill:
         if not await _kill(
             config=config,
+            port=port,
             holder=holder,
             verdict=verdict,
             ctx=ctx,
@@ -221,6 +225,7 @@ async def _live_consented(
 async def _kill(
     *,
     config: SidecarConfig,
+    port: int,
     holder: holders.Holder,
     verdict: Classification,
     ctx: Context,
@@ -228,13 +233,12 @@ async def _kill(
     log: FilteringBoundLogger,
 ) -> bool:
     """Kill one holder; False if the kill was aborted (the caller re-runs the preflight)."""
-    assert config.port is not None
     if holder.pid is None or holder.facts is None:
         return False
     pid = holder.pid
 
     def still_ours() -> bool:
-        again = holders.find_holders(config.port or 0, candidates=[pid])
+        again = holders.find_holders(port, candidates=[pid])
         same = [h for h in again if h.pid == pid]
         return bool(same) and _evaluate(config, same[0], ctx, recorded_pid).verdict is (
             verdict.verdict
@@ -244,7 +248,7 @@ async def _kill(
         result = await kill_holder(
             pid,
             holder.facts.create_time,
-            config.port,
+            port,
             stop_signal=config.stop.signal,
             stop_timeout_s=config.stop.timeout_s,
             still_ours=still_ours,
