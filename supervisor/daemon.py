@@ -35,6 +35,9 @@ KILL_GRACE_S = 5.0  # after the shutdown bound: SIGKILLed groups get this long t
 # status.json is rewritten on every state change, but at most this often: a crash storm of 50
 # sidecars must not turn into hundreds of fsyncs a second on the event loop.
 STATUS_MIN_GAP_S = 0.05
+# ... and a few ms after the change that triggered it: a burst (exit, restart, spawn) becomes
+# one write, made after the respawn rather than in its way.
+STATUS_SETTLE_S = 0.005
 
 
 @contextlib.contextmanager
@@ -199,6 +202,7 @@ class Daemon:
     async def _write_status_on_change(self) -> None:
         while True:
             await self._status_dirty.wait()
+            await anyio.sleep(STATUS_SETTLE_S)
             self._status_dirty = anyio.Event()
             # The snapshot is taken on the loop; the fsync happens off it (~1 ms each).
             doc, seq = self.status_document(), self._next_status_seq()
