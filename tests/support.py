@@ -189,17 +189,22 @@ class Daemon:
         where: Callable[[Event], bool] | None = None,
         **fields: object,
     ) -> Event:
-        """Block until the `count`-th matching event is logged; return it."""
+        """Block until the `count`-th matching event is logged; return it.
+
+        Each event is examined once (a chatty child logs tens of thousands of lines; rescanning
+        them all on every new line would starve the reader thread).
+        """
         deadline = time.monotonic() + timeout
+        examined = matched = 0
         with self._cond:
             while True:
-                found = [
-                    e
-                    for e in self.events
-                    if _matches(e, event, fields) and (where is None or where(e))
-                ]
-                if len(found) >= count:
-                    return found[count - 1]
+                while examined < len(self.events):
+                    candidate = self.events[examined]
+                    examined += 1
+                    if _matches(candidate, event, fields) and (where is None or where(candidate)):
+                        matched += 1
+                        if matched == count:
+                            return candidate
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
                     raise LogTimeout(
