@@ -15,7 +15,7 @@ from pathlib import Path
 import anyio
 from structlog.typing import FilteringBoundLogger
 
-from supervisor import children, logs, pidfile, probes, procs, status
+from supervisor import children, exitwatch, logs, pidfile, probes, procs, status
 from supervisor.config import SidecarConfig
 from supervisor.lifecycle import Event, ExitInfo, State, decide_after_exit, next_state
 from supervisor.reconcile import holders
@@ -38,6 +38,15 @@ class Runtime:
     stdin_is_tty: bool
     on_change: Callable[[Sidecar], None]
     consent_lock: anyio.Lock = field(default_factory=anyio.Lock)
+
+
+def _exit_handle(pid: int | None) -> exitwatch.ExitHandle | None:
+    if pid is None:
+        return None
+    try:
+        return exitwatch.open_exit_handle(pid)
+    except ProcessLookupError:
+        return None
 
 
 class Sidecar:
@@ -165,18 +174,34 @@ class Sidecar:
         return await preflight(self.config, interactive=interactive, ctx=ctx, log=self.log)
 
     async def _wait_for_port(self, outcome: Outcome) -> None:
-        """Poll the port cheaply (no process scan) until it is free or its holder changes."""
+        """Poll the port cheaply (no process scan) until it is free or its holder changes.
+
+        When the holder's pid is known, its exit also wakes us at once (a pidfd), so the sidecar
+        starts as soon as the port is released rather than at the next poll.
+        """
         port = self.config.port
         if port is None:
             return
+        holder_exit = _exit_handle(outcome.holder_pid)
         polls = 0
-        while True:
-            await anyio.sleep(WAIT_POLL_S)
-            polls += 1
-            listeners = holders.find_listeners(port)
-            self.log.debug("sidecar_wait_polled", port=port, polls=polls, held=bool(listeners))
-            if not listeners or frozenset(listeners) != outcome.listeners:
-                return
+        try:
+            while True:
+                with anyio.move_on_after(WAIT_POLL_S):
+                    if holder_exit is not None:
+                        await holder_exit.wait()
+                        holder_exit.close()  # it fired; later polls just sleep
+                        holder_exit = None
+                        if not holders.find_listeners(port):
+                            return  # the port went with its holder: no need to wait
+                    await anyio.sleep(WAIT_POLL_S)
+                polls += 1
+                listeners = holders.find_listeners(port)
+                self.log.debug("sidecar_wait_polled", port=port, polls=polls, held=bool(listeners))
+                if not listeners or frozenset(listeners) != outcome.listeners:
+                    return
+        finally:
+            if holder_exit is not None:
+                holder_exit.close()
 
     # -- one child -----------------------------------------------------------------------------
 

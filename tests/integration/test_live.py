@@ -177,3 +177,19 @@ def test_daemon_on_a_terminal_asks_there(tmp_path: Path, answer: bytes, granted:
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_waiting_sidecar_starts_when_its_holder_exits_without_waiting_for_a_poll(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    config = config_for(tmp_path, port)
+    with Holder(port) as holder, Daemon(config, tmp_path / "state") as d:
+        d.wait_for("sidecar_waiting")
+        d.wait_for("sidecar_wait_polled", polls=1)  # the next poll is a second away
+        holder.stop()
+        d.wait_for("sidecar_spawned")
+        # Woken by the holder's exit (a pidfd), not by the next once-a-second poll.
+        assert not d.find("sidecar_wait_polled", polls=2)
+        d.wait_for("sidecar_ready")
+        assert d.stop() == 0
