@@ -216,6 +216,13 @@ class Daemon:
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
+    def dump_status(self, timeout: float = 15.0) -> Event:
+        """Handshake: SIGUSR2, then the `status_dumped` event it causes (status.json is
+        rewritten before it is logged)."""
+        before = len(self.find("status_dumped"))
+        self.signal(signal.SIGUSR2)
+        return self.wait_for("status_dumped", count=before + 1, timeout=timeout)
+
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM the daemon and wait for it to exit; returns its exit code."""
         if self.proc.poll() is None:

@@ -105,11 +105,8 @@ def custom_sidecar(tmp_path: Path, script: str, port: int) -> Path:
 
 def handshake(daemon: Daemon, timeout: float = 5.0) -> tuple[dict[str, object], float]:
     """SIGUSR2 -> `status_dumped`; returns the status and how long the answer took."""
-    before = len(daemon.find("status_dumped"))
     sent = time.monotonic()
-    daemon.signal(signal.SIGUSR2)
-    event = daemon.wait_for("status_dumped", count=before + 1, timeout=timeout)
-    status: dict[str, object] = event["status"]
+    status: dict[str, object] = daemon.dump_status(timeout)["status"]
     return status, time.monotonic() - sent
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import signal
 from pathlib import Path
 
 import psutil
@@ -52,8 +51,7 @@ def test_demo_ready_pidfile_status_then_sigterm_cleans_everything(tmp_path: Path
         assert set(record) >= {"supervisor_create_time", "started_at", "command"}
         daemon.wait_for("pidfile_written")
 
-        daemon.signal(signal.SIGUSR2)  # handshake: status.json is rewritten before this event
-        daemon.wait_for("status_dumped")
+        daemon.dump_status()
         doc = read_json(tmp_path / "state" / "status.json")
         (entry,) = doc["sidecars"]
         assert entry["name"] == "web" and entry["state"] == "ready"
@@ -79,8 +77,7 @@ def test_always_failing_child_spawns_budget_plus_one_then_fails(tmp_path: Path) 
     with start(tmp_path, [sidecar]) as daemon:
         daemon.wait_for("restart_budget_exhausted", sidecar="crashy")
         # A handshake after giving up: had anything spawned since, it would be logged by now.
-        daemon.signal(signal.SIGUSR2)
-        dump = daemon.wait_for("status_dumped")
+        dump = daemon.dump_status()
         assert len(daemon.find("sidecar_spawned", sidecar="crashy")) == 4
         delays = [e["delay_s"] for e in daemon.find("restart_scheduled", sidecar="crashy")]
         assert delays == [0.05, 0.1, 0.15]
@@ -161,8 +158,7 @@ def test_on_failure_policy_with_clean_exit_goes_to_exited(tmp_path: Path) -> Non
     )
     with start(tmp_path, [sidecar]) as daemon:
         daemon.wait_for("sidecar_exited", code=0)
-        daemon.signal(signal.SIGUSR2)
-        dump = daemon.wait_for("status_dumped")
+        dump = daemon.dump_status()
         assert dump["status"]["sidecars"][0]["state"] == "exited"
         assert not daemon.find("restart_scheduled")
         assert len(daemon.find("sidecar_spawned")) == 1
@@ -179,8 +175,7 @@ def test_three_sidecars_are_independent(tmp_path: Path) -> None:
     with start(tmp_path, sidecars) as daemon:
         pids = {n: daemon.wait_for("sidecar_ready", sidecar=n)["pid"] for n in ("one", "three")}
         daemon.wait_for("restart_budget_exhausted", sidecar="two")
-        daemon.signal(signal.SIGUSR2)
-        dump = daemon.wait_for("status_dumped")
+        dump = daemon.dump_status()
         states = {s["name"]: (s["state"], s["pid"]) for s in dump["status"]["sidecars"]}
         assert states["one"] == ("ready", pids["one"])
         assert states["three"] == ("ready", pids["three"])

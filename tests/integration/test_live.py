@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import pty
 import select
-import signal
 import time
 from pathlib import Path
 
@@ -114,8 +113,7 @@ def test_non_interactive_flag_never_asks(tmp_path: Path) -> None:
     ):
         waiting = d.wait_for("sidecar_waiting")
         assert waiting["verdict"] == "live"
-        d.signal(signal.SIGUSR2)
-        d.wait_for("status_dumped")
+        d.dump_status()
         assert not d.find("consent_requested")
         assert not (tmp_path / "consent-ran").exists()
         assert holder.untouched()
@@ -132,8 +130,7 @@ def test_waiting_uses_no_restart_budget(tmp_path: Path) -> None:
         assert time.monotonic() - started >= 9.0  # polls are at most once a second
         holder.stop()
         d.wait_for("sidecar_ready")
-        d.signal(signal.SIGUSR2)
-        (entry,) = d.wait_for("status_dumped")["status"]["sidecars"]
+        (entry,) = d.dump_status()["status"]["sidecars"]
         assert entry["attempts"] == 0 and entry["restarts"] == 0 and entry["state"] == "ready"
         assert d.stop() == 0
 
