@@ -102,7 +102,7 @@ class Child:
         return procs.signal_group(self.pgid, sig)
 
     def group_members(self) -> list[int]:
-        return [pid for pid in procs.group_members(self.pgid) if pid != self.pid or not self.exited]
+        return procs.group_members(self.pgid)  # living ones: an exited leader is a zombie
 
     async def stop(self, sig: int, timeout_s: float) -> bool:
         """Signal the group, wait up to `timeout_s` for all of it, then SIGKILL; reap the leader.

@@ -86,10 +86,6 @@ class ExitInfo:
     signal: int | None
     failed_start: bool  # never became ready (exited early, timed out, or could not spawn)
 
-    @property
-    def clean(self) -> bool:
-        return self.code == 0 and self.signal is None and not self.failed_start
-
 
 @dataclass(frozen=True)
 class Decision:

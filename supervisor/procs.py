@@ -16,6 +16,8 @@ from typing import TypeVar
 
 import psutil
 
+from supervisor import proctime
+
 OWNER_ENV = "SUPERVISOR_OWNER"
 SIDECAR_ENV = "SUPERVISOR_SIDECAR"
 
@@ -156,14 +158,8 @@ def _group_members_proc(pgid: int) -> list[int]:
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as stat:
-                data = stat.read()
-        except OSError:
-            continue
-        fields = data[data.rfind(b")") + 2 :].split()
-        # fields: state, ppid, pgrp, ...
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
+        fields = proctime.stat_fields(int(name))
+        if fields is not None and len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
             members.append(int(name))
     return members
 
@@ -245,14 +241,8 @@ def tcp_listeners_of(port: int, pids: Iterable[int]) -> list[ListenEntry]:
 def parent_pid(pid: int) -> int | None:
     """The ppid of `pid` (None if it is gone), reading /proc directly on Linux."""
     if sys.platform == "linux":
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as stat:
-                data = stat.read()
-        except OSError:
-            return None
-        # The command name may contain spaces and parentheses: fields start after the last ')'.
-        fields = data[data.rfind(b")") + 2 :].split()
-        return int(fields[1]) if len(fields) > 1 else None
+        fields = proctime.stat_fields(pid)
+        return int(fields[1]) if fields is not None and len(fields) > 1 else None
     try:
         return psutil.Process(pid).ppid()
     except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):

@@ -21,7 +21,8 @@ def _boot_time() -> float | None:
     return None
 
 
-def _stat_fields(pid: int) -> list[bytes] | None:
+def stat_fields(pid: int) -> list[bytes] | None:
+    """Fields of /proc/PID/stat after the command name: state, ppid, pgrp, ... (None if gone)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             data = stat.read()
@@ -37,7 +38,7 @@ def is_alive(pid: int, created: float) -> bool:
         from supervisor import procs
 
         return procs.is_alive(pid, created)
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     boot = _boot_time()
     if fields is None or boot is None or len(fields) < 20 or fields[0] == b"Z":
         return False

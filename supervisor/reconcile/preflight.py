@@ -72,7 +72,7 @@ async def preflight(
     config: SidecarConfig, *, interactive: bool, ctx: Context, log: FilteringBoundLogger
 ) -> Outcome:
     """Make the port free for a launch, or say why we must wait or fail."""
-    if config.port is None or not config.reclaim.enabled:
+    if not config.reconciles or config.port is None:
         return Outcome(Action.LAUNCH)
     try:
         for _ in range(MAX_RERUNS):
