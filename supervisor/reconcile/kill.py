@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
 
-from supervisor import procs
+from supervisor import exitwatch, procs
 from supervisor.reconcile import holders
 
 PORT_RELEASE_TIMEOUT_S = 5.0
 KILL_WAIT_S = 5.0
-_HAS_PIDFD = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
 
 
 class KillAborted(Exception):
@@ -47,14 +46,13 @@ class _Target:
     def __init__(self, pid: int, create_time: float) -> None:
         self.pid = pid
         self.create_time = create_time
-        self.fd: int | None = None
-        if _HAS_PIDFD:
-            try:
-                self.fd = os.pidfd_open(pid)
-            except ProcessLookupError:
-                raise KillAborted(pid, "the process is gone") from None
-            except OSError:
-                self.fd = None
+        try:
+            self.exit = exitwatch.open_exit_handle(pid)
+        except ProcessLookupError:
+            raise KillAborted(pid, "the process is gone") from None
+        # On Linux the exit handle is a pidfd: signals sent through it reach this very process.
+        linux = sys.platform == "linux" and hasattr(signal, "pidfd_send_signal")
+        self.pidfd = self.exit.fd if self.exit is not None and linux else None
         self.verify()
 
     def verify(self) -> None:
@@ -64,15 +62,14 @@ class _Target:
             raise KillAborted(self.pid, "the pid now names another process (create time changed)")
 
     def exited(self) -> bool:
-        if self.fd is not None:
-            readable, _, _ = select.select([self.fd], [], [], 0)
-            return bool(readable)
+        if self.exit is not None:
+            return self.exit.ready()
         return not procs.is_alive(self.pid, self.create_time)
 
     def send(self, sig: int, *, group: bool) -> None:
         if self.exited():
             return
-        if self.fd is None:
+        if self.pidfd is None:
             self.verify()  # elsewhere: re-verify immediately before os.kill
         if group:
             # The leader is alive (checked above), so its pid - the group id - is not recyclable.
@@ -80,15 +77,15 @@ class _Target:
                 os.killpg(self.pid, sig)
             return
         with contextlib.suppress(ProcessLookupError):
-            if self.fd is not None:
-                signal.pidfd_send_signal(self.fd, sig)
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, sig)
             else:
                 os.kill(self.pid, sig)
 
     async def wait_exit(self, timeout_s: float) -> bool:
         with anyio.move_on_after(timeout_s):
-            if self.fd is not None:
-                await anyio.wait_readable(self.fd)
+            if self.exit is not None:
+                await self.exit.wait()
                 return True
             delay = 0.005
             while not self.exited():
@@ -98,9 +95,8 @@ class _Target:
         return self.exited()
 
     def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        if self.exit is not None:
+            self.exit.close()
 
 
 async def kill_process(
