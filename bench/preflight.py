@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from supervisor import procs
+from supervisor import net, procs
 from supervisor.reconcile import holders
 from tests.support import Holder, free_port
 
@@ -54,7 +54,7 @@ def measure(fn: Callable[[], object], samples: int) -> tuple[float, ...]:
 
 def ours(port: int) -> object:
     """The preflight's lookup: one netlink look, and holders only when the port is held."""
-    if not holders.find_listeners(port):
+    if not net.find_listeners(port):
         return ()
     return holders.find_holders(port)
 

@@ -10,8 +10,12 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from supervisor.errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, ConfigError, SupervisorError
+
+if TYPE_CHECKING:
+    from supervisor import control
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -28,6 +32,10 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+def _out(text: str) -> None:
+    print(text)
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
     from supervisor import config, paths
 
@@ -38,7 +46,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         for line in exc.lines():
             _fail(line)
         return exc.exit_code
-    print(f"{path}: valid; {cfg.summary()}")
+    _out(f"{path}: valid; {cfg.summary()}")
     return EXIT_OK
 
 
@@ -54,43 +62,86 @@ def _cmd_run(args: argparse.Namespace) -> int:
     signals.block()
     from supervisor import daemon
 
-    return daemon.main(args)
+    return daemon.main(
+        daemon.RunOptions(
+            config=args.config,
+            state_dir=args.state_dir,
+            log_format=args.log_format,
+            log_level=args.log_level,
+            exit_with_parent=bool(args.exit_with_parent),
+            interactive=not args.non_interactive,
+        )
+    )
+
+
+def _running(args: argparse.Namespace) -> control.RunningDaemon:
+    from supervisor import control
+
+    return control.find_daemon(control.resolve_state_dir(args.config, args.state_dir))
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from supervisor import control
+    import json
+    import time
 
-    return control.status(args)
+    from supervisor import control, status
+
+    doc = control.read_status(_running(args))
+    _out(json.dumps(doc, indent=2) if args.json else status.render_table(doc, time.time()))
+    return EXIT_OK
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
     from supervisor import control
 
-    return control.stop(args)
+    control.stop(_running(args), args.wait)
+    return EXIT_OK
 
 
 def _cmd_reload(args: argparse.Namespace) -> int:
+    import signal
+
     from supervisor import control
 
-    return control.signal_daemon(args, "SIGHUP")
+    control.send(_running(args), signal.SIGHUP)
+    return EXIT_OK
 
 
 def _cmd_restart(args: argparse.Namespace) -> int:
+    import signal
+
     from supervisor import control
 
-    return control.signal_daemon(args, "SIGUSR1")
+    control.send(_running(args), signal.SIGUSR1)
+    return EXIT_OK
 
 
 def _cmd_port(args: argparse.Namespace) -> int:
+    from supervisor.errors import EXIT_PORT_HELD
     from supervisor.reconcile import diagnose
 
-    return diagnose.main(args)
+    marker: str | None = args.marker or None
+    found = diagnose.diagnose(args.port, marker)
+    if args.json:
+        _out(diagnose.render_json(args.port, found))
+    else:
+        _out(diagnose.render_text(args.port, found, marker))
+    return EXIT_PORT_HELD if found else EXIT_OK
 
 
 def _cmd_service(args: argparse.Namespace) -> int:
     from supervisor import service
 
-    return service.main(args)
+    kind = service.Kind(args.kind) if args.kind else service.default_kind()
+    match args.action:
+        case "print":
+            sys.stdout.write(service.render(kind, service.spec_for(args.config)))
+        case "install":
+            lines = service.install(kind, service.spec_for(args.config), force=args.force)
+            _out("\n".join(lines))
+        case "uninstall":
+            _out("\n".join(service.uninstall(kind, service.home(), force=args.force)))
+    return EXIT_OK
 
 
 def _positive_float(text: str) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import os
@@ -10,6 +9,7 @@ import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -24,8 +24,8 @@ from supervisor.errors import (
 )
 from supervisor.notify import Notifier
 from supervisor.reconcile import sweep
-from supervisor.reconcile.classify import OwnerTag, format_owner_tag
 from supervisor.sidecar import Runtime, Sidecar
+from supervisor.tags import OwnerTag, format_owner_tag
 
 LOCK_NAME = "supervisor.lock"
 PID_NAME = "supervisor.pid"
@@ -70,7 +70,19 @@ def _prepare_state_dir(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
-def main(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class RunOptions:
+    """`supervisor run`'s command line; None means "as the config says"."""
+
+    config: str | None
+    state_dir: str | None
+    log_format: str | None
+    log_level: str | None
+    exit_with_parent: bool
+    interactive: bool
+
+
+def main(args: RunOptions) -> int:
     """`supervisor run`: validate, lock the state dir, then run the event loop until shutdown."""
     # Until our handlers are installed, a TERM/INT/HUP/USR must not kill us or be lost: they stay
     # pending and are delivered once the event loop listens (see Daemon.run).
@@ -90,8 +102,8 @@ def main(args: argparse.Namespace) -> int:
             state_dir=state_dir,
             pid=me,
             create_time=procs.create_time(me) or time.time(),
-            exit_with_parent=bool(args.exit_with_parent) or cfg.supervisor.exit_with_parent,
-            interactive=not args.non_interactive,
+            exit_with_parent=args.exit_with_parent or cfg.supervisor.exit_with_parent,
+            interactive=args.interactive,
             log_overrides=(args.log_format, args.log_level),
             previous=sweep.previous_owner(pidfile.read(state_dir / PID_NAME)),
         )

@@ -90,16 +90,6 @@ class UnsupportedPlatformError(SupervisorError):
         super().__init__(f"the supervisor daemon does not run on {platform}; use Linux or macOS")
 
 
-class NotImplementedYetError(SupervisorError):
-    """A command whose issue has not landed yet."""
-
-    exit_code = EXIT_INTERNAL
-
-    def __init__(self, command: str) -> None:
-        self.command = command
-        super().__init__(f'"{command}" is not implemented yet; see the project\'s open issues')
-
-
 class StillRunningError(SupervisorError):
     """`stop --wait S`: the daemon did not exit in time."""
 

@@ -7,10 +7,9 @@ from collections.abc import Callable
 
 import anyio
 
-from supervisor import procs
+from supervisor import net, procs
 from supervisor.config import ProbeKind, SidecarConfig
 from supervisor.lifecycle import probe_delay_s
-from supervisor.reconcile import holders
 
 CONNECT_TIMEOUT_S = 1.0
 HTTP_TIMEOUT_S = 2.0
@@ -47,22 +46,10 @@ async def _http_ok(host: str, port: int, path: str) -> bool:
     return len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1][:1] == b"2"
 
 
-def _anyone_listening(port: int) -> bool | None:
-    """Cheap pre-check (~50 us, netlink): is any socket listening on `port`? None: can't tell.
-
-    While the child starts, this keeps each probe far cheaper than a connect attempt, so the
-    probing does not compete with the child's own start-up for the CPU.
-    """
-    try:
-        return bool(holders.listeners_netlink(port))
-    except OSError:
-        return None
-
-
 def listener_is_ours(port: int, child_pid: int) -> bool:
     """The LISTEN socket on `port` belongs to the child or one of its descendants."""
     tree = [child_pid, *procs.descendant_pids(child_pid)]
-    return bool(holders.pids_listening(port, tree))
+    return bool(net.pids_listening(port, tree))
 
 
 async def wait_ready(
@@ -74,7 +61,7 @@ async def wait_ready(
     port = config.port
     started = time.monotonic()
     while True:
-        if _anyone_listening(port) is not False and await _connects(config.host, port):
+        if net.anyone_listening(port) is not False and await _connects(config.host, port):
             if listener_is_ours(port, child_pid):
                 if config.ready.probe is ProbeKind.TCP:
                     return

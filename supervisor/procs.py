@@ -1,14 +1,13 @@
 """Process facts and safe signalling: the only importer of psutil.
 
 psutil's `NoSuchProcess`/`AccessDenied`/`ZombieProcess` are translated here, at the boundary:
-callers get `None` or a `ProcessGone` instead.
+callers get `None`, `False` or an empty answer instead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -18,22 +17,7 @@ import psutil
 
 from supervisor import proctime
 
-OWNER_ENV = "SUPERVISOR_OWNER"
-SIDECAR_ENV = "SUPERVISOR_SIDECAR"
-
-# psutil rounds create times to 10 ms on Linux (jiffies); two reads of one process agree exactly,
-# but a time recorded elsewhere (a JSON file) may carry float noise.
-CREATE_TIME_TOLERANCE_S = 0.011
-
 T = TypeVar("T")
-
-
-class ProcessGone(Exception):
-    """The process exited (or its pid now names another process)."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(f"process {pid} is gone")
-        self.pid = pid
 
 
 @dataclass(frozen=True)
@@ -51,10 +35,6 @@ class ProcessFacts:
     @property
     def command(self) -> str:
         return " ".join(self.cmdline)
-
-
-def same_create_time(a: float, b: float) -> bool:
-    return abs(a - b) <= CREATE_TIME_TOLERANCE_S
 
 
 def facts(pid: int, *, with_environ: bool = True) -> ProcessFacts | None:
@@ -99,17 +79,15 @@ def create_time(pid: int) -> float | None:
         return None
 
 
-def is_alive(pid: int, created: float | None = None) -> bool:
-    """True if `pid` runs (not a zombie) and, when given, was created at `created`."""
+def alive_by_psutil(pid: int, created: float) -> bool:
+    """`proctime.is_alive` where there is no /proc: runs (not a zombie), created at `created`."""
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
-        return created is None or same_create_time(proc.create_time(), created)
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return proctime.same_create_time(proc.create_time(), created)
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
         return False
-    except psutil.AccessDenied:
-        return created is None
 
 
 def ancestors(pid: int) -> list[int]:
@@ -173,15 +151,6 @@ def signal_group(pgid: int, sig: int) -> bool:
     except PermissionError:
         return False
     return True
-
-
-def signal_name(sig: int | None) -> str | None:
-    if sig is None:
-        return None
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        return str(sig)
 
 
 @dataclass(frozen=True)

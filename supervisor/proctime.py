@@ -9,6 +9,14 @@ from __future__ import annotations
 import os
 import sys
 
+# psutil rounds create times to 10 ms on Linux (jiffies); two reads of one process agree exactly,
+# but a time recorded elsewhere (a JSON file) may carry float noise.
+CREATE_TIME_TOLERANCE_S = 0.011
+
+
+def same_create_time(a: float, b: float) -> bool:
+    return abs(a - b) <= CREATE_TIME_TOLERANCE_S
+
 
 def _boot_time() -> float | None:
     try:
@@ -37,10 +45,10 @@ def is_alive(pid: int, created: float) -> bool:
     if sys.platform != "linux":
         from supervisor import procs
 
-        return procs.is_alive(pid, created)
+        return procs.alive_by_psutil(pid, created)
     fields = stat_fields(pid)
     boot = _boot_time()
     if fields is None or boot is None or len(fields) < 20 or fields[0] == b"Z":
         return False
     started = int(fields[19]) / os.sysconf("SC_CLK_TCK") + boot
-    return abs(started - created) <= 0.011
+    return same_create_time(started, created)

@@ -15,10 +15,9 @@ from pathlib import Path
 import anyio
 from structlog.typing import FilteringBoundLogger
 
-from supervisor import children, exitwatch, logs, pidfile, probes, procs, status
+from supervisor import children, exitwatch, logs, net, pidfile, probes, show, status, tags
 from supervisor.config import SidecarConfig
 from supervisor.lifecycle import Event, ExitInfo, State, decide_after_exit, next_state
-from supervisor.reconcile import holders
 from supervisor.reconcile.preflight import Action, Context, Outcome, preflight
 
 WAIT_POLL_S = 1.0
@@ -191,11 +190,11 @@ class Sidecar:
                         await holder_exit.wait()
                         holder_exit.close()  # it fired; later polls just sleep
                         holder_exit = None
-                        if not holders.find_listeners(port):
+                        if not net.find_listeners(port):
                             return  # the port went with its holder: no need to wait
                     await anyio.sleep(WAIT_POLL_S)
                 polls += 1
-                listeners = holders.find_listeners(port)
+                listeners = net.find_listeners(port)
                 self.log.debug("sidecar_wait_polled", port=port, polls=polls, held=bool(listeners))
                 if not listeners or frozenset(listeners) != outcome.listeners:
                     return
@@ -206,10 +205,9 @@ class Sidecar:
     # -- one child -----------------------------------------------------------------------------
 
     def _child_env(self) -> dict[str, str]:
-        env = {**self.rt.base_env, **self.config.env}
-        env[procs.SIDECAR_ENV] = self.name
-        env[procs.OWNER_ENV] = self.rt.owner_tag
-        return env
+        return tags.child_env(
+            self.rt.base_env, self.config.env, sidecar=self.name, owner=self.rt.owner_tag
+        )
 
     async def _run_child(self, interactive: bool) -> ExitInfo:
         try:
@@ -334,20 +332,20 @@ class Sidecar:
         exit_status = child.finish()
         self.last_exit = {
             "code": exit_status.code,
-            "signal": procs.signal_name(exit_status.signal),
+            "signal": show.signal_name(exit_status.signal),
             "at": status.iso_utc(time.time()),
         }
         if not failed_start:
             self.reason = (
                 f"exited with code {exit_status.code}"
                 if exit_status.signal is None
-                else f"killed by {procs.signal_name(exit_status.signal)}"
+                else f"killed by {show.signal_name(exit_status.signal)}"
             )
         self.log.info(
             "sidecar_exited",
             pid=child.pid,
             code=exit_status.code,
-            signal=procs.signal_name(exit_status.signal),
+            signal=show.signal_name(exit_status.signal),
         )
         self._remove_pidfile()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -20,33 +19,6 @@ class OwnerState(StrEnum):
     SELF = "self"  # the tag names this very daemon
     GONE = "gone"  # the named owner no longer exists (or its pid was recycled)
     ALIVE = "alive"  # the named owner runs
-
-
-@dataclass(frozen=True)
-class OwnerTag:
-    pid: int
-    create_time: float
-
-
-def parse_owner_tag(text: str | None) -> OwnerTag | None:
-    """`"PID:CREATE_TIME"` -> OwnerTag; anything else (absent, garbage) -> None."""
-    if not text:
-        return None
-    pid_text, sep, time_text = text.strip().partition(":")
-    if not sep or not pid_text.isdigit() or not pid_text.isascii():
-        return None
-    try:
-        created = float(time_text)
-    except ValueError:
-        return None
-    pid = int(pid_text)
-    if pid <= 0 or not math.isfinite(created) or created < 0:
-        return None
-    return OwnerTag(pid, created)
-
-
-def format_owner_tag(pid: int, create_time: float) -> str:
-    return f"{pid}:{create_time!r}"
 
 
 _PYTHON_OPTS_WITH_VALUE = frozenset({"-X", "-W", "-Q"})

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import termios
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -20,6 +19,7 @@ from typing import assert_never
 
 import anyio
 
+from supervisor import show
 from supervisor.config import ConsentMode, ReclaimConfig
 
 _ANSWER_LIMIT = 256
@@ -117,18 +117,6 @@ def _describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _printable(text: str, limit: int = _COMMAND_LIMIT) -> str:
-    # The holder's command line is attacker-controllable text: never echo terminal escapes.
-    safe = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    return safe if len(safe) <= limit else safe[: limit - 3] + "..."
-
-
-def _started(started_at: float | None) -> str:
-    if started_at is None:
-        return "unknown"
-    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started_at))
-
-
 # --- command ---------------------------------------------------------------------------------
 
 
@@ -170,7 +158,7 @@ async def _ask_command(argv: Sequence[str], request: ConsentRequest) -> tuple[bo
     if code == 0:
         return True, "command exited 0"
     if code < 0:
-        return False, f"command killed by {_signal_name(-code)}"
+        return False, f"command killed by {show.signal_name(-code)}"
     return False, f"command exited {code}"
 
 
@@ -181,24 +169,18 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
 # --- tty -------------------------------------------------------------------------------------
 
 
 def _prompt(request: ConsentRequest) -> bytes:
-    user = _printable(request.user or "unknown", 64)
-    started = _started(request.started_at)
+    user = show.printable(request.user or "unknown", 64)
+    started = show.local_time(request.started_at)
+    sidecar = show.printable(request.sidecar, 64)
     text = (
-        f"\nsupervisor: port {request.port} (sidecar {_printable(request.sidecar, 64)}) is held "
+        f"\nsupervisor: port {request.port} (sidecar {sidecar}) is held "
         "by another running instance:\n"
         f"  pid {request.pid}, user {user}, started {started}\n"
-        f"  command: {_printable(request.command)}\n"
+        f"  command: {show.printable(request.command, _COMMAND_LIMIT)}\n"
         "Kill it and start a new one? [y/N] "
     )
     return text.encode("utf-8", "replace")
@@ -256,7 +238,7 @@ async def _ask_tty(request: ConsentRequest) -> tuple[bool, str]:
         return False, "answered no (default)"
     if answer in ("n", "no"):
         return False, "answered no"
-    return False, f"answered no ({_printable(answer, 32)} is not yes)"
+    return False, f"answered no ({show.printable(answer, 32)} is not yes)"
 
 
 async def _write_all(fd: int, data: bytes) -> None:

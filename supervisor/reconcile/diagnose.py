@@ -6,14 +6,11 @@ diagnosis judges it as the reconcile of that sidecar would. Nothing is ever sign
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
-import time
 from dataclasses import dataclass
 
-from supervisor.errors import EXIT_OK, EXIT_PORT_HELD
+from supervisor import show
 
 NO_MARKER_NOTE = (
     "no --marker given: a holder counts as ours only through SUPERVISOR_SIDECAR in its "
@@ -92,12 +89,6 @@ def diagnose(port: int, marker: str | None) -> list[Diagnosis]:
     return found
 
 
-def _started(create_time: float | None) -> str:
-    if create_time is None:
-        return "unknown"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(create_time))
-
-
 def render_text(port: int, found: list[Diagnosis], marker: str | None) -> str:
     if not found:
         return f"port {port} is free"
@@ -111,21 +102,13 @@ def render_text(port: int, found: list[Diagnosis], marker: str | None) -> str:
         )
         lines.append(f"    command:   {d.command or '(unknown)'}")
         lines.append(f"    listening: {', '.join(d.addresses)}")
-        lines.append(f"    started:   {_started(d.create_time)}")
+        lines.append(f"    started:   {show.local_time(d.create_time)}")
         lines.append(f"    verdict:   {d.verdict}: {d.reason}")
     if marker is None:
         lines.append(f"note: {NO_MARKER_NOTE}")
     return "\n".join(lines)
 
 
-def main(args: argparse.Namespace) -> int:
-    port: int = args.port
-    marker: str | None = args.marker or None
-    found = diagnose(port, marker)
-    if args.json:
-        document = {"port": port, "free": not found, "holders": [d.as_json() for d in found]}
-        print(json.dumps(document))
-    else:
-        print(render_text(port, found, marker))
-    sys.stdout.flush()
-    return EXIT_PORT_HELD if found else EXIT_OK
+def render_json(port: int, found: list[Diagnosis]) -> str:
+    document = {"port": port, "free": not found, "holders": [d.as_json() for d in found]}
+    return json.dumps(document)

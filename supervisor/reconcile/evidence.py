@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-from supervisor import procs
+from supervisor import procs, proctime, tags
 from supervisor.reconcile.classify import (
     Evidence,
     OwnerState,
     is_supervisor_daemon,
-    parse_owner_tag,
 )
 from supervisor.reconcile.holders import Holder
 
 
 def owner_state(tag_text: str | None, *, our_pid: int, our_create_time: float) -> OwnerState:
     """Resolve a SUPERVISOR_OWNER value against the live process table."""
-    tag = parse_owner_tag(tag_text)
+    tag = tags.parse_owner_tag(tag_text)
     if tag is None:
         return OwnerState.NONE
-    if tag.pid == our_pid and procs.same_create_time(tag.create_time, our_create_time):
+    if tag.pid == our_pid and proctime.same_create_time(tag.create_time, our_create_time):
         return OwnerState.SELF
-    if procs.is_alive(tag.pid, tag.create_time):
+    if proctime.is_alive(tag.pid, tag.create_time):
         return OwnerState.ALIVE
     return OwnerState.GONE
 
@@ -37,13 +36,13 @@ def gather(
 ) -> Evidence:
     facts = holder.facts
     environ = facts.environ if facts is not None else None
-    tag_text = environ.get(procs.OWNER_ENV) if environ is not None else None
+    tag_text = environ.get(tags.OWNER_ENV) if environ is not None else None
     return Evidence(
         pid=holder.pid,
         uid=holder.uid,
         command=facts.command if facts is not None else "",
         ppid=facts.ppid if facts is not None else None,
-        sidecar_tag=environ.get(procs.SIDECAR_ENV) if environ is not None else None,
+        sidecar_tag=environ.get(tags.SIDECAR_ENV) if environ is not None else None,
         owner_state=owner_state(tag_text, our_pid=our_pid, our_create_time=our_create_time),
         supervisor_ancestor=holder.pid is not None and has_supervisor_ancestor(holder.pid),
         pidfile_match=pidfile_pid is not None and pidfile_pid == holder.pid,

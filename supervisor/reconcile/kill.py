@@ -17,8 +17,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from supervisor import exitwatch, procs
-from supervisor.reconcile import holders
+from supervisor import exitwatch, net, procs, proctime
 
 PORT_RELEASE_TIMEOUT_S = 5.0
 KILL_WAIT_S = 5.0
@@ -58,13 +57,13 @@ class _Target:
     def verify(self) -> None:
         """Abort unless the pid still names the process we classified."""
         current = procs.create_time(self.pid)
-        if current is None or not procs.same_create_time(current, self.create_time):
+        if current is None or not proctime.same_create_time(current, self.create_time):
             raise KillAborted(self.pid, "the pid now names another process (create time changed)")
 
     def exited(self) -> bool:
         if self.exit is not None:
             return self.exit.ready()
-        return not procs.is_alive(self.pid, self.create_time)
+        return not proctime.is_alive(self.pid, self.create_time)
 
     def send(self, sig: int, *, group: bool) -> None:
         if self.exited():
@@ -142,7 +141,7 @@ async def kill_holder(
     """Kill the holder of `port` (as `kill_process`), then wait until the port is released."""
 
     def still_holding_and_ours() -> bool:
-        if pid not in holders.pids_listening(port, [pid]):
+        if pid not in net.pids_listening(port, [pid]):
             raise KillAborted(pid, f"it no longer listens on port {port}")
         return still_ours()
 
@@ -165,7 +164,7 @@ async def wait_port_released(
     deadline = time.monotonic() + timeout_s
     delay = 0.001
     while True:
-        if not holders.find_listeners(port) or not holders.pids_listening(port, pids):
+        if not net.find_listeners(port) or not net.pids_listening(port, pids):
             return True
         if time.monotonic() >= deadline:
             return False

@@ -15,7 +15,7 @@ from pathlib import Path
 import anyio
 from structlog.typing import FilteringBoundLogger
 
-from supervisor import pidfile
+from supervisor import net, pidfile
 from supervisor.config import ForeignAction, LiveAction, OrphanAction, SidecarConfig
 from supervisor.reconcile import consent, holders
 from supervisor.reconcile.classify import Classification, Verdict, classify
@@ -39,7 +39,7 @@ class Outcome:
     verdict: Verdict | None = None
     # What held the port when we decided to wait: polling compares against it so that the same
     # holder costs no process scan.
-    listeners: frozenset[holders.Listener] = frozenset()
+    listeners: frozenset[net.Listener] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ async def _attempt(
     log: FilteringBoundLogger,
 ) -> Outcome | None:
     """One pass; None means "something changed under us, run again"."""
-    listeners = holders.find_listeners(port)
+    listeners = net.find_listeners(port)
     if not listeners:
         log.info("reconcile_port_free", port=port)
         return Outcome(Action.LAUNCH)
@@ -159,7 +159,7 @@ def _foreign(
     config: SidecarConfig,
     holder: holders.Holder,
     verdict: Classification,
-    listeners: tuple[holders.Listener, ...],
+    listeners: tuple[net.Listener, ...],
     log: FilteringBoundLogger,
 ) -> Outcome:
     facts = holder.facts

@@ -15,18 +15,17 @@ from collections.abc import Mapping
 import anyio
 from structlog.typing import FilteringBoundLogger
 
-from supervisor import pidfile, procs
+from supervisor import net, pidfile, procs, proctime
 from supervisor.config import SidecarConfig, StopConfig
-from supervisor.reconcile import holders
-from supervisor.reconcile.classify import OwnerTag, parse_owner_tag
 from supervisor.reconcile.kill import KillAborted, kill_process
+from supervisor.tags import OWNER_ENV, SIDECAR_ENV, OwnerTag, parse_owner_tag
 
 
 def previous_owner(record: Mapping[str, object] | None) -> OwnerTag | None:
     """The daemon a stale `supervisor.pid` names, if that daemon is gone (an unclean exit)."""
     pid = pidfile.int_field(record, "pid")
     created = pidfile.float_field(record, "create_time")
-    if pid is None or created is None or procs.is_alive(pid, created):
+    if pid is None or created is None or proctime.is_alive(pid, created):
         return None
     return OwnerTag(pid, created)
 
@@ -34,11 +33,11 @@ def previous_owner(record: Mapping[str, object] | None) -> OwnerTag | None:
 def _tagged(facts: procs.ProcessFacts | None, owner: OwnerTag) -> bool:
     if facts is None or facts.environ is None:
         return False
-    tag = parse_owner_tag(facts.environ.get(procs.OWNER_ENV))
+    tag = parse_owner_tag(facts.environ.get(OWNER_ENV))
     return (
         tag is not None
         and tag.pid == owner.pid
-        and procs.same_create_time(tag.create_time, owner.create_time)
+        and proctime.same_create_time(tag.create_time, owner.create_time)
     )
 
 
@@ -63,10 +62,10 @@ async def sweep(
     leftovers = find_leftovers(owner)
     async with anyio.create_task_group() as tg:
         for facts in leftovers:
-            name = facts.environ.get(procs.SIDECAR_ENV, "") if facts.environ else ""
+            name = facts.environ.get(SIDECAR_ENV, "") if facts.environ else ""
             config = sidecars.get(name)
             port = config.port if config is not None else None
-            if port is not None and holders.pids_listening(port, [facts.pid]):
+            if port is not None and net.pids_listening(port, [facts.pid]):
                 continue  # the preflight reclaims it, with its diagnostics
             tg.start_soon(_reclaim, facts, owner, config.stop if config else StopConfig(), log)
 

@@ -15,8 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from supervisor import net
+from supervisor.net import Listener, fallbacks, netlink
 from supervisor.reconcile import holders
-from supervisor.reconcile.holders import Listener
 from tests.support import PYTHON, Holder, _readline, free_port, pid_gone, wait_until
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="netlink sock_diag is Linux-only")
@@ -49,15 +50,15 @@ def test_holder_found_on_every_address_kind(host: str, flags: tuple[str, ...], s
         assert only.facts is not None
         assert only.facts.pid == holder.pid
         assert only.facts.environ is not None
-        listeners = holders.find_listeners(port)
+        listeners = net.find_listeners(port)
         assert [lst.address for lst in listeners] == [f"{shown}:{port}"]
 
 
 def test_free_port_has_no_listeners_and_no_holders() -> None:
     port = free_port(ipv6=True)
-    assert holders.find_listeners(port) == ()
+    assert net.find_listeners(port) == ()
     assert holders.find_holders(port) == ()
-    assert holders.pids_listening(port, [os.getpid()]) == set()
+    assert net.pids_listening(port, [os.getpid()]) == set()
 
 
 def test_two_holders_on_one_port_are_both_found() -> None:
@@ -69,17 +70,17 @@ def test_two_holders_on_one_port_are_both_found() -> None:
 def test_pids_listening_names_only_the_holder() -> None:
     port = free_port()
     with Holder(port) as holder, Holder(free_port()) as bystander:
-        assert holders.pids_listening(port, [holder.pid]) == {holder.pid}
-        assert holders.pids_listening(port, [bystander.pid, os.getpid()]) == set()
-        assert holders.pids_listening(port, [bystander.pid, holder.pid]) == {holder.pid}
-        assert holders.pids_listening(port, []) == set()
+        assert net.pids_listening(port, [holder.pid]) == {holder.pid}
+        assert net.pids_listening(port, [bystander.pid, os.getpid()]) == set()
+        assert net.pids_listening(port, [bystander.pid, holder.pid]) == {holder.pid}
+        assert net.pids_listening(port, []) == set()
 
 
 @linux_only
 def test_netlink_reports_inode_and_uid_but_no_pid() -> None:
     port = free_port()
     with Holder(port):
-        (listener,) = holders.listeners_netlink(port)
+        (listener,) = netlink.listeners(port)
         assert listener.address == f"127.0.0.1:{port}"
         assert listener.uid == os.getuid()
         assert listener.inode is not None
@@ -92,8 +93,8 @@ def test_psutil_fallback_agrees_with_netlink(host: str, flags: tuple[str, ...], 
     port = free_port(ipv6=True)
     with Holder(port, host, *flags):
         expected = pid_address_pairs(port)
-        assert listener_pairs(holders.listeners_psutil(port)) == expected
-        assert listener_pairs(holders.listeners_per_process(port)) == expected
+        assert listener_pairs(fallbacks.listeners_psutil(port)) == expected
+        assert listener_pairs(fallbacks.listeners_per_process(port)) == expected
 
 
 @linux_only
@@ -103,14 +104,14 @@ def test_lsof_fallback_agrees_with_netlink(host: str, flags: tuple[str, ...], sh
     port = free_port(ipv6=True)
     with Holder(port, host, *flags):
         expected = pid_address_pairs(port)
-        found = holders.listeners_lsof(port)
+        found = fallbacks.listeners_lsof(port)
         assert listener_pairs(found) == expected
         assert {lst.uid for lst in found} == {os.getuid()}
 
 
 def test_lsof_output_parsing_maps_wildcards_by_family() -> None:
     output = "p10\nu1000\nf3\ntIPv4\nn*:5000\nf4\ntIPv6\nn*:5000\nf5\ntIPv6\nn[::1]:5000\n"
-    found = list(holders.parse_lsof(output, 5000))
+    found = list(fallbacks.parse_lsof(output, 5000))
     assert found == [
         Listener("0.0.0.0:5000", 1000, None, 10),
         Listener("[::]:5000", 1000, None, 10),
@@ -203,7 +204,7 @@ def test_forked_worker_sharing_the_socket_is_found_from_a_scan(
     port, master, worker = forked_workers
     address = f"127.0.0.1:{port}"
     assert pid_address_pairs(port) == {(master, address), (worker, address)}
-    assert holders.pids_listening(port, [worker]) == {worker}
+    assert net.pids_listening(port, [worker]) == {worker}
 
 
 @linux_only

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from supervisor.errors import EXIT_OK, EXIT_PORT_HELD
-from supervisor.reconcile.classify import format_owner_tag
+from supervisor.tags import format_owner_tag
 from tests.support import PYTHON, ROOT, Holder, free_port
 
 MARKER = "sidecar-marker-7f3a"

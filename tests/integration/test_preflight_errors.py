@@ -10,8 +10,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from supervisor import config
-from supervisor.reconcile import holders
+from supervisor import config, net
 from supervisor.reconcile.preflight import Action, Context, preflight
 from tests.support import free_port
 
@@ -25,11 +24,11 @@ def _sidecar(port: int) -> config.SidecarConfig:
 async def test_an_os_error_in_the_lookup_is_logged_and_the_launch_proceeds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def exhausted(port: int) -> tuple[holders.Listener, ...]:
+    def exhausted(port: int) -> tuple[net.Listener, ...]:
         # The one injected fault: no fd left for the netlink socket, which nothing else provokes.
         raise OSError(errno.EMFILE, "Too many open files")
 
-    monkeypatch.setattr(holders, "find_listeners", exhausted)
+    monkeypatch.setattr(net, "find_listeners", exhausted)
     ctx = Context(
         our_pid=1,
         our_create_time=0.0,

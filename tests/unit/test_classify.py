@@ -9,13 +9,11 @@ import pytest
 from supervisor.reconcile.classify import (
     Evidence,
     OwnerState,
-    OwnerTag,
     Verdict,
     classify,
-    format_owner_tag,
     is_supervisor_daemon,
-    parse_owner_tag,
 )
+from supervisor.tags import OwnerTag, format_owner_tag, parse_owner_tag
 
 UID = 1000
 NAME = "agent-monitor"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from supervisor import service
-from supervisor.service import PLACEHOLDER, Kind, ServiceError, ServiceSpec
+from supervisor.service import PLACEHOLDER, Kind, ServiceError, ServiceSpec, templates
 from tests.support import ROOT, render_config
 
 COMMITTED = {
@@ -99,7 +99,7 @@ def test_stop_timeouts_exceed_shutdown_timeout(shutdown_timeout_s: float) -> Non
     ],
 )
 def test_systemd_words_are_quoted_and_escaped(arg: str, word: str) -> None:
-    assert service._systemd_word(arg) == word
+    assert templates._systemd_word(arg) == word
 
 
 @pytest.mark.parametrize(

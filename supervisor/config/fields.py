@@ -1,0 +1,146 @@
+"""Validation helpers (pure): a TOML table view that reports every problem with its key path."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from enum import StrEnum
+from typing import TypeVar
+
+from supervisor import show
+
+
+class Problems:
+    """Collects every problem of a mapping so the user sees them all at once."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, key: str, message: str) -> None:
+        # One problem, one line: control characters from the file are shown escaped.
+        self.items.append(show.printable(f"{key}: {message}"))
+
+
+E = TypeVar("E", bound=StrEnum)
+T = TypeVar("T")
+
+MISSING = object()
+
+
+def describe(value: object) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace('"', '\\"')[:80] + '"'
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)[:80]
+
+
+class Table:
+    """A view of one TOML table that tracks which keys were read, to report unknown ones."""
+
+    def __init__(self, raw: object, key: str, problems: Problems) -> None:
+        self.key = key
+        self.problems = problems
+        if isinstance(raw, Mapping):
+            self.raw: Mapping[str, object] = raw
+        else:
+            problems.add(key, f"must be a table, got {describe(raw)}")
+            self.raw = {}
+        self.seen: set[str] = set()
+
+    def path(self, name: str) -> str:
+        return f"{self.key}.{name}" if self.key else name
+
+    def get(self, name: str) -> object:
+        self.seen.add(name)
+        return self.raw.get(name, MISSING)
+
+    def sub(self, name: str) -> Table:
+        value = self.get(name)
+        return Table({} if value is MISSING else value, self.path(name), self.problems)
+
+    def finish(self) -> None:
+        for name in self.raw:
+            if name not in self.seen:
+                self.problems.add(self.path(name), "unknown key")
+
+    def typed(self, name: str, default: T, check: Callable[[object], T | None], want: str) -> T:
+        value = self.get(name)
+        if value is MISSING:
+            return default
+        result = check(value)
+        if result is None:
+            self.problems.add(self.path(name), f"must be {want}, got {describe(value)}")
+            return default
+        return result
+
+    def number(
+        self, name: str, default: float, *, minimum: float = 0.0, strict: bool = False
+    ) -> float:
+        def check(value: object) -> float | None:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return None
+            try:
+                number = float(value)
+            except OverflowError:  # an integer with hundreds of digits
+                return None
+            if not math.isfinite(number) or number < minimum or (strict and number == minimum):
+                return None
+            return number
+
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        return self.typed(name, default, check, f"a number {bound}")
+
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+        def check(value: object) -> int | None:
+            if isinstance(value, bool) or not isinstance(value, int):
+                return None
+            in_range = value >= minimum and (maximum is None or value <= maximum)
+            return value if in_range else None
+
+        want = f"an integer >= {minimum}" if maximum is None else f"an integer {minimum}..{maximum}"
+        return self.typed(name, default, check, want)
+
+    def boolean(self, name: str, default: bool) -> bool:
+        return self.typed(
+            name, default, lambda v: v if isinstance(v, bool) else None, "true or false"
+        )
+
+    def string(self, name: str, default: str, *, nonempty: bool = False) -> str:
+        def check(value: object) -> str | None:
+            if not isinstance(value, str) or (nonempty and not value) or "\0" in value:
+                return None
+            return value
+
+        return self.typed(name, default, check, "a non-empty string" if nonempty else "a string")
+
+    def choice(self, name: str, default: E, enum: type[E]) -> E:
+        options = " | ".join(f'"{m.value}"' for m in enum)
+
+        def check(value: object) -> E | None:
+            try:
+                return enum(value) if isinstance(value, str) else None
+            except ValueError:
+                return None
+
+        return self.typed(name, default, check, f"one of {options}")
+
+    def argv(self, name: str, *, required: bool) -> tuple[str, ...]:
+        value = self.get(name)
+        if value is MISSING:
+            if required:
+                self.problems.add(self.path(name), "is required (a non-empty list of strings)")
+            return ()
+        if (
+            not isinstance(value, list)
+            or (required and not value)
+            or not all(isinstance(a, str) and a and "\0" not in a for a in value)
+        ):
+            want = "a non-empty list of non-empty strings" if required else "a list of strings"
+            self.problems.add(self.path(name), f"must be {want}, got {describe(value)}")
+            return ()
+        return tuple(value)
+
+

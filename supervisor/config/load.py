@@ -1,0 +1,55 @@
+"""`load(path)`: read the file (refusing FIFOs, devices, huge files), decode, TOML, `parse`."""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from pathlib import Path
+
+from supervisor import show
+from supervisor.config.parse import parse
+from supervisor.config.schema import Config
+from supervisor.errors import ConfigError
+
+MAX_CONFIG_BYTES = 4 << 20
+
+
+def _read(path: Path) -> bytes:
+    """The file's bytes; a FIFO, a device or a huge file is refused rather than read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ConfigError(path, ["file not found; create it or pass --config"]) from None
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot be read: {exc.strerror or exc}"]) from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ConfigError(path, ["is a directory, not a file"])
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(path, ["is not a regular file"])
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(path, [f"is too large ({info.st_size} bytes) for a config file"])
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot be read: {exc.strerror or exc}"]) from None
+    finally:
+        os.close(fd)
+
+
+def load(path: Path) -> Config:
+    """Read and validate the config file at `path`."""
+    data = _read(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, [f"is not UTF-8 text (byte {exc.start})"]) from None
+    try:
+        raw = tomllib.loads(text)
+    except ValueError as exc:  # TOMLDecodeError, or an integer too long to convert
+        raise ConfigError(path, [show.printable(f"invalid TOML: {exc}")]) from None
+    return parse(raw, path.absolute())

@@ -1,0 +1,206 @@
+"""`parse(mapping) -> Config` (pure): every key validated, every problem reported at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+
+from supervisor.config.fields import MISSING, Problems, Table, describe
+from supervisor.config.schema import (
+    NAME_RE,
+    Config,
+    ConsentMode,
+    DaemonConfig,
+    ForeignAction,
+    LiveAction,
+    LogFormat,
+    LogLevel,
+    OrphanAction,
+    ProbeKind,
+    ReadyConfig,
+    ReclaimConfig,
+    RestartConfig,
+    RestartPolicy,
+    SidecarConfig,
+    StopConfig,
+)
+from supervisor.errors import ConfigError
+
+
+def _signal(table: Table, name: str) -> signal.Signals:
+    def check(value: object) -> signal.Signals | None:
+        if not isinstance(value, str):
+            return None
+        upper = value.upper()
+        upper = upper if upper.startswith("SIG") else "SIG" + upper
+        try:
+            return signal.Signals[upper]
+        except KeyError:
+            return None
+
+    return table.typed(name, signal.SIGTERM, check, 'a signal name such as "SIGTERM"')
+
+
+def _path(table: Table, name: str, base_dir: Path | None) -> Path | None:
+    """An optional path key; `~` expands, relative paths resolve against the config's folder."""
+    value = table.string(name, "", nonempty=True)
+    if not value:
+        return None
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # ~user of an unknown user, or no home directory
+        problem = f"cannot expand {describe(value)}: unknown user or home"
+        table.problems.add(table.path(name), problem)
+        return None
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    return Path(os.path.normpath(path))
+
+
+def _daemon(table: Table, base_dir: Path | None) -> DaemonConfig:
+    result = DaemonConfig(
+        state_dir=_path(table, "state_dir", base_dir),
+        log_format=table.choice("log_format", LogFormat.AUTO, LogFormat),
+        log_level=table.choice("log_level", LogLevel.INFO, LogLevel),
+        exit_with_parent=table.boolean("exit_with_parent", False),
+        shutdown_timeout_s=table.number("shutdown_timeout", 30.0, strict=True),
+    )
+    table.finish()
+    return result
+
+
+def _env(table: Table, name: str) -> Mapping[str, str]:
+    value = table.get(name)
+    if value is MISSING:
+        return MappingProxyType({})
+    if not isinstance(value, Mapping):
+        table.problems.add(table.path(name), f"must be a table of strings, got {describe(value)}")
+        return MappingProxyType({})
+    env: dict[str, str] = {}
+    for key, item in value.items():
+        if not key or "=" in key or "\0" in key:
+            table.problems.add(f"{table.path(name)}.{key}", "is not a valid variable name")
+        elif not isinstance(item, str) or "\0" in item:
+            problem = f"must be a string, got {describe(item)}"
+            table.problems.add(f"{table.path(name)}.{key}", problem)
+        else:
+            env[key] = item
+    return MappingProxyType(env)
+
+
+def _sidecar(table: Table, base_dir: Path | None) -> SidecarConfig:
+    problems = table.problems
+    name = table.string("name", "", nonempty=True)
+    if "name" not in table.raw:
+        problems.add(table.path("name"), "is required")
+    elif name and not NAME_RE.fullmatch(name):
+        problems.add(
+            table.path("name"),
+            f"must match {NAME_RE.pattern} (lowercase letters, digits, _ . -), "
+            f"got {describe(name)}",
+        )
+    command = table.argv("command", required=True)
+    cwd = _path(table, "cwd", base_dir)
+    env = _env(table, "env")
+    port_value = table.integer("port", 0, minimum=1, maximum=65535)
+    port = port_value or None
+    host = table.string("host", "127.0.0.1", nonempty=True)
+    marker = table.string("marker", " ".join(command), nonempty=True)
+
+    ready_t = table.sub("ready")
+    default_probe = ProbeKind.TCP if port is not None else ProbeKind.NONE
+    probe = ready_t.choice("probe", default_probe, ProbeKind)
+    if probe is not ProbeKind.NONE and port is None and "port" not in table.raw:
+        problems.add(ready_t.path("probe"), f'"{probe}" needs a port; set port or probe = "none"')
+    path = ready_t.string("path", "/", nonempty=True)
+    if not path.startswith("/"):
+        problems.add(ready_t.path("path"), f'must start with "/", got {describe(path)}')
+    ready = ReadyConfig(
+        probe=probe,
+        path=path,
+        timeout_s=ready_t.number("timeout", 60.0, strict=True),
+        interval_s=ready_t.number("interval", 0.5, strict=True),
+    )
+    ready_t.finish()
+
+    restart_t = table.sub("restart")
+    base_delay = restart_t.number("base_delay", 1.0)
+    restart = RestartConfig(
+        policy=restart_t.choice("policy", RestartPolicy.ALWAYS, RestartPolicy),
+        max_attempts=restart_t.integer("max_attempts", 5, minimum=0),
+        base_delay_s=base_delay,
+        max_delay_s=restart_t.number("max_delay", max(30.0, base_delay)),
+        reset_after_s=restart_t.number("reset_after", 10.0),
+    )
+    if restart.max_delay_s < restart.base_delay_s:
+        problems.add(
+            restart_t.path("max_delay"),
+            f"must be >= base_delay ({restart.base_delay_s:g}), got {restart.max_delay_s:g}",
+        )
+    restart_t.finish()
+
+    stop_t = table.sub("stop")
+    stop = StopConfig(signal=_signal(stop_t, "signal"), timeout_s=stop_t.number("timeout", 2.0))
+    stop_t.finish()
+
+    reclaim_t = table.sub("reclaim")
+    reclaim = ReclaimConfig(
+        enabled=reclaim_t.boolean("enabled", True),
+        orphan=reclaim_t.choice("orphan", OrphanAction.KILL, OrphanAction),
+        live=reclaim_t.choice("live", LiveAction.ASK, LiveAction),
+        foreign=reclaim_t.choice("foreign", ForeignAction.WAIT, ForeignAction),
+        consent=reclaim_t.choice("consent", ConsentMode.AUTO, ConsentMode),
+        consent_command=reclaim_t.argv("consent_command", required=False),
+        consent_timeout_s=reclaim_t.number("consent_timeout", 60.0, strict=True),
+    )
+    if reclaim.consent is ConsentMode.COMMAND and not reclaim.consent_command:
+        problems.add(reclaim_t.path("consent_command"), 'is required when consent = "command"')
+    reclaim_t.finish()
+    table.finish()
+    return SidecarConfig(
+        name=name,
+        command=command,
+        marker=marker,
+        ready=ready,
+        cwd=cwd,
+        env=env,
+        port=port,
+        host=host,
+        restart=restart,
+        stop=stop,
+        reclaim=reclaim,
+    )
+
+
+def parse(raw: Mapping[str, object], path: Path | None = None) -> Config:
+    """Validate a parsed TOML document. Relative paths resolve against `path`'s folder."""
+    problems = Problems()
+    base_dir = path.parent if path is not None else None
+    top = Table(raw, "", problems)
+    daemon = _daemon(top.sub("supervisor"), base_dir)
+    sidecars: list[SidecarConfig] = []
+    entries = top.get("sidecar")
+    if entries is not MISSING:
+        if not isinstance(entries, list):
+            problems.add("sidecar", f"must be an array of tables, got {describe(entries)}")
+            entries = []
+        seen: dict[str, int] = {}
+        for index, entry in enumerate(entries):
+            sidecar = _sidecar(Table(entry, f"sidecar[{index}]", problems), base_dir)
+            if sidecar.name in seen:
+                problems.add(
+                    f"sidecar[{index}].name",
+                    f'duplicate name "{sidecar.name}" (also sidecar[{seen[sidecar.name]}])',
+                )
+            elif sidecar.name:
+                seen[sidecar.name] = index
+            sidecars.append(sidecar)
+    top.finish()
+    if problems.items:
+        raise ConfigError(path, problems.items)
+    return Config(supervisor=daemon, sidecars=tuple(sidecars), path=path)
+
+

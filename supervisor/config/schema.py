@@ -1,0 +1,139 @@
+"""The config's shape (pure): enums for every choice and frozen dataclasses with SPEC defaults."""
+
+from __future__ import annotations
+
+import re
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from types import MappingProxyType
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+class LogFormat(StrEnum):
+    AUTO = "auto"
+    CONSOLE = "console"
+    JSON = "json"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class ProbeKind(StrEnum):
+    TCP = "tcp"
+    HTTP = "http"
+    NONE = "none"
+
+
+class RestartPolicy(StrEnum):
+    ALWAYS = "always"
+    ON_FAILURE = "on-failure"
+    NEVER = "never"
+
+
+class OrphanAction(StrEnum):
+    KILL = "kill"
+    LEAVE = "leave"
+
+
+class LiveAction(StrEnum):
+    ASK = "ask"
+    LEAVE = "leave"
+
+
+class ForeignAction(StrEnum):
+    WAIT = "wait"
+    FAIL = "fail"
+
+
+class ConsentMode(StrEnum):
+    AUTO = "auto"
+    TTY = "tty"
+    COMMAND = "command"
+    DENY = "deny"
+
+
+@dataclass(frozen=True)
+class ReadyConfig:
+    probe: ProbeKind
+    path: str = "/"
+    timeout_s: float = 60.0
+    interval_s: float = 0.5
+
+
+@dataclass(frozen=True)
+class RestartConfig:
+    policy: RestartPolicy = RestartPolicy.ALWAYS
+    max_attempts: int = 5
+    base_delay_s: float = 1.0
+    max_delay_s: float = 30.0
+    reset_after_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class StopConfig:
+    signal: signal.Signals = signal.SIGTERM
+    timeout_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class ReclaimConfig:
+    enabled: bool = True
+    orphan: OrphanAction = OrphanAction.KILL
+    live: LiveAction = LiveAction.ASK
+    foreign: ForeignAction = ForeignAction.WAIT
+    consent: ConsentMode = ConsentMode.AUTO
+    consent_command: tuple[str, ...] = ()
+    consent_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    name: str
+    command: tuple[str, ...]
+    marker: str
+    ready: ReadyConfig
+    cwd: Path | None = None
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    port: int | None = None
+    host: str = "127.0.0.1"
+    restart: RestartConfig = RestartConfig()
+    stop: StopConfig = StopConfig()
+    reclaim: ReclaimConfig = ReclaimConfig()
+
+    @property
+    def reconciles(self) -> bool:
+        return self.port is not None and self.reclaim.enabled
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    state_dir: Path | None = None
+    log_format: LogFormat = LogFormat.AUTO
+    log_level: LogLevel = LogLevel.INFO
+    exit_with_parent: bool = False
+    shutdown_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    supervisor: DaemonConfig
+    sidecars: tuple[SidecarConfig, ...]
+    path: Path | None = None
+
+    def summary(self) -> str:
+        names = ", ".join(
+            f"{s.name}" + (f" (port {s.port})" if s.port is not None else "") for s in self.sidecars
+        )
+        count = len(self.sidecars)
+        noun = "sidecar" if count == 1 else "sidecars"
+        return f"{count} {noun}" + (f": {names}" if names else "")
+
+

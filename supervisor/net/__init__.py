@@ -1,0 +1,14 @@
+"""OS networking: who listens on a TCP port (netlink, psutil, lsof) and which processes hold it."""
+
+from supervisor.net.listener import Listener, format_address
+from supervisor.net.lookup import anyone_listening, find_listeners
+from supervisor.net.owners import map_inodes, pids_listening
+
+__all__ = [
+    "Listener",
+    "anyone_listening",
+    "find_listeners",
+    "format_address",
+    "map_inodes",
+    "pids_listening",
+]

@@ -1,0 +1,81 @@
+"""Listener lookups where netlink is unavailable: psutil system-wide, psutil per process, lsof."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable, Iterator
+
+from supervisor import procs
+from supervisor.net.listener import Listener, format_address
+
+LSOF_TIMEOUT_S = 10.0
+
+
+def listeners_psutil(port: int) -> tuple[Listener, ...]:
+    """psutil.net_connections, system-wide (Linux; needs root on macOS)."""
+    return tuple(
+        Listener(format_address(e.ip, port), e.uid, None, e.pid)
+        for e in procs.tcp_listeners_system(port)
+    )
+
+
+def listeners_per_process(port: int, pids: Iterable[int] | None = None) -> tuple[Listener, ...]:
+    """Ask each process of ours (default: every process of our uid) for its sockets."""
+    if pids is None:
+        pids = procs.pids_of_uid(os.getuid())
+    return tuple(
+        Listener(format_address(e.ip, port), e.uid, None, e.pid)
+        for e in procs.tcp_listeners_of(port, pids)
+    )
+
+
+def listeners_lsof(port: int) -> tuple[Listener, ...]:
+    """`lsof -nP -iTCP:PORT -sTCP:LISTEN`; empty when lsof is missing or fails.
+
+    `-iTCP@127.0.0.1:PORT` would miss wildcard binds, so only the port is given.
+    """
+    lsof = shutil.which("lsof") or next(
+        (p for p in ("/usr/sbin/lsof", "/usr/bin/lsof") if os.access(p, os.X_OK)), None
+    )
+    if lsof is None:
+        return ()
+    try:
+        result = subprocess.run(
+            [lsof, "-nP", f"-iTCP:{port}", "-sTCP:LISTEN", "-Fpuftn"],
+            capture_output=True,
+            timeout=LSOF_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    return tuple(parse_lsof(result.stdout.decode("utf-8", "replace"), port))
+
+
+def parse_lsof(output: str, port: int) -> Iterator[Listener]:
+    """Parse `lsof -F puftn` output: p/u start a process set, f/t/n describe each file."""
+    pid: int | None = None
+    uid: int | None = None
+    kind = ""
+    seen: set[tuple[int | None, str]] = set()
+    for line in output.splitlines():
+        tag, value = line[:1], line[1:]
+        if tag == "p":
+            pid, uid = int(value), None
+        elif tag == "u":
+            uid = int(value) if value.isdigit() else None
+        elif tag == "f":
+            kind = ""
+        elif tag == "t":
+            kind = value
+        elif tag == "n":
+            host, _, port_text = value.rpartition(":")
+            if port_text != str(port):
+                continue
+            if host == "*":
+                host = "::" if kind == "IPv6" else "0.0.0.0"
+            address = format_address(host.strip("[]"), port)
+            if (pid, address) not in seen:  # one line per fd; a dup'ed socket is one listener
+                seen.add((pid, address))
+                yield Listener(address, uid, None, pid)
