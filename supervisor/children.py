@@ -1,4 +1,4 @@
-"""Our own child processes: spawn in a new session, event-driven exit, output pipes, group stop.
+"""Our own child processes: spawn in a new session, event-driven exit, group stop.
 
 Exit is noticed without polling: a pidfd on Linux, kqueue NOTE_EXIT on macOS (polling only as a
 last resort). The leader is reaped only after leftovers of its process group were signalled: while
@@ -13,16 +13,13 @@ import functools
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 
 from supervisor import exitwatch, procs
-
-LINE_CAP = 8192
-READ_CHUNK = 65536
 
 
 class SpawnError(Exception):
@@ -188,47 +185,3 @@ def spawn(
         if stream is not None:
             os.set_blocking(stream.fileno(), False)
     return Child(popen)
-
-
-async def forward_lines(fd: int, stream_name: str, sink: Callable[[str, str, bool], None]) -> None:
-    """Read `fd` until EOF, calling sink(stream, line, truncated) per line (capped at 8 KiB).
-
-    The pipe is always drained, so a chatty child never blocks on a full pipe.
-    """
-    pending = bytearray()
-    discarding = False
-    while True:
-        await anyio.wait_readable(fd)
-        try:
-            data = os.read(fd, READ_CHUNK)
-        except BlockingIOError:
-            continue
-        except OSError:
-            data = b""
-        if not data:
-            break
-        pending += data
-        while True:
-            newline = pending.find(b"\n")
-            if newline < 0:
-                if len(pending) > LINE_CAP:
-                    if not discarding:
-                        sink(stream_name, _decode(pending[:LINE_CAP]), True)
-                    discarding = True
-                    pending.clear()
-                break
-            line = bytes(pending[:newline])
-            del pending[: newline + 1]
-            if discarding:
-                discarding = False
-                continue
-            if len(line) > LINE_CAP:
-                sink(stream_name, _decode(line[:LINE_CAP]), True)
-            else:
-                sink(stream_name, _decode(line), False)
-    if pending and not discarding:
-        sink(stream_name, _decode(pending[:LINE_CAP]), len(pending) > LINE_CAP)
-
-
-def _decode(data: bytes | bytearray) -> str:
-    return bytes(data).decode("utf-8", "replace").rstrip("\r")

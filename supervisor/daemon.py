@@ -1,73 +1,32 @@
-"""The daemon: lock, PID file, signals, reload, status, parent watch and sd_notify calls."""
+"""The daemon: the task group, signals, start-up, reload and shutdown of every sidecar."""
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from supervisor import config, exitwatch, logs, notify, paths, pidfile, procs, signals, status
+from supervisor import config, exitwatch, logs, notify, paths, procs, signals, status
 from supervisor.config import Config, LogFormat, LogLevel, SidecarConfig
-from supervisor.errors import (
-    AlreadyRunningError,
-    StateDirError,
-    SupervisorError,
-)
+from supervisor.errors import StateDirError, SupervisorError
 from supervisor.notify import Notifier
 from supervisor.reconcile import sweep
-from supervisor.sidecar import Runtime, Sidecar
+from supervisor.reload import plan_reload
+from supervisor.runtime import Runtime
+from supervisor.sidecar import Sidecar
+from supervisor.statedir import PID_NAME, StateDir
+from supervisor.statuswriter import StatusWriter
 from supervisor.tags import OwnerTag, format_owner_tag
 
-LOCK_NAME = "supervisor.lock"
-PID_NAME = "supervisor.pid"
-STATUS_NAME = "status.json"
 PARENT_EXITED = -1  # a pseudo-signal on the command stream
 KILL_GRACE_S = 5.0  # after the shutdown bound: SIGKILLed groups get this long to be reaped
-# status.json is rewritten on every state change, but at most this often: a crash storm of 50
-# sidecars must not turn into hundreds of fsyncs a second on the event loop.
-STATUS_MIN_GAP_S = 0.05
-# ... and a few ms after the change that triggered it: a burst (exit, restart, spawn) becomes
-# one write, made after the respawn rather than in its way.
-STATUS_SETTLE_S = 0.005
-
-
-@contextlib.contextmanager
-def state_lock(state_dir: Path) -> Iterator[int]:
-    """Hold `supervisor.lock` exclusively for the daemon's lifetime (not inherited by children)."""
-    path = state_dir / LOCK_NAME
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    except OSError as exc:
-        raise StateDirError(state_dir, f"cannot open {LOCK_NAME}: {exc.strerror}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            record = pidfile.read(state_dir / PID_NAME)
-            raise AlreadyRunningError(state_dir, pidfile.int_field(record, "pid")) from None
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def _prepare_state_dir(path: Path) -> Path:
-    """Create the state dir; returns its real path (a symlinked state dir is the user's choice)."""
-    try:
-        pidfile.ensure_dir(path, allow_symlink=True)
-    except OSError as exc:
-        raise StateDirError(path, exc.strerror or str(exc)) from None
-    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
-        raise StateDirError(path, "not readable and writable by this user")
-    return Path(os.path.realpath(path))
 
 
 @dataclass(frozen=True)
@@ -89,33 +48,39 @@ def main(args: RunOptions) -> int:
     signals.block()
     config_path = paths.config_path(args.config)
     cfg = config.load(config_path)
-    state_dir = paths.state_dir(args.state_dir, cfg.supervisor.state_dir)
-    state_dir = _prepare_state_dir(state_dir)
+    state_path = paths.state_dir(args.state_dir, cfg.supervisor.state_dir)
     log_format = LogFormat(args.log_format) if args.log_format else cfg.supervisor.log_format
     log_level = LogLevel(args.log_level) if args.log_level else cfg.supervisor.log_level
-    logs.configure(log_format, log_level)
-    with state_lock(state_dir):
-        me = os.getpid()
-        daemon = Daemon(
-            cfg,
-            config_path=config_path,
-            state_dir=state_dir,
-            pid=me,
-            create_time=procs.create_time(me) or time.time(),
-            exit_with_parent=args.exit_with_parent or cfg.supervisor.exit_with_parent,
-            interactive=args.interactive,
-            log_overrides=(args.log_format, args.log_level),
-            previous=sweep.previous_owner(pidfile.read(state_dir / PID_NAME)),
-        )
-        try:
-            pidfile.write(state_dir / PID_NAME, daemon.pid_record())
-        except OSError as exc:
-            raise StateDirError(state_dir, f"cannot write {PID_NAME}: {exc.strerror}") from None
-        try:
-            anyio.run(daemon.run)
-        finally:
-            pidfile.remove(state_dir / PID_NAME)
+    # A symlinked state dir is the user's choice: messages show where it really is.
+    with StateDir.open(state_path, create=True) as state:
+        state.path = Path(os.path.realpath(state_path))
+        logs.configure(log_format, log_level)
+        with state.lock():
+            _run(cfg, config_path, state, args)
     return 0
+
+
+def _run(cfg: Config, config_path: Path, state: StateDir, args: RunOptions) -> None:
+    me = os.getpid()
+    daemon = Daemon(
+        cfg,
+        config_path=config_path,
+        state=state,
+        pid=me,
+        create_time=procs.create_time(me) or time.time(),
+        exit_with_parent=args.exit_with_parent or cfg.supervisor.exit_with_parent,
+        interactive=args.interactive,
+        log_overrides=(args.log_format, args.log_level),
+        previous=sweep.previous_owner(state.read(PID_NAME)),
+    )
+    try:
+        state.write(PID_NAME, daemon.pid_record())
+    except OSError as exc:
+        raise StateDirError(state.path, f"cannot write {PID_NAME}: {exc.strerror}") from None
+    try:
+        anyio.run(daemon.run)
+    finally:
+        state.remove(PID_NAME)
 
 
 class Daemon:
@@ -124,7 +89,7 @@ class Daemon:
         cfg: Config,
         *,
         config_path: Path,
-        state_dir: Path,
+        state: StateDir,
         pid: int,
         create_time: float,
         exit_with_parent: bool,
@@ -134,7 +99,7 @@ class Daemon:
     ) -> None:
         self.cfg = cfg
         self.config_path = config_path
-        self.state_dir = state_dir
+        self.state = state
         self.pid = pid
         self.create_time = create_time
         self.started_at = time.time()
@@ -148,16 +113,12 @@ class Daemon:
         self.shutting_down = False
         self._tg: anyio.abc.TaskGroup | None = None
         self._last_summary = ""
-        self._status_failed = False
-        self._status_dirty = anyio.Event()
-        self._status_lock = threading.Lock()
-        self._status_seq = 0
-        self._status_written = 0
+        self.status = StatusWriter(state, self.status_document, self.log)
         stdin_tty = False
         with contextlib.suppress(OSError, ValueError, AttributeError):
             stdin_tty = os.isatty(0)
         self.runtime = Runtime(
-            state_dir=state_dir,
+            state=state,
             our_pid=pid,
             our_create_time=create_time,
             owner_tag=format_owner_tag(pid, create_time),
@@ -180,46 +141,13 @@ class Daemon:
     def status_document(self) -> dict[str, object]:
         return status.document(self.pid_record(), [s.record() for s in self.sidecars.values()])
 
-    def write_status(self) -> dict[str, object]:
-        doc = self.status_document()
-        self._store_status(doc, self._next_status_seq())
-        return doc
-
-    def _next_status_seq(self) -> int:
-        self._status_seq += 1
-        return self._status_seq
-
-    def _store_status(self, doc: dict[str, object], seq: int) -> None:
-        """Write one snapshot; an older one never replaces a newer one (writes may overlap)."""
-        with self._status_lock:
-            if seq < self._status_written:
-                return
-            try:
-                pidfile.write(self.state_dir / STATUS_NAME, doc)
-                self._status_failed = False
-            except OSError as exc:
-                if not self._status_failed:  # once per failure streak, not per state change
-                    self.log.error("status_write_failed", error=str(exc))
-                self._status_failed = True
-            self._status_written = seq
-
     def _sidecar_changed(self, _sidecar: Sidecar) -> None:
-        self._status_dirty.set()
+        self.status.changed()
         if self.notifier.enabled:
             line = status.summary_line([s.record() for s in self.sidecars.values()])
             if line != self._last_summary:
                 self._last_summary = line
                 self.notifier.status(line)
-
-    async def _write_status_on_change(self) -> None:
-        while True:
-            await self._status_dirty.wait()
-            await anyio.sleep(STATUS_SETTLE_S)
-            self._status_dirty = anyio.Event()
-            # The snapshot is taken on the loop; the fsync happens off it (~1 ms each).
-            doc, seq = self.status_document(), self._next_status_seq()
-            await anyio.to_thread.run_sync(self._store_status, doc, seq)
-            await anyio.sleep(STATUS_MIN_GAP_S)
 
     # -- sidecars ------------------------------------------------------------------------------
 
@@ -250,12 +178,12 @@ class Daemon:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 tg.start_soon(_pump, received, send.clone())
-                tg.start_soon(self._write_status_on_change)
+                tg.start_soon(self.status.run)
                 self.log.info(
                     "daemon_started",
                     pid=self.pid,
                     config=str(self.config_path),
-                    state_dir=str(self.state_dir),
+                    state_dir=str(self.state.path),
                     sidecars=[s.name for s in self.cfg.sidecars],
                     interactive=self.runtime.interactive_allowed,
                 )
@@ -265,7 +193,7 @@ class Daemon:
                     )
                 for cfg in self.cfg.sidecars:
                     await self._start(cfg, interactive=True)
-                self.write_status()
+                await self.status.write_now()
                 self.notifier.ready()
                 if self.exit_with_parent:
                     tg.start_soon(_watch_parent, self.parent_pid, send.clone())
@@ -289,7 +217,7 @@ class Daemon:
                 case signal.SIGUSR1:
                     await self._restart_all()
                 case signal.SIGUSR2:
-                    self._dump_status()
+                    await self._dump_status()
                 case _ if signum == PARENT_EXITED:
                     self.log.info("parent_exited", parent_pid=self.parent_pid)
                     return "parent_exited"
@@ -324,15 +252,15 @@ class Daemon:
                     self.log.warning("shutdown_forced", signal=signal.Signals(signum).name)
                     self._kill_all()
                 elif signum == signal.SIGUSR2:
-                    self._dump_status()
-        self.write_status()
+                    await self._dump_status()
+        await self.status.write_now()
 
     def _kill_all(self) -> None:
         for sidecar in self.sidecars.values():
             sidecar.kill_now()
 
-    def _dump_status(self) -> None:
-        doc = self.write_status()
+    async def _dump_status(self) -> None:
+        doc = await self.status.write_now()
         self.log.info("status_dumped", status=doc)
 
     async def _reload(self) -> None:
@@ -344,27 +272,22 @@ class Daemon:
                 self.log.error("config_invalid", path=str(self.config_path), error=exc.message)
                 return
             self._apply_daemon_settings(new)
-            old = {s.name: s for s in self.cfg.sidecars}
-            fresh = {s.name: s for s in new.sidecars}
-            removed = [n for n in old if n not in fresh]
-            added = [n for n in fresh if n not in old]
-            changed = [n for n in fresh if n in old and old[n] != fresh[n]]
-            unchanged = [n for n in fresh if n in old and old[n] == fresh[n]]
-            await self._stop_all([self.sidecars[n] for n in removed + changed])
-            for name in removed + changed:
+            plan = plan_reload(self.cfg.sidecars, new.sidecars)
+            await self._stop_all([self.sidecars[n] for n in plan.to_stop])
+            for name in plan.to_stop:
                 del self.sidecars[name]
             self.cfg = new
             for cfg in new.sidecars:
-                if cfg.name in added or cfg.name in changed:
+                if cfg.name in plan.to_start:
                     await self._start(cfg, interactive=True)
             self.sidecars = {s.name: self.sidecars[s.name] for s in new.sidecars}
-            self.write_status()
+            await self.status.write_now()
             self.log.info(
                 "config_reloaded",
-                added=added,
-                removed=removed,
-                changed=changed,
-                unchanged=unchanged,
+                added=list(plan.added),
+                removed=list(plan.removed),
+                changed=list(plan.changed),
+                unchanged=list(plan.unchanged),
             )
         finally:
             self.notifier.ready()

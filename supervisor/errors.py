@@ -47,12 +47,12 @@ class StateDirError(SupervisorError):
 
     exit_code = EXIT_USAGE
 
-    def __init__(self, path: Path, reason: str) -> None:
+    def __init__(
+        self, path: Path, reason: str, remedy: str = "fix its permissions or pass --state-dir"
+    ) -> None:
         self.path = path
         self.reason = reason
-        super().__init__(
-            f"state dir {path} is unusable: {reason}; fix its permissions or pass --state-dir"
-        )
+        super().__init__(f"state dir {path} is unusable: {reason}; {remedy}")
 
 
 class AlreadyRunningError(SupervisorError):

@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from supervisor import paths, pidfile, proctime
+from supervisor import paths, proctime
 from supervisor.errors import ConfigError, NotRunningError, StillRunningError
+from supervisor.statedir import PID_NAME, STATUS_NAME, StateDir, float_field, int_field
 
 STOP_POLL_MAX_S = 0.05
 
@@ -39,10 +40,18 @@ def resolve_state_dir(config_arg: str | None, state_dir_arg: str | None) -> Path
     return paths.state_dir(state_dir_arg, configured)
 
 
+def _read(state_dir: Path, name: str) -> dict[str, object] | None:
+    try:
+        with StateDir.open(state_dir, create=False) as state:
+            return state.read(name)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
 def find_daemon(state_dir: Path) -> RunningDaemon:
-    record = pidfile.read(state_dir / "supervisor.pid")
-    pid = pidfile.int_field(record, "pid")
-    created = pidfile.float_field(record, "create_time")
+    record = _read(state_dir, PID_NAME)
+    pid = int_field(record, "pid")
+    created = float_field(record, "create_time")
     if pid is None or created is None or not proctime.is_alive(pid, created):
         raise NotRunningError(state_dir)
     return RunningDaemon(pid=pid, create_time=created, state_dir=state_dir)
@@ -50,7 +59,7 @@ def find_daemon(state_dir: Path) -> RunningDaemon:
 
 def read_status(daemon: RunningDaemon) -> dict[str, object]:
     """status.json of the running daemon (a minimal document if it is not written yet)."""
-    doc = pidfile.read(daemon.state_dir / "status.json")
+    doc = _read(daemon.state_dir, STATUS_NAME)
     if doc is None or not isinstance(doc.get("supervisor"), dict):
         doc = {"supervisor": {"pid": daemon.pid, "create_time": daemon.create_time}, "sidecars": []}
     return doc

@@ -10,12 +10,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 
 import anyio
 from structlog.typing import FilteringBoundLogger
 
-from supervisor import net, pidfile
+from supervisor import net
 from supervisor.config import ForeignAction, LiveAction, OrphanAction, SidecarConfig
 from supervisor.reconcile import consent, holders
 from supervisor.reconcile.classify import Classification, Verdict, classify
@@ -46,14 +45,10 @@ class Outcome:
 class Context:
     our_pid: int
     our_create_time: float
-    pidfile_path: Path
+    recorded_pid: Callable[[], int | None]  # the sidecar's PID file: annotation only
     stdin_is_tty: bool
     consent_lock: anyio.Lock
     should_run: Callable[[], bool]
-
-
-def _pidfile_pid(path: Path) -> int | None:
-    return pidfile.int_field(pidfile.read(path), "pid")
 
 
 def _evaluate(
@@ -98,7 +93,7 @@ async def _attempt(
     if not listeners:
         log.info("reconcile_port_free", port=port)
         return Outcome(Action.LAUNCH)
-    recorded_pid = _pidfile_pid(ctx.pidfile_path)
+    recorded_pid = ctx.recorded_pid()
     found = holders.find_holders(port, candidates=[recorded_pid] if recorded_pid else [])
     if not found:  # released between the two looks
         log.info("reconcile_port_free", port=port)

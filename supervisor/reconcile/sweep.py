@@ -15,16 +15,17 @@ from collections.abc import Mapping
 import anyio
 from structlog.typing import FilteringBoundLogger
 
-from supervisor import net, pidfile, procs, proctime
+from supervisor import net, procs, proctime
 from supervisor.config import SidecarConfig, StopConfig
 from supervisor.reconcile.kill import KillAborted, kill_process
+from supervisor.statedir import float_field, int_field
 from supervisor.tags import OWNER_ENV, SIDECAR_ENV, OwnerTag, parse_owner_tag
 
 
 def previous_owner(record: Mapping[str, object] | None) -> OwnerTag | None:
     """The daemon a stale `supervisor.pid` names, if that daemon is gone (an unclean exit)."""
-    pid = pidfile.int_field(record, "pid")
-    created = pidfile.float_field(record, "create_time")
+    pid = int_field(record, "pid")
+    created = float_field(record, "create_time")
     if pid is None or created is None or proctime.is_alive(pid, created):
         return None
     return OwnerTag(pid, created)

@@ -32,7 +32,7 @@ async def test_an_os_error_in_the_lookup_is_logged_and_the_launch_proceeds(
     ctx = Context(
         our_pid=1,
         our_create_time=0.0,
-        pidfile_path=tmp_path / "sidecar.pid",
+        recorded_pid=lambda: None,
         stdin_is_tty=False,
         consent_lock=anyio.Lock(),
         should_run=lambda: True,

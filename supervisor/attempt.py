@@ -1,0 +1,257 @@
+"""One attempt of a sidecar: spawn -> ready -> hold while ready -> end (exit, stop or failed start).
+
+The sidecar's loop (sidecar.py) runs one `Attempt` per launch and decides what comes next from
+the `ExitInfo` it returns; the attempt reports its milestones through `AttemptHost`.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Protocol
+
+import anyio
+from structlog.typing import FilteringBoundLogger
+
+from supervisor import children, output, probes, show, status, tags
+from supervisor.config import SidecarConfig
+from supervisor.lifecycle import ExitInfo
+from supervisor.runtime import Runtime
+from supervisor.statedir import SIDECAR_PID_NAME, StateDir, int_field
+
+OUTPUT_DRAIN_S = 0.5
+
+
+class AttemptHost(Protocol):
+    """What an attempt tells its sidecar."""
+
+    def spawned(self, child: children.Child) -> None: ...
+
+    def ready(self, child: children.Child) -> None: ...
+
+    def held(self) -> None:
+        """Readiness was held for `restart.reset_after`."""
+
+    def stopping(self) -> None:
+        """The sidecar is being stopped while this attempt runs."""
+
+    def ended(self, reason: str | None, last_exit: dict[str, object]) -> None: ...
+
+
+class Attempt:
+    def __init__(
+        self,
+        config: SidecarConfig,
+        rt: Runtime,
+        *,
+        host: AttemptHost,
+        log: FilteringBoundLogger,
+    ) -> None:
+        self.config = config
+        self.rt = rt
+        self.state = rt.state
+        self.host = host
+        self.log = log
+        self.child: children.Child | None = None
+        self.ready_child: children.Child | None = None
+        self.reason: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    async def run(self, *, attempt: int, interactive: bool) -> ExitInfo:
+        """Spawn the child and supervise it until it ends; a cancelled attempt stops it."""
+        rt = self.rt
+        env = tags.child_env(rt.base_env, self.config.env, sidecar=self.name, owner=rt.owner_tag)
+        try:
+            child = children.spawn(self.config.command, cwd=self.config.cwd, env=env)
+        except children.SpawnError as exc:
+            self.reason = str(exc)
+            self.log.error("sidecar_start_failed", reason=self.reason)
+            self.host.ended(self.reason, _last_exit(None, None))
+            return ExitInfo(code=None, signal=None, failed_start=True)
+        self.child = child
+        spawned = time.monotonic()
+        self.log.info("sidecar_spawned", pid=child.pid, attempt=attempt, interactive=interactive)
+        self.host.spawned(child)
+        failed_start = True
+        try:
+            async with anyio.create_task_group() as pipes:
+                drained = output.forward_all(_pipes(child), self._output, pipes)
+                failure = await self._await_ready(child)
+                if failure is None:
+                    failed_start = False
+                    await self._became_ready(child, spawned)
+                    await self._hold_ready(child)
+                else:
+                    self.reason = failure
+                    self.log.warning("sidecar_start_failed", pid=child.pid, reason=failure)
+                    if not child.exited:
+                        with anyio.CancelScope(shield=True):
+                            await child.stop(self.config.stop.signal, self.config.stop.timeout_s)
+                self._child_ended(child, failed_start)
+                with anyio.move_on_after(OUTPUT_DRAIN_S):
+                    # Output still in the pipes is forwarded; a setsid'd grandchild holding a pipe
+                    # open must not keep us here.
+                    await drained.wait()
+                pipes.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                if child.status is None:
+                    await self._stop_child(child)
+                self._release(child)
+        exit_status = child.status
+        return ExitInfo(
+            code=exit_status.code if exit_status else None,
+            signal=exit_status.signal if exit_status else None,
+            failed_start=failed_start,
+        )
+
+    def kill_now(self) -> None:
+        """Second SIGTERM: SIGKILL the child's whole group at once (its stop then completes)."""
+        child = self.child
+        if child is not None and child.status is None:
+            child.signal_group(signal.SIGKILL)
+
+    # -- phases --------------------------------------------------------------------------------
+
+    async def _await_ready(self, child: children.Child) -> str | None:
+        """None once ready; else why the start failed (exit before ready, or timeout)."""
+        failure: list[str] = []
+        warned = False
+
+        def stranger() -> None:
+            nonlocal warned
+            if not warned:
+                warned = True
+                self.log.warning(
+                    "probe_answered_by_stranger",
+                    port=self.config.port,
+                    pid=child.pid,
+                    detail="the port answers, but the listener is not our child's",
+                )
+
+        async with anyio.create_task_group() as race:
+
+            async def watch_exit() -> None:
+                await child.wait_exit()
+                failure.append("exited before becoming ready")
+                race.cancel_scope.cancel()
+
+            race.start_soon(watch_exit)
+            timeout = self.config.ready.timeout_s
+            with anyio.move_on_after(timeout) as probe_scope:
+                await probes.wait_ready(self.config, child.pid, stranger)
+            if probe_scope.cancelled_caught:
+                failure.append(f"not ready within {timeout:g}s (ready.timeout)")
+            race.cancel_scope.cancel()
+        if not failure and child.exited:
+            failure.append("exited before becoming ready")
+        return failure[0] if failure else None
+
+    async def _became_ready(self, child: children.Child, spawned: float) -> None:
+        self.ready_child = child
+        try:
+            # The fsync (~1 ms) happens off the event loop; readiness is announced after it.
+            record = self._pid_record(child)
+            await anyio.to_thread.run_sync(self._write_pidfile, record)
+            self.log.info("pidfile_written", path=str(self._pidfile_path), pid=child.pid)
+        except OSError as exc:
+            self.log.error("pidfile_write_failed", path=str(self._pidfile_path), error=str(exc))
+        elapsed_ms = round((time.monotonic() - spawned) * 1000, 1)
+        self.host.ready(child)
+        self.log.info("sidecar_ready", pid=child.pid, elapsed_ms=elapsed_ms)
+
+    async def _hold_ready(self, child: children.Child) -> None:
+        with anyio.move_on_after(self.config.restart.reset_after_s):
+            await child.wait_exit()
+            return
+        self.host.held()
+        await child.wait_exit()
+
+    def _child_ended(self, child: children.Child, failed_start: bool) -> None:
+        """The leader exited: kill what is left of its group, reap, record the exit."""
+        exit_status = child.finish()
+        signal_name = show.signal_name(exit_status.signal)
+        if not failed_start:
+            self.reason = (
+                f"exited with code {exit_status.code}"
+                if exit_status.signal is None
+                else f"killed by {signal_name}"
+            )
+        self.host.ended(self.reason, _last_exit(exit_status.code, signal_name))
+        self.log.info("sidecar_exited", pid=child.pid, code=exit_status.code, signal=signal_name)
+        self._remove_pidfile()
+
+    async def _stop_child(self, child: children.Child) -> None:
+        """Graceful stop of a running child (the sidecar is being stopped). Runs shielded."""
+        self.host.stopping()
+        self.log.info("sidecar_stopping", pid=child.pid, signal=self.config.stop.signal.name)
+        escalated = await child.stop(self.config.stop.signal, self.config.stop.timeout_s)
+        self._remove_pidfile()
+        self.log.info("sidecar_stopped", pid=child.pid, escalated=escalated)
+
+    def _release(self, child: children.Child) -> None:
+        child.close()
+        if self.child is child:
+            self.child = None
+        if self.ready_child is child:
+            self.ready_child = None
+
+    # -- the PID file --------------------------------------------------------------------------
+
+    @property
+    def _pidfile_path(self) -> str:
+        return str(self.state.path / self.name / SIDECAR_PID_NAME)
+
+    def _pid_record(self, child: children.Child) -> dict[str, object]:
+        return {
+            "pid": child.pid,
+            "create_time": child.create_time,
+            "port": self.config.port,
+            "supervisor_pid": self.rt.our_pid,
+            "supervisor_create_time": self.rt.our_create_time,
+            "started_at": status.iso_utc(time.time()),
+            "command": list(self.config.command),
+        }
+
+    def _write_pidfile(self, record: dict[str, object]) -> None:
+        with self.state.subdir(self.name, create=True) as folder:
+            folder.write(SIDECAR_PID_NAME, record)
+
+    def _remove_pidfile(self) -> None:
+        try:
+            with self.state.subdir(self.name, create=False) as folder:
+                removed = folder.remove(SIDECAR_PID_NAME)
+        except OSError:
+            removed = False
+        if removed:
+            self.log.info("pidfile_removed", path=self._pidfile_path)
+
+    def _output(self, stream: str, line: str, truncated: bool) -> None:
+        if truncated:
+            self.log.info("child_output", stream=stream, line=line, truncated=True)
+        else:
+            self.log.info("child_output", stream=stream, line=line)
+
+
+def _pipes(child: children.Child) -> list[tuple[int, str]]:
+    return [
+        (stream.fileno(), name)
+        for stream, name in ((child.popen.stdout, "stdout"), (child.popen.stderr, "stderr"))
+        if stream is not None
+    ]
+
+
+def _last_exit(code: int | None, signal_name: str | None) -> dict[str, object]:
+    return {"code": code, "signal": signal_name, "at": status.iso_utc(time.time())}
+
+
+def read_recorded_pid(state: StateDir, name: str) -> int | None:
+    """The pid in `<name>/sidecar.pid` (annotation for the preflight's log line only)."""
+    try:
+        with state.subdir(name, create=False) as folder:
+            return int_field(folder.read(SIDECAR_PID_NAME), "pid")
+    except OSError:
+        return None
