@@ -8,8 +8,6 @@ daemon's JSON `timestamp` use, so instants from different processes can be subtr
 from __future__ import annotations
 
 import contextlib
-import datetime
-import json
 import os
 import platform
 import select
@@ -21,18 +19,18 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from tests.support import PYTHON, ROOT, free_port, render_config
+from tests import support
+from tests.support import PYTHON, ROOT, Event, arrival_ns, free_port, render_config, stamp_ns
 
-__all__ = ["PYTHON", "ROOT", "free_port", "render_config"]
+__all__ = ["PYTHON", "ROOT", "Event", "arrival_ns", "free_port", "render_config", "stamp_ns"]
 
 POLL_S = 0.0005  # connect() cadence while waiting for a port to accept
 SETTLE_S = 0.2  # after a handshake: let trailing work (status write, output drain) finish
@@ -281,31 +279,11 @@ def _kill_tree(root: int, known: Sequence[int] = ()) -> None:
 # -- our daemon ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Logged:
-    """A JSON log line of the daemon: arrival time (read by us) and its own timestamp."""
+class Daemon(support.Daemon):
+    """`supervisor run` (JSON logs, info level, non-interactive) on a config in `workdir`.
 
-    arrival_ns: int
-    event: dict[str, Any]
-
-    @property
-    def name(self) -> str:
-        return str(self.event.get("event"))
-
-    @property
-    def stamp_ns(self) -> int:
-        stamp = datetime.datetime.fromisoformat(str(self.event["timestamp"]).replace("Z", "+00:00"))
-        micros = (stamp - datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)) // datetime.timedelta(
-            microseconds=1
-        )
-        return micros * 1000
-
-
-class Daemon:
-    """`supervisor run` (JSON logs, info level) on a config written into `workdir`.
-
-    A reader thread timestamps each stderr line on arrival. Leaving the context stops the daemon
-    gracefully, or kills it and every process group of its children when it does not stop.
+    Leaving the context stops the daemon gracefully, or kills it and every process group of its
+    children when it does not stop.
     """
 
     def __init__(
@@ -314,42 +292,9 @@ class Daemon:
         sidecars: Sequence[Mapping[str, object]],
         supervisor: Mapping[str, object] | None = None,
     ) -> None:
-        self.config = workdir / "supervisor.toml"
-        self.state_dir = workdir / "state"
-        self.write_config(sidecars, supervisor)
-        self.logged: list[Logged] = []
-        self.other_lines: list[str] = []  # stderr that is not a JSON event (a usage error)
-        self._cond = threading.Condition()
-        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
-        self.started_ns = time.time_ns()
-        self.proc = subprocess.Popen(
-            [
-                PYTHON,
-                "-m",
-                "supervisor",
-                "run",
-                "-c",
-                str(self.config),
-                "--state-dir",
-                str(self.state_dir),
-                "--log-format",
-                "json",
-                "--log-level",
-                "info",
-                "--non-interactive",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=ROOT,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+        config = workdir / "supervisor.toml"
+        config.write_text(render_config(sidecars, supervisor))
+        super().__init__(config, workdir / "state", "--non-interactive", log_level="info")
 
     def write_config(
         self,
@@ -358,53 +303,12 @@ class Daemon:
     ) -> None:
         self.config.write_text(render_config(sidecars, supervisor))
 
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            arrival = time.time_ns()
-            try:
-                event = json.loads(raw)
-            except ValueError:
-                event = None
-            with self._cond:
-                if isinstance(event, dict):
-                    self.logged.append(Logged(arrival, event))
-                else:
-                    self.other_lines.append(raw.decode(errors="replace").rstrip())
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
     def count(self, name: str) -> int:
-        with self._cond:
-            return sum(1 for e in self.logged if e.name == name)
-
-    def wait_for(
-        self,
-        name: str,
-        *,
-        count: int = 1,
-        timeout_s: float = 20.0,
-        where: Callable[[Logged], bool] | None = None,
-    ) -> Logged:
-        """The `count`-th logged `name` event (matching `where`), waiting for it if need be."""
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while True:
-                found = [e for e in self.logged if e.name == name and (where is None or where(e))]
-                if len(found) >= count:
-                    return found[count - 1]
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._reader.is_alive():
-                    tail = "\n".join(
-                        [json.dumps(e.event) for e in self.logged[-20:]] + self.other_lines[-20:]
-                    )
-                    raise TimeoutError(f"no {name} #{count} within {timeout_s}s; log tail:\n{tail}")
-                self._cond.wait(min(remaining, 0.5))
+        return len(self.find(name))
 
     def close(self) -> None:
         if self.proc.poll() is None:
-            spawned = [int(e.event["pid"]) for e in self.logged if e.name == "sidecar_spawned"]
+            spawned = [int(e["pid"]) for e in self.find("sidecar_spawned")]
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(30)

@@ -19,6 +19,7 @@ from bench.common import (
     Check,
     Daemon,
     Row,
+    arrival_ns,
     at_most,
     free_port,
     kill_and_wait,
@@ -28,6 +29,7 @@ from bench.common import (
     row,
     scratch,
     sidecar,
+    stamp_ns,
     wait_report,
 )
 
@@ -55,11 +57,11 @@ def measure(kind: str, samples: int) -> list[Row]:
                 ready = daemon.wait_for("sidecar_ready", count=n)
                 spawned = daemon.wait_for("sidecar_spawned", count=n)
                 pid, listened_ns = wait_report(listen_report, n, 5.0)
-                if ready.event["pid"] != pid:
-                    raise RuntimeError(f"sidecar_ready names pid {ready.event['pid']}, not {pid}")
-                stamped.append(ns_to_ms(ready.stamp_ns - listened_ns))
-                arrived.append(ns_to_ms(ready.arrival_ns - listened_ns))
-                starting.append(ns_to_ms(listened_ns - spawned.stamp_ns))
+                if ready["pid"] != pid:
+                    raise RuntimeError(f"sidecar_ready names pid {ready['pid']}, not {pid}")
+                stamped.append(ns_to_ms(stamp_ns(ready) - listened_ns))
+                arrived.append(ns_to_ms(arrival_ns(ready) - listened_ns))
+                starting.append(ns_to_ms(listened_ns - stamp_ns(spawned)))
                 time.sleep(SETTLE_S)
                 if n < samples:
                     kill_and_wait(pid)

@@ -33,6 +33,7 @@ from bench.common import (
     row,
     scratch,
     sidecar,
+    stamp_ns,
     supervisord_bin,
     wait_connect,
     wait_report,
@@ -93,8 +94,8 @@ def ours(samples: int) -> list[Row]:
                 port, listen_report, samples, lambda n: daemon.wait_for("sidecar_ready", count=n)
             )
             spawned = [daemon.wait_for("sidecar_spawned", count=n + 2) for n in range(samples)]
-    reacted = [ns_to_ms(s.stamp_ns - c.killed_ns) for c, s in zip(done, spawned, strict=True)]
-    started = [ns_to_ms(c.listened_ns - s.stamp_ns) for c, s in zip(done, spawned, strict=True)]
+    reacted = [ns_to_ms(stamp_ns(s) - c.killed_ns) for c, s in zip(done, spawned, strict=True)]
+    started = [ns_to_ms(c.listened_ns - stamp_ns(s)) for c, s in zip(done, spawned, strict=True)]
     return [
         row(BENCH, MEASURE, "ours", "ms", [c.respawn_ms for c in done]),
         row(BENCH, "  of which SIGKILL -> sidecar_spawned", "ours", "ms", reacted),

@@ -17,9 +17,10 @@ from typing import Any
 from bench.common import (
     Check,
     Daemon,
-    Logged,
+    Event,
     ProcStats,
     Row,
+    arrival_ns,
     at_most,
     free_ports,
     machine,
@@ -29,6 +30,7 @@ from bench.common import (
     row,
     scratch,
     sidecar,
+    stamp_ns,
 )
 
 BENCH = "scale"
@@ -51,7 +53,7 @@ def sidecars(ports: Sequence[int], *demo_args: str) -> list[dict[str, Any]]:
     ]
 
 
-def all_ready(daemon: Daemon, names: int, after_ns: int, timeout_s: float = 120.0) -> Logged:
+def all_ready(daemon: Daemon, names: int, after_ns: int, timeout_s: float = 120.0) -> Event:
     """The `sidecar_ready` that completes the set of `names` sidecars ready since `after_ns`."""
     seen: set[str] = set()
     count = 0
@@ -60,10 +62,10 @@ def all_ready(daemon: Daemon, names: int, after_ns: int, timeout_s: float = 120.
         event = daemon.wait_for(
             "sidecar_ready",
             count=count,
-            where=lambda e: e.arrival_ns >= after_ns,
-            timeout_s=timeout_s,
+            where=lambda e: arrival_ns(e) >= after_ns,
+            timeout=timeout_s,
         )
-        seen.add(str(event.event.get("sidecar")))
+        seen.add(str(event.get("sidecar")))
         if len(seen) == names:
             return event
 
@@ -75,7 +77,7 @@ def storm(
     daemon.write_config(sidecars(ports, "--crash-after", str(CRASH_AFTER_S)))
     daemon.proc.send_signal(signal.SIGHUP)
     reloads = daemon.count("config_reloaded")
-    daemon.wait_for("config_reloaded", count=reloads + 1, timeout_s=60.0)
+    daemon.wait_for("config_reloaded", count=reloads + 1, timeout=60.0)
     start, spawned_before = proc_stats(daemon.pid), daemon.count("sidecar_spawned")
     fds: list[float] = []
     deadline = time.monotonic() + storm_s
@@ -96,7 +98,7 @@ def run(count: int, storm_s: float) -> tuple[list[Row], list[Check], list[str]]:
     notes: list[str] = []
     with scratch(BENCH) as work, Daemon(work, sidecars(ports)) as daemon:
         last = all_ready(daemon, count, daemon.started_ns)
-        ready_s = (last.stamp_ns - daemon.started_ns) / 1e9
+        ready_s = (stamp_ns(last) - daemon.started_ns) / 1e9
         time.sleep(SETTLE_S)
         calm_before = proc_stats(daemon.pid)
         storm_start, storm_end, fds, spawned = storm(daemon, ports, storm_s)
@@ -147,7 +149,7 @@ def run(count: int, storm_s: float) -> tuple[list[Row], list[Check], list[str]]:
     notes.append(
         f"{count} sidecars, each `--crash-after {CRASH_AFTER_S:g}`; restart_budget_exhausted "
         f"logged {exhausted} times; all ready = JSON timestamp of the last `sidecar_ready` - "
-        f"daemon spawn ({ns_to_ms(last.arrival_ns - last.stamp_ns):.1f} ms before it reached us)"
+        f"daemon spawn ({ns_to_ms(arrival_ns(last) - stamp_ns(last)):.1f} ms before it reached us)"
     )
     return rows, checks, notes
 

@@ -42,7 +42,6 @@ TRANSITIONS: Mapping[State, Mapping[Event, State]] = MappingProxyType(
     {
         State.STOPPED: {Event.LAUNCH: State.STARTING},
         State.STARTING: {
-            Event.LAUNCH: State.STARTING,  # the preflight re-runs (e.g. a kill was aborted)
             Event.READY: State.READY,
             Event.WAIT: State.WAITING,
             **_RUNNING_EXITS,
@@ -86,6 +85,12 @@ class ExitInfo:
     signal: int | None
     failed_start: bool  # never became ready (exited early, timed out, or could not spawn)
 
+    @property
+    def clean(self) -> bool:
+        """A success for `on-failure`: exit 0 after readiness. A failed start never is, whatever
+        its code (a child stopped for missing `ready.timeout` may well exit 0 on SIGTERM)."""
+        return self.code == 0 and self.signal is None and not self.failed_start
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -99,7 +104,7 @@ def decide_after_exit(restart: RestartConfig, attempts: int, exit_info: ExitInfo
     match restart.policy:
         case RestartPolicy.NEVER:
             return Decision(Event.FINISH, attempts, 0.0)
-        case RestartPolicy.ON_FAILURE if exit_info.code == 0 and exit_info.signal is None:
+        case RestartPolicy.ON_FAILURE if exit_info.clean:
             return Decision(Event.FINISH, attempts, 0.0)
         case RestartPolicy.ALWAYS | RestartPolicy.ON_FAILURE:
             pass

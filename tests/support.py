@@ -7,6 +7,7 @@ stdout), each bounded by a timeout; nothing sleeps to synchronise.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import signal
@@ -105,11 +106,13 @@ class LogTimeout(AssertionError):
     pass
 
 
-def daemon_command(config: Path, state_dir: Path, *extra_args: str) -> list[str]:
+def daemon_command(
+    config: Path, state_dir: Path, *extra_args: str, log_level: str = "debug"
+) -> list[str]:
     """argv of `supervisor run` logging JSON (at debug level) for tests to read."""
     return [
         PYTHON, "-m", "supervisor", "run", "-c", str(config), "--state-dir", str(state_dir),
-        "--log-format", "json", "--log-level", "debug", *extra_args,
+        "--log-format", "json", "--log-level", log_level, *extra_args,
     ]  # fmt: skip
 
 
@@ -128,8 +131,25 @@ def wait_logged(log: Path, event: str, timeout: float = 15.0) -> dict[str, Any]:
         time.sleep(0.02)
 
 
+ARRIVAL = "_arrival_ns"  # added to each event: when the reader got it (time.time_ns())
+
+
+def arrival_ns(event: Event) -> int:
+    return int(event[ARRIVAL])
+
+
+def stamp_ns(event: Event) -> int:
+    """The daemon's own `timestamp` of an event, in ns since the epoch (like time.time_ns())."""
+    stamp = datetime.datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00"))
+    epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+    return (stamp - epoch) // datetime.timedelta(microseconds=1) * 1000
+
+
 class Daemon:
-    """A real `supervisor run` whose stderr JSON events are collected by a reader thread."""
+    """A real `supervisor run` whose stderr JSON events are collected by a reader thread.
+
+    Each event carries `_arrival_ns`, the instant the reader got it (the benchmarks use it).
+    """
 
     def __init__(
         self,
@@ -138,6 +158,7 @@ class Daemon:
         *extra_args: str,
         env: Mapping[str, str] | None = None,
         stdin: int | None = subprocess.DEVNULL,
+        log_level: str = "debug",
     ) -> None:
         self.config = config
         self.state_dir = state_dir
@@ -147,8 +168,9 @@ class Daemon:
         full_env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
         full_env.update(env or {})
         full_env["PYTHONUNBUFFERED"] = "1"
+        self.started_ns = time.time_ns()
         self.proc = subprocess.Popen(
-            daemon_command(config, state_dir, *extra_args),
+            daemon_command(config, state_dir, *extra_args, log_level=log_level),
             stdin=stdin,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -165,12 +187,14 @@ class Daemon:
     def _read(self) -> None:
         assert self.proc.stderr is not None
         for raw in self.proc.stderr:
+            arrived = time.time_ns()
             line = raw.decode("utf-8", "replace").rstrip("\n")
             with self._cond:
                 self.raw_lines.append(line)
                 with contextlib.suppress(ValueError):
                     event = json.loads(line)
                     if isinstance(event, dict):
+                        event[ARRIVAL] = arrived
                         self.events.append(event)
                 self._cond.notify_all()
         with self._cond:

@@ -122,7 +122,7 @@ async def test_command_past_timeout_declines_and_leaves_no_process(tmp_path: Pat
     assert not result.granted
     assert result.provider is Provider.COMMAND
     assert result.detail == "timed out after 0.5s"
-    assert 0.5 <= elapsed_s < 5.0
+    assert elapsed_s >= 0.5  # the command had its whole consent_timeout
     # Both files exist: the script wrote them long before the 0.5 s ran out.
     for pid in (read_pid(leader_file), read_pid(grandchild_file)):
         assert wait_gone(pid), f"pid {pid} survived the consent timeout"

@@ -239,10 +239,9 @@ def test_exit_with_parent_stops_when_the_launcher_is_killed(tmp_path: Path) -> N
     launcher.kill()
     launcher.wait()
     launcher.stdout.close()
-    killed_at = time.monotonic()
-    # The daemon was reparented to us (pytest is a subreaper), not to pid 1.
-    code = daemon.wait(timeout=5)
-    assert time.monotonic() - killed_at < 2.0
+    # The daemon was reparented to us (pytest is a subreaper), not to pid 1: ppid == 1 could
+    # not have told it that its launcher is gone.
+    code = daemon.wait(timeout=15)
     assert code == 0
     wait_logged(log, "parent_exited", timeout=0)
     wait_logged(log, "daemon_stopped", timeout=0)
@@ -258,10 +257,9 @@ def test_second_sigint_during_slow_shutdown_kills_at_once(tmp_path: Path) -> Non
         pid = daemon.wait_for("sidecar_ready")["pid"]
         daemon.signal(signal.SIGINT)
         daemon.wait_for("sidecar_stopping")
-        sent = time.monotonic()
         daemon.signal(signal.SIGINT)
-        assert daemon.proc.wait(10) == 0
-        assert time.monotonic() - sent < 3.0
+        # stop.timeout is 30 s: an exit well before it can only be the second signal's SIGKILL.
+        assert daemon.proc.wait(15) == 0
         stopped = daemon.wait_for("sidecar_stopped")
         assert stopped["escalated"] is True
     assert pid_gone(pid)

