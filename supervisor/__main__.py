@@ -1,5 +1,5 @@
-"""`python -m supervisor` entry point."""
+"""`python -m supervisor` entry point (signals blocked first: see entry.py)."""
 
-from supervisor.cli import main
+from supervisor.entry import main
 
 raise SystemExit(main())

@@ -6,7 +6,6 @@ the `ExitInfo` it returns; the attempt reports its milestones through `AttemptHo
 
 from __future__ import annotations
 
-import signal
 import time
 from typing import Protocol
 
@@ -55,10 +54,15 @@ class Attempt:
         self.child: children.Child | None = None
         self.ready_child: children.Child | None = None
         self.reason: str | None = None
+        self._abandoned = False
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def abandoned(self) -> bool:
+        return self._abandoned
 
     async def run(self, *, attempt: int, interactive: bool) -> ExitInfo:
         """Spawn the child and supervise it until it ends; a cancelled attempt stops it."""
@@ -98,7 +102,7 @@ class Attempt:
                 pipes.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                if child.status is None:
+                if child.status is None and not child.abandoned:
                     await self._stop_child(child)
                 self._release(child)
         exit_status = child.status
@@ -110,9 +114,8 @@ class Attempt:
 
     def kill_now(self) -> None:
         """Second SIGTERM: SIGKILL the child's whole group at once (its stop then completes)."""
-        child = self.child
-        if child is not None and child.status is None:
-            child.signal_group(signal.SIGKILL)
+        if self.child is not None:
+            self.child.kill_now()
 
     # -- phases --------------------------------------------------------------------------------
 
@@ -186,13 +189,23 @@ class Attempt:
 
     async def _stop_child(self, child: children.Child) -> None:
         """Graceful stop of a running child (the sidecar is being stopped). Runs shielded."""
+        # Signal first, log after: whatever happens to the log, the group gets its signal.
+        sig = self.config.stop.signal
+        child.terminate(sig)
         self.host.stopping()
-        self.log.info("sidecar_stopping", pid=child.pid, signal=self.config.stop.signal.name)
-        escalated = await child.stop(self.config.stop.signal, self.config.stop.timeout_s)
+        self.log.info("sidecar_stopping", pid=child.pid, signal=sig.name)
+        escalated = await child.stop(sig, self.config.stop.timeout_s, signalled=True)
         self._remove_pidfile()
+        if child.abandoned:
+            self.log.error(
+                "sidecar_stop_abandoned",
+                pid=child.pid,
+                detail="still there after SIGKILL (uninterruptible sleep?); left unreaped",
+            )
         self.log.info("sidecar_stopped", pid=child.pid, escalated=escalated)
 
     def _release(self, child: children.Child) -> None:
+        self._abandoned = self._abandoned or child.abandoned
         child.close()
         if self.child is child:
             self.child = None

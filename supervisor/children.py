@@ -1,9 +1,9 @@
 """Our own child processes: spawn in a new session, event-driven exit, group stop.
 
 Exit is noticed without polling: a pidfd on Linux, kqueue NOTE_EXIT on macOS (polling only as a
-last resort). The leader is reaped only after leftovers of its process group were signalled: while
-the leader is an unreaped zombie its pid - and so the group id - cannot be recycled, so `killpg`
-can never hit a stranger.
+last resort). The group is signalled by groups.py's rule: through the leader's pidfd, or with
+killpg while we hold the leader unreaped; the leader is reaped only after the leftovers of its
+group were signalled.
 """
 
 from __future__ import annotations
@@ -19,7 +19,11 @@ from pathlib import Path
 
 import anyio
 
-from supervisor import exitwatch, procs
+from supervisor import exitwatch, groups, procs
+
+# After SIGKILL, how long a stop waits to see the group gone. A process in uninterruptible
+# sleep (D state) never dies on time: past this it is abandoned, not waited for forever.
+KILL_WAIT_S = 2.0
 
 
 class SpawnError(Exception):
@@ -46,7 +50,9 @@ class Child:
         self.pgid = popen.pid  # start_new_session: the child leads its own group
         self._exited = False
         self.sigkilled = False  # SIGKILL was sent to the group (escalation or forced shutdown)
+        self.abandoned = False  # it never died after SIGKILL (D state); left unreaped
         self.status: ExitStatus | None = None
+        self._hurry = anyio.Event()  # kill_now(): a running stop skips its grace period
         try:
             self._exit_handle = exitwatch.open_exit_handle(self.pid)
         except ProcessLookupError:  # cannot happen before we reap it, but never crash on it
@@ -91,44 +97,73 @@ class Child:
             self._exit_handle = None
 
     def signal_group(self, sig: int) -> bool:
-        """Signal the whole group; safe until the leader is reaped (its pid cannot be reused)."""
-        if self.status is not None:
-            raise RuntimeError("the group of a reaped child must not be signalled")
+        """Signal the whole group (groups.py's rule: our leader is unreaped, or its pidfd)."""
         if sig == signal.SIGKILL:
             self.sigkilled = True
-        return procs.signal_group(self.pgid, sig)
+        return self._signal_group(sig)
+
+    def _signal_group(self, sig: int) -> bool:
+        if self.status is not None:
+            raise RuntimeError("the group of a reaped child must not be signalled")
+        handle = self._exit_handle
+        pidfd = handle.pidfd if handle is not None else None
+        return groups.signal_group(self.pgid, sig, pidfd=pidfd, leader_unreaped=True)
 
     def group_members(self) -> list[int]:
         return procs.group_members(self.pgid)  # living ones: an exited leader is a zombie
 
-    async def stop(self, sig: int, timeout_s: float) -> bool:
+    def kill_now(self) -> None:
+        """SIGKILL the whole group at once; a stop in progress skips what is left of its grace."""
+        if self.status is None and not self.abandoned:
+            self.signal_group(signal.SIGKILL)
+        self._hurry.set()
+
+    async def stop(self, sig: int, timeout_s: float, *, signalled: bool = False) -> bool:
         """Signal the group, wait up to `timeout_s` for all of it, then SIGKILL; reap the leader.
 
-        Returns True if SIGKILL was needed. Call it shielded from cancellation.
+        `signalled`: the caller already sent `sig` (it signals first and logs after). Returns
+        True if SIGKILL was needed. Call it shielded from cancellation. Bounded: a group that
+        outlives SIGKILL by KILL_WAIT_S is abandoned (`abandoned`), never waited for forever.
         """
-        if self.status is None:
+        if self.status is not None or self.abandoned:
+            return self.sigkilled
+        if not signalled:
             self.signal_group(sig)
-            with anyio.move_on_after(timeout_s) as scope:
+        with anyio.move_on_after(timeout_s) as scope:
+            async with anyio.create_task_group() as race:
+                race.start_soon(_cancel_when, self._hurry, race.cancel_scope)
                 await self.wait_exit()
-                # The leader is gone; give the rest of its group the remaining time.
+                # The leader is gone; give the rest of its group the remaining time. The scan
+                # reads /proc: it runs in a worker thread, off the event loop.
                 delay = 0.005
-                while self.group_members():
+                while await anyio.to_thread.run_sync(self.group_members):
                     await anyio.sleep(delay)
                     delay = min(delay * 2, 0.1)
-            if scope.cancelled_caught or self.group_members():
-                self.signal_group(signal.SIGKILL)
+                race.cancel_scope.cancel()
+        hurried = self._hurry.is_set()
+        leftovers = bool(await anyio.to_thread.run_sync(self.group_members))
+        if scope.cancelled_caught or hurried or leftovers:
+            self.signal_group(signal.SIGKILL)
+            with anyio.move_on_after(KILL_WAIT_S):
                 await self.wait_exit()
-            self.reap()
+        if self.exited:
+            self.finish()
+        else:
+            self.abandoned = True
         return self.sigkilled
+
+    def terminate(self, sig: int) -> bool:
+        """Send the stop signal to the group (the first step of a stop); False if it is empty."""
+        return self.status is None and self.signal_group(sig)
 
     def finish(self) -> ExitStatus:
         """After the leader exited: SIGKILL what is left of its group, reap, return the status.
 
-        One killpg, no process scan: the unreaped leader keeps the group id ours.
+        One group signal, no process scan: the unreaped leader keeps the group id ours.
         """
         if self.status is not None:
             return self.status
-        procs.signal_group(self.pgid, signal.SIGKILL)
+        self._signal_group(signal.SIGKILL)  # leftovers only: the stop itself did not escalate
         return self.reap()
 
     def close(self) -> None:
@@ -138,6 +173,11 @@ class Child:
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
+
+
+async def _cancel_when(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 def _is_exited(pid: int, popen: subprocess.Popen[bytes]) -> bool:

@@ -7,6 +7,7 @@ commands such as `status` start fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -21,7 +22,9 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _fail(message: str) -> None:
-    print(f"supervisor: {message}", file=sys.stderr)
+    # Never raises: stderr may be closed or a broken pipe (the launcher went away).
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        print(f"supervisor: {message}", file=sys.stderr, flush=True)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -256,24 +259,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from supervisor import signals
+
     args = build_parser().parse_args(argv)
+    daemon = args.command == "run"
+    if not daemon:
+        signals.unblock()  # blocked by the entry point for the daemon's sake only
     handler: Handler = args.handler
     try:
         code = handler(args)
-        if args.command == "run":
-            # Everything is flushed and removed by now; the interpreter's teardown would add
-            # ~80 ms to every shutdown for nothing.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-        return code
     except SupervisorError as exc:
+        _finish_logs(daemon)
         _fail(exc.message)
-        return exc.exit_code
+        code = exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        code = 130
     except BrokenPipeError:
-        return EXIT_INTERNAL
+        code = EXIT_INTERNAL
+    if daemon:
+        # Everything is removed by now; the interpreter's teardown would add ~80 ms to every
+        # shutdown for nothing. The log writer gets a bounded moment for its last lines.
+        _finish_logs(daemon)
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+        os._exit(code)
+    return code
+
+
+def _finish_logs(daemon: bool) -> None:
+    if daemon and "supervisor.logs" in sys.modules:
+        from supervisor import logs
+
+        logs.finish()
 
 
 if __name__ == "__main__":

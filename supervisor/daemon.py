@@ -6,16 +6,15 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from supervisor import config, exitwatch, logs, notify, paths, procs, signals, status
+from supervisor import config, exitwatch, logs, notify, paths, procs, proctime, signals, status
 from supervisor.config import Config, LogFormat, LogLevel, SidecarConfig
-from supervisor.errors import StateDirError, SupervisorError
+from supervisor.errors import ForeignProcError, StateDirError, SupervisorError
 from supervisor.notify import Notifier
 from supervisor.reconcile import sweep
 from supervisor.reload import plan_reload
@@ -25,8 +24,7 @@ from supervisor.statedir import PID_NAME, StateDir
 from supervisor.statuswriter import StatusWriter
 from supervisor.tags import OwnerTag, format_owner_tag
 
-PARENT_EXITED = -1  # a pseudo-signal on the command stream
-KILL_GRACE_S = 5.0  # after the shutdown bound: SIGKILLed groups get this long to be reaped
+KILL_GRACE_S = 1.0  # past the shutdown bound: SIGKILLed groups get this long to be reaped
 
 
 @dataclass(frozen=True)
@@ -46,6 +44,9 @@ def main(args: RunOptions) -> int:
     # Until our handlers are installed, a TERM/INT/HUP/USR must not kill us or be lost: they stay
     # pending and are delivered once the event loop listens (see Daemon.run).
     signals.block()
+    ours, proc_self = proctime.proc_is_ours()
+    if not ours:
+        raise ForeignProcError(os.getpid(), proc_self)
     config_path = paths.config_path(args.config)
     cfg = config.load(config_path)
     state_path = paths.state_dir(args.state_dir, cfg.supervisor.state_dir)
@@ -80,7 +81,10 @@ def _run(cfg: Config, config_path: Path, state: StateDir, args: RunOptions) -> N
     try:
         anyio.run(daemon.run)
     finally:
-        state.remove(PID_NAME)
+        # A process that outlived the shutdown keeps supervisor.pid: it tells the next daemon
+        # that this one did not end cleanly, so that it sweeps what is left.
+        if not daemon.left_behind:
+            state.remove(PID_NAME)
 
 
 class Daemon:
@@ -111,6 +115,11 @@ class Daemon:
         self.notifier = Notifier.from_env()
         self.sidecars: dict[str, Sidecar] = {}
         self.shutting_down = False
+        self.left_behind = False  # a sidecar's process outlived the shutdown (D state)
+        self._stop_reason: str | None = None
+        self._pending: list[signal.Signals] = []  # HUP / USR1 not handled yet, in order
+        self._wake = anyio.Event()
+        self._op_scope: anyio.CancelScope | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._last_summary = ""
         self.status = StatusWriter(state, self.status_document, self.log)
@@ -126,6 +135,7 @@ class Daemon:
             interactive_allowed=interactive,
             stdin_is_tty=stdin_tty,
             on_change=self._sidecar_changed,
+            current_sessions=self._current_sessions,
         )
 
     def pid_record(self) -> dict[str, object]:
@@ -137,6 +147,15 @@ class Daemon:
         }
 
     # -- status --------------------------------------------------------------------------------
+
+    def _current_sessions(self) -> dict[int, str]:
+        # Our children lead their own sessions: the session id is the child's pid.
+        sessions = {}
+        for sidecar in self.sidecars.values():
+            attempt = sidecar.attempt
+            if attempt is not None and attempt.child is not None:
+                sessions[attempt.child.pid] = sidecar.name
+        return sessions
 
     def status_document(self) -> dict[str, object]:
         return status.document(self.pid_record(), [s.record() for s in self.sidecars.values()])
@@ -172,12 +191,11 @@ class Daemon:
     # -- main loop -----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        send, receive = anyio.create_memory_object_stream[int](64)
         with anyio.open_signal_receiver(*signals.HANDLED) as received:
             signals.unblock()  # before anything is spawned: children inherit the mask
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                tg.start_soon(_pump, received, send.clone())
+                tg.start_soon(self._receive_signals, received)
                 tg.start_soon(self.status.run)
                 self.log.info(
                     "daemon_started",
@@ -187,73 +205,115 @@ class Daemon:
                     sidecars=[s.name for s in self.cfg.sidecars],
                     interactive=self.runtime.interactive_allowed,
                 )
-                if self.previous is not None:
-                    await sweep.sweep(
-                        self.previous, {s.name: s for s in self.cfg.sidecars}, self.log
-                    )
-                for cfg in self.cfg.sidecars:
-                    await self._start(cfg, interactive=True)
-                await self.status.write_now()
-                self.notifier.ready()
                 if self.exit_with_parent:
-                    tg.start_soon(_watch_parent, self.parent_pid, send.clone())
+                    tg.start_soon(self._watch_parent)
                 interval = self.notifier.watchdog_interval_s()
                 if interval:
                     tg.start_soon(_watchdog, self.notifier, interval)
-                send.close()
-                reason = await self._serve(receive)
-                await self._shutdown(reason, receive)
+                await self._operation(self._start_all)
+                if self._stop_reason is None:
+                    await self.status.write_now()
+                    self.notifier.ready()
+                await self._serve()
+                await self._shutdown(self._stop_reason or "unknown")
                 tg.cancel_scope.cancel()
         self.log.info("daemon_stopped", pid=self.pid)
 
-    async def _serve(self, commands: MemoryObjectReceiveStream[int]) -> str:
-        """Handle signals until one asks for shutdown; returns the reason."""
-        async for signum in commands:
+    async def _start_all(self) -> None:
+        if self.previous is not None:
+            await sweep.sweep(self.previous, {s.name: s for s in self.cfg.sidecars}, self.log)
+        for cfg in self.cfg.sidecars:
+            await self._start(cfg, interactive=True)
+
+    # -- signals -------------------------------------------------------------------------------
+
+    async def _receive_signals(self, received: AsyncIterator[signal.Signals]) -> None:
+        """Take every signal as it comes: a stop request is acted on at once, ahead of whatever
+        work is queued or running; HUP and USR1 are queued (and coalesced, as signals are)."""
+        async for signum in received:
             match signum:
                 case signal.SIGTERM | signal.SIGINT:
-                    return signal.Signals(signum).name
-                case signal.SIGHUP:
-                    await self._reload()
-                case signal.SIGUSR1:
-                    await self._restart_all()
+                    if self._stop_reason is None:
+                        self._request_stop(signum.name)
+                    else:  # the second one: no more grace
+                        self.log.warning("shutdown_forced", signal=signum.name)
+                        self._kill_all()
+                case signal.SIGHUP | signal.SIGUSR1:
+                    if self._stop_reason is None and signum not in self._pending:
+                        self._pending.append(signum)
+                        self._wake.set()
                 case signal.SIGUSR2:
                     await self._dump_status()
-                case _ if signum == PARENT_EXITED:
-                    self.log.info("parent_exited", parent_pid=self.parent_pid)
-                    return "parent_exited"
-        return "signals closed"
+                case _:
+                    pass
 
-    async def _shutdown(self, reason: str, commands: MemoryObjectReceiveStream[int]) -> None:
+    def _request_stop(self, reason: str) -> None:
+        self._stop_reason = reason
+        self._pending.clear()
+        if self._op_scope is not None:
+            self._op_scope.cancel()  # a reload or restart in progress gives way to the stop
+        self._wake.set()
+
+    async def _operation(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run one piece of queued work (start-up, a reload, a restart); a stop cancels it."""
+        if self._stop_reason is not None:
+            return
+        with anyio.CancelScope() as scope:
+            self._op_scope = scope
+            try:
+                await work()
+            finally:
+                self._op_scope = None
+
+    async def _serve(self) -> None:
+        """Handle queued signals until a stop is requested."""
+        while self._stop_reason is None:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            while self._pending and self._stop_reason is None:
+                signum = self._pending.pop(0)
+                if signum == signal.SIGHUP:
+                    await self._operation(self._reload)
+                else:
+                    await self._operation(self._restart_all)
+
+    async def _watch_parent(self) -> None:
+        """Shut down when the launching process exits: pidfd (Linux), kqueue (macOS), else
+        polling. Never by testing ppid == 1: under a subreaper an orphan is reparented elsewhere.
+        """
+        await _wait_pid_exit(self.parent_pid)
+        if self._stop_reason is None:
+            self.log.info("parent_exited", parent_pid=self.parent_pid)
+            self._request_stop("parent_exited")
+
+    # -- shutdown ------------------------------------------------------------------------------
+
+    async def _shutdown(self, reason: str) -> None:
+        """Stop every sidecar in parallel, within `shutdown_timeout` (a hard bound): past it,
+        SIGKILL what is left, and exit even if a child never dies (KILL_GRACE_S later)."""
         self.shutting_down = True
-        self.log.info("daemon_stopping", reason=reason)
-        self.notifier.stopping()
         sidecars = list(self.sidecars.values())
-        async with anyio.create_task_group() as tg:
-
-            async def stop_everything() -> None:
-                with anyio.CancelScope(shield=True):
-                    with anyio.move_on_after(self.cfg.supervisor.shutdown_timeout_s):
-                        await self._stop_all(sidecars)
-                        tg.cancel_scope.cancel()
-                        return
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as tg:
+                # Each stop signals its group before anything is logged.
+                for sidecar in sidecars:
+                    tg.start_soon(sidecar.stop)
+                self.notifier.stopping()
+                self.log.info("daemon_stopping", reason=reason)
+                with anyio.move_on_after(self.cfg.supervisor.shutdown_timeout_s) as bound:
+                    await _all_finished(sidecars)
+                if bound.cancelled_caught:
                     self.log.warning(
                         "shutdown_timeout_exceeded",
                         timeout_s=self.cfg.supervisor.shutdown_timeout_s,
                     )
                     self._kill_all()
                     with anyio.move_on_after(KILL_GRACE_S):
-                        await self._stop_all(sidecars)
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(stop_everything)
-            # Meanwhile: a second SIGTERM/SIGINT kills every group now; HUP and USR1 are ignored.
-            async for signum in commands:
-                if signum in (signal.SIGTERM, signal.SIGINT):
-                    self.log.warning("shutdown_forced", signal=signal.Signals(signum).name)
-                    self._kill_all()
-                elif signum == signal.SIGUSR2:
-                    await self._dump_status()
-        await self.status.write_now()
+                        await _all_finished(sidecars)
+                tg.cancel_scope.cancel()  # stops still waiting: their sidecars are given up
+            self.left_behind = any(not s.finished or s.abandoned for s in sidecars)
+            with anyio.move_on_after(KILL_GRACE_S):
+                await self.status.write_now()
 
     def _kill_all(self) -> None:
         for sidecar in self.sidecars.values():
@@ -325,26 +385,10 @@ async def _run_sidecar(
     await sidecar.run(interactive=interactive, task_status=task_status)
 
 
-async def _pump(received: AsyncIterator[signal.Signals], send: MemoryObjectSendStream[int]) -> None:
-    async with send:
-        async for signum in received:
-            await send.send(int(signum))
-
-
 async def _watchdog(notifier: Notifier, interval_s: float) -> None:
     while True:
         notifier.watchdog()
         await anyio.sleep(interval_s)
-
-
-async def _watch_parent(parent_pid: int, send: MemoryObjectSendStream[int]) -> None:
-    """Report when the launching process exits: pidfd (Linux), kqueue (macOS), else polling.
-
-    Never by testing ppid == 1: under a subreaper an orphan is reparented elsewhere.
-    """
-    async with send:
-        await _wait_pid_exit(parent_pid)
-        await send.send(PARENT_EXITED)
 
 
 async def _wait_pid_exit(pid: int) -> None:
@@ -361,3 +405,8 @@ async def _wait_pid_exit(pid: int) -> None:
     # No exit notification on this OS: a change of parent means the launcher is gone.
     while os.getppid() == pid:  # noqa: ASYNC110 - nothing to wait on but time
         await anyio.sleep(1.0)
+
+
+async def _all_finished(sidecars: list[Sidecar]) -> None:
+    for sidecar in sidecars:
+        await sidecar.wait_finished()

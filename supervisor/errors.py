@@ -90,6 +90,21 @@ class UnsupportedPlatformError(SupervisorError):
         super().__init__(f"the supervisor daemon does not run on {platform}; use Linux or macOS")
 
 
+class ForeignProcError(SupervisorError):
+    """/proc belongs to another pid namespace: every pid read there names a stranger."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, pid: int, proc_self: str) -> None:
+        self.pid = pid
+        self.proc_self = proc_self
+        super().__init__(
+            f"/proc belongs to another pid namespace (this process is pid {pid}, /proc/self "
+            f"says {proc_self}), so every pid read there would name a stranger; mount a /proc "
+            "of this namespace (e.g. unshare --pid --fork --mount-proc)"
+        )
+
+
 class StillRunningError(SupervisorError):
     """`stop --wait S`: the daemon did not exit in time."""
 

@@ -22,6 +22,11 @@ class ExitHandle:
             raise RuntimeError("the exit handle is closed")
         await anyio.wait_readable(self.fd)
 
+    @property
+    def pidfd(self) -> int | None:
+        """The pidfd (Linux), through which signals reach this very process; None elsewhere."""
+        return self.fd if self._kqueue is None else None
+
     def ready(self) -> bool:
         if self.fd is None:
             return True

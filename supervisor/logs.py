@@ -1,9 +1,22 @@
-"""structlog set-up: one event per line on stderr, JSON off a TTY, console on one."""
+"""structlog set-up: one event per line, JSON off a TTY, console on one; the bounded writer.
+
+Logging can never block the event loop or raise into supervision: a log call only renders the
+line and appends it to a bounded buffer; a writer thread owns the slow, fallible part (the
+write(2) to stderr). stderr that is closed, full, never read, or failing (EPIPE, EIO, ENOSPC)
+costs log lines, which are counted and reported as `log_lines_dropped` once a write works again
+(and at shutdown) — never a stall or an exception where the daemon supervises.
+"""
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import functools
 import logging
+import os
 import sys
+import threading
+import time
 from typing import TextIO
 
 import structlog
@@ -17,8 +30,134 @@ _LEVELS = {
     LogLevel.ERROR: logging.ERROR,
 }
 
+MAX_BUFFERED_BYTES = 4 << 20  # a burst of child output fits; a dead stderr cannot grow memory
+FLUSH_TIMEOUT_S = 1.0  # at exit: what stderr gets to take the last lines
 
-def uses_json(log_format: LogFormat, stream: TextIO) -> bool:
+
+class LineWriter:
+    """A file descriptor behind a bounded buffer and a writer thread (the TextIO structlog uses).
+
+    `write` never blocks on the fd and never raises: when the buffer is full the line is dropped
+    and counted. The thread writes whole lines; a failed write drops what it held.
+    """
+
+    def __init__(self, fd: int, max_bytes: int = MAX_BUFFERED_BYTES) -> None:
+        self.fd = fd
+        self.max_bytes = max_bytes
+        self.dropped = 0  # lines lost since the last `log_lines_dropped` report
+        self.dropped_total = 0
+        self._pending: collections.deque[bytes] = collections.deque()
+        self._pending_bytes = 0
+        self._busy = False  # the thread holds lines it took from the buffer
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+        self._thread.start()
+
+    # -- the TextIO face structlog writes to ------------------------------------------------
+
+    def write(self, text: str) -> int:
+        data = text.encode("utf-8", "replace")
+        with self._cond:
+            if self._pending_bytes + len(data) > self.max_bytes:
+                self._drop(1)
+            else:
+                self._pending.append(data)
+                self._pending_bytes += len(data)
+                self._cond.notify()
+        return len(text)
+
+    def flush(self) -> None:
+        """Nothing to do: the thread writes as soon as it can (see `drain` for exit)."""
+
+    def isatty(self) -> bool:
+        try:
+            return os.isatty(self.fd)
+        except OSError:
+            return False
+
+    # -- the thread -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending:
+                    self._busy = False
+                    self._cond.notify_all()  # drain() waits for an idle writer
+                    self._cond.wait()
+                self._busy = True
+                batch = list(self._pending)
+                self._pending.clear()
+                self._pending_bytes = 0
+            self._write_batch(batch)
+
+    def _write_batch(self, batch: list[bytes]) -> None:
+        for index, line in enumerate(batch):
+            if not self._write_line(line):
+                with self._cond:
+                    self._drop(len(batch) - index)
+                return
+        with self._cond:
+            recovered, self.dropped = self.dropped, 0
+        if recovered:
+            # Output works again: say what it cost, through the normal path (it is buffered
+            # like any line, and counted again if it cannot be written either).
+            get().warning("log_lines_dropped", count=recovered, total=self.dropped_total)
+
+    def _write_line(self, line: bytes) -> bool:
+        view = memoryview(line)
+        while view:
+            try:
+                written = os.write(self.fd, view)
+            except InterruptedError:
+                continue
+            except BlockingIOError:
+                # A non-blocking stderr that is full: wait for room here, in this thread.
+                time.sleep(0.01)
+                continue
+            except OSError:  # EPIPE, EIO, ENOSPC, EBADF: this line is lost
+                return False
+            view = view[written:]
+        return True
+
+    def _drop(self, count: int) -> None:
+        self.dropped += count
+        self.dropped_total += count
+
+    # -- exit ---------------------------------------------------------------------------------
+
+    def drain(self, timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
+        """Wait (bounded) until every buffered line was written or dropped; True if it was."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._pending or self._busy:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def report_dropped(self) -> None:
+        """At shutdown: report lines lost in a failure streak that never ended."""
+        with self._cond:
+            count, self.dropped = self.dropped, 0
+        if count:
+            get().warning("log_lines_dropped", count=count, total=self.dropped_total)
+
+
+@functools.cache
+def writer() -> LineWriter:
+    """The process's stderr writer (made on first use; one thread for the process's life)."""
+    return LineWriter(sys.stderr.fileno() if _has_stderr() else 2)
+
+
+def _has_stderr() -> bool:
+    try:
+        return sys.stderr is not None and sys.stderr.fileno() >= 0
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def uses_json(log_format: LogFormat, stream: TextIO | LineWriter) -> bool:
     match log_format:
         case LogFormat.JSON:
             return True
@@ -27,7 +166,7 @@ def uses_json(log_format: LogFormat, stream: TextIO) -> bool:
         case LogFormat.AUTO:
             try:
                 return not stream.isatty()
-            except (AttributeError, ValueError):
+            except (AttributeError, ValueError, OSError):
                 return True
 
 
@@ -36,8 +175,11 @@ def configure(
     level: LogLevel = LogLevel.INFO,
     stream: TextIO | None = None,
 ) -> None:
-    """Configure structlog globally; safe to call again (a reload may change the level)."""
-    out = stream if stream is not None else sys.stderr
+    """Configure structlog globally; safe to call again (a reload may change the level).
+
+    Without `stream`, lines go to stderr through the bounded writer.
+    """
+    out: TextIO | LineWriter = stream if stream is not None else writer()
     renderer: structlog.types.Processor
     if uses_json(log_format, out):
         renderer = structlog.processors.JSONRenderer()
@@ -52,9 +194,18 @@ def configure(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.WriteLoggerFactory(file=out),
+        logger_factory=structlog.WriteLoggerFactory(file=out),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
+
+
+def finish(timeout_s: float = FLUSH_TIMEOUT_S) -> None:
+    """Before the process exits: report lost lines, then give the writer a bounded moment."""
+    if writer.cache_info().currsize == 0:
+        return  # nothing was ever logged through it
+    with contextlib.suppress(Exception):
+        writer().report_dropped()
+    writer().drain(timeout_s)
 
 
 def get(**bound: object) -> structlog.typing.FilteringBoundLogger:

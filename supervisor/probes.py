@@ -62,7 +62,8 @@ async def wait_ready(
     started = time.monotonic()
     while True:
         if net.anyone_listening(port) is not False and await _connects(config.host, port):
-            if listener_is_ours(port, child_pid):
+            # A walk of /proc: in a worker thread, off the event loop.
+            if await anyio.to_thread.run_sync(listener_is_ours, port, child_pid):
                 if config.ready.probe is ProbeKind.TCP:
                     return
                 if await _http_ok(config.host, port, config.ready.path):

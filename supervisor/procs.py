@@ -112,6 +112,14 @@ def pids_of_uid(uid: int) -> Iterator[int]:
         yield pid
 
 
+def session_id(pid: int) -> int | None:
+    """The session `pid` belongs to (None if it is gone)."""
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
 def process_group(pid: int) -> int | None:
     try:
         return os.getpgid(pid)

@@ -29,6 +29,49 @@ def _boot_time() -> float | None:
     return None
 
 
+def proc_is_ours() -> tuple[bool, str]:
+    """Does /proc belong to our pid namespace? (What /proc/self names, for the message.)
+
+    In a pid namespace that still sees the host's /proc (`unshare -fp` without --mount-proc),
+    /proc/self names our pid *on the host*, and every pid we would read there is a stranger.
+    """
+    if sys.platform != "linux":
+        return True, ""
+    try:
+        names = os.readlink("/proc/self")
+    except OSError as exc:
+        return False, f"unreadable ({exc.strerror})"
+    return names == str(os.getpid()), names
+
+
+def cmdline(pid: int) -> tuple[str, ...] | None:
+    """The command line of `pid` (None if gone or unreadable), without psutil on Linux."""
+    if sys.platform != "linux":
+        from supervisor import procs
+
+        found = procs.facts(pid, with_environ=False)
+        return found.cmdline if found is not None else None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            data = file.read()
+    except OSError:
+        return None
+    return tuple(part.decode("utf-8", "replace") for part in data.split(b"\0")[:-1])
+
+
+def owner_uid(pid: int) -> int | None:
+    """The real uid `pid` runs as (None if gone)."""
+    if sys.platform != "linux":
+        from supervisor import procs
+
+        found = procs.facts(pid, with_environ=False)
+        return found.uid if found is not None else None
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
 def stat_fields(pid: int) -> list[bytes] | None:
     """Fields of /proc/PID/stat after the command name: state, ppid, pgrp, ... (None if gone)."""
     try:

@@ -25,3 +25,5 @@ class Runtime:
     stdin_is_tty: bool
     on_change: Callable[[Sidecar], None]
     consent_lock: anyio.Lock = field(default_factory=anyio.Lock)
+    # Session id -> sidecar name for every current child (the classifier's rule 0).
+    current_sessions: Callable[[], Mapping[int, str]] = dict

@@ -42,6 +42,7 @@ class Sidecar:
         self.reason: str | None = None
         self.last_exit: dict[str, object] | None = None
         self.attempt: Attempt | None = None
+        self.abandoned = False  # a child of it outlived SIGKILL (left unreaped)
         self._scope: anyio.CancelScope | None = None
         self._finished = anyio.Event()
         self._finished.set()
@@ -69,6 +70,14 @@ class Sidecar:
             self._settle_stopped()
             self._scope = None
             self._finished.set()
+
+    @property
+    def finished(self) -> bool:
+        """Its supervision task is over (or was never started)."""
+        return self._finished.is_set()
+
+    async def wait_finished(self) -> None:
+        await self._finished.wait()
 
     async def stop(self) -> None:
         """Stop gracefully (idempotent); returns once the child and its group are gone."""
@@ -113,6 +122,7 @@ class Sidecar:
             try:
                 exit_info = await self.attempt.run(attempt=self.attempts, interactive=interactive)
             finally:
+                self.abandoned = self.abandoned or self.attempt.abandoned
                 self.attempt = None
             decision = decide_after_exit(self.config.restart, self.attempts, exit_info)
             match decision.event:
@@ -152,38 +162,13 @@ class Sidecar:
             stdin_is_tty=self.rt.stdin_is_tty,
             consent_lock=self.rt.consent_lock,
             should_run=lambda: self._scope is not None and not self._scope.cancel_called,
+            current_sessions=self.rt.current_sessions,
         )
         return await preflight(self.config, interactive=interactive, ctx=ctx, log=self.log)
 
     async def _wait_for_port(self, outcome: Outcome) -> None:
-        """Poll the port cheaply (no process scan) until it is free or its holder changes.
-
-        When the holder's pid is known, its exit also wakes us at once (a pidfd), so the sidecar
-        starts as soon as the port is released rather than at the next poll.
-        """
-        port = self.config.port
-        if port is None:
-            return
-        holder_exit = _exit_handle(outcome.holder_pid)
-        polls = 0
-        try:
-            while True:
-                with anyio.move_on_after(WAIT_POLL_S):
-                    if holder_exit is not None:
-                        await holder_exit.wait()
-                        holder_exit.close()  # it fired; later polls just sleep
-                        holder_exit = None
-                        if not net.find_listeners(port):
-                            return  # the port went with its holder: no need to wait
-                    await anyio.sleep(WAIT_POLL_S)
-                polls += 1
-                listeners = net.find_listeners(port)
-                self.log.debug("sidecar_wait_polled", port=port, polls=polls, held=bool(listeners))
-                if not listeners or frozenset(listeners) != outcome.listeners:
-                    return
-        finally:
-            if holder_exit is not None:
-                holder_exit.close()
+        if self.config.port is not None:
+            await wait_for_port(self.config.port, outcome, self.log)
 
     # -- what the attempt reports (AttemptHost) ------------------------------------------------
 
@@ -242,3 +227,43 @@ class Sidecar:
             "last_exit": self.last_exit,
             "reason": self.reason,
         }
+
+
+async def wait_for_port(port: int, outcome: Outcome, log: FilteringBoundLogger) -> None:
+    """Poll the port cheaply (no process scan) until it is free or its holder changes.
+
+    When the holder's pid is known, its exit also wakes us at once (a pidfd), so the sidecar
+    starts as soon as the port is released rather than at the next poll. A lookup that fails
+    is not "free": the wait goes on.
+    """
+    holder_exit = _exit_handle(outcome.holder_pid)
+    polls = 0
+    try:
+        while True:
+            with anyio.move_on_after(WAIT_POLL_S):
+                if holder_exit is not None:
+                    await holder_exit.wait()
+                    holder_exit.close()  # it fired; later polls just sleep
+                    holder_exit = None
+                    if await _port_free(port):
+                        return  # the port went with its holder: no need to wait
+                await anyio.sleep(WAIT_POLL_S)
+            polls += 1
+            try:
+                listeners = await net.find_listeners_async(port)
+            except net.LookupFailed as exc:
+                log.warning("sidecar_wait_lookup_failed", port=port, error=str(exc))
+                continue
+            log.debug("sidecar_wait_polled", port=port, polls=polls, held=bool(listeners))
+            if not listeners or frozenset(listeners) != outcome.listeners:
+                return
+    finally:
+        if holder_exit is not None:
+            holder_exit.close()
+
+
+async def _port_free(port: int) -> bool:
+    try:
+        return not await net.find_listeners_async(port)
+    except net.LookupFailed:
+        return False

@@ -1,4 +1,5 @@
-"""The evidence the supervisor plants in every child's environment (SPEC 5.2), pure.
+"""The evidence of what is ours (pure): the tags planted in every child's environment (SPEC
+5.2) and how a supervisor daemon is recognised by its command line.
 
 `SUPERVISOR_SIDECAR=<name>` says which sidecar a process is; `SUPERVISOR_OWNER=<pid>:<create
 time>` names the daemon that spawned it.
@@ -7,7 +8,7 @@ time>` names the daemon that spawned it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 SIDECAR_ENV = "SUPERVISOR_SIDECAR"
@@ -46,3 +47,47 @@ def child_env(
 ) -> dict[str, str]:
     """A child's environment: the daemon's, the sidecar's `env` over it, then both tags."""
     return {**base, **extra, SIDECAR_ENV: sidecar, OWNER_ENV: owner}
+
+
+_PYTHON_OPTS_WITH_VALUE = frozenset({"-X", "-W", "-Q"})
+_DAEMON_MODULES = frozenset({"supervisor", "supervisor.cli"})
+
+
+def _basename(path: str) -> str:
+    return path.rstrip("/").rpartition("/")[2]
+
+
+def _is_python(path: str) -> bool:
+    name = _basename(path)
+    return name.startswith("python") or name in {"pypy", "pypy3"}
+
+
+def is_supervisor_daemon(cmdline: Sequence[str]) -> bool:
+    """`supervisor run ...`, `python [opts] -m supervisor run ...` or `python .../supervisor run`.
+
+    The last form is how the kernel shows a console script started through its shebang.
+    """
+    if not cmdline:
+        return False
+    if _basename(cmdline[0]) == "supervisor":
+        return len(cmdline) > 1 and cmdline[1] == "run"
+    if not _is_python(cmdline[0]):
+        return False
+    rest = list(cmdline[1:])
+    while rest:
+        word = rest.pop(0)
+        if word == "-c":
+            return False
+        if word == "-m":
+            return bool(rest) and rest[0] in _DAEMON_MODULES and rest[1:2] == ["run"]
+        if word.startswith("-m"):
+            return word[2:] in _DAEMON_MODULES and rest[:1] == ["run"]
+        if word in _PYTHON_OPTS_WITH_VALUE:
+            if rest:
+                rest.pop(0)
+            continue
+        if word.startswith("-") and word != "-":
+            continue
+        # The first non-option word is the script: a console script named `supervisor`.
+        return _basename(word) == "supervisor" and rest[:1] == ["run"]
+    return False

@@ -48,8 +48,18 @@ def load(path: Path) -> Config:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(path, [f"is not UTF-8 text (byte {exc.start})"]) from None
+    # The guard against a file that crashes the parser sits here, once: deep nesting makes
+    # tomllib (or a validator) recurse past the interpreter's limit; that is a bad config, not
+    # a reason for the daemon to die on SIGHUP.
     try:
         raw = tomllib.loads(text)
-    except ValueError as exc:  # TOMLDecodeError, or an integer too long to convert
-        raise ConfigError(path, [show.printable(f"invalid TOML: {exc}")]) from None
-    return parse(raw, path.absolute())
+    except RecursionError:
+        raise ConfigError(path, ["is nested too deeply to be read"]) from None
+    except Exception as exc:  # TOMLDecodeError, an integer too long to convert, ...
+        raise ConfigError(path, [show.printable(f"invalid TOML: {exc}", 300)]) from None
+    try:
+        return parse(raw, path.absolute())
+    except ConfigError:
+        raise
+    except RecursionError:
+        raise ConfigError(path, ["is nested too deeply to be validated"]) from None

@@ -188,6 +188,7 @@ def parse(raw: Mapping[str, object], path: Path | None = None) -> Config:
             problems.add("sidecar", f"must be an array of tables, got {describe(entries)}")
             entries = []
         seen: dict[str, int] = {}
+        ports: dict[int, str] = {}
         for index, entry in enumerate(entries):
             sidecar = _sidecar(Table(entry, f"sidecar[{index}]", problems), base_dir)
             if sidecar.name in seen:
@@ -197,6 +198,14 @@ def parse(raw: Mapping[str, object], path: Path | None = None) -> Config:
                 )
             elif sidecar.name:
                 seen[sidecar.name] = index
+            # Two sidecars on one port would each find the other's child holding it.
+            if sidecar.port is not None and sidecar.port in ports:
+                problems.add(
+                    f"sidecar[{index}].port",
+                    f'{sidecar.port} is already used by sidecar "{ports[sidecar.port]}"',
+                )
+            elif sidecar.port is not None:
+                ports[sidecar.port] = sidecar.name
             sidecars.append(sidecar)
     top.finish()
     if problems.items:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from supervisor import paths, proctime
+from supervisor import paths, proctime, tags
 from supervisor.errors import ConfigError, NotRunningError, StillRunningError
 from supervisor.statedir import PID_NAME, STATUS_NAME, StateDir, float_field, int_field
 
@@ -52,9 +52,23 @@ def find_daemon(state_dir: Path) -> RunningDaemon:
     record = _read(state_dir, PID_NAME)
     pid = int_field(record, "pid")
     created = float_field(record, "create_time")
-    if pid is None or created is None or not proctime.is_alive(pid, created):
+    if pid is None or created is None or not is_our_daemon(pid, created):
         raise NotRunningError(state_dir)
     return RunningDaemon(pid=pid, create_time=created, state_dir=state_dir)
+
+
+def is_our_daemon(pid: int, created: float) -> bool:
+    """`pid` runs, with the recorded create time, as `supervisor run`, and as our uid.
+
+    A forged or stale supervisor.pid must never get a stranger signalled: a recycled pid fails
+    the create time, another program fails the command line, another user's process the uid.
+    """
+    if not proctime.is_alive(pid, created):
+        return False
+    if proctime.owner_uid(pid) != os.getuid():
+        return False
+    argv = proctime.cmdline(pid)
+    return argv is not None and tags.is_supervisor_daemon(argv)
 
 
 def read_status(daemon: RunningDaemon) -> dict[str, object]:
@@ -82,7 +96,7 @@ def stop(daemon: RunningDaemon, wait_s: float | None) -> None:
 
 def send(daemon: RunningDaemon, sig: signal.Signals) -> None:
     # Re-verified just before the signal: the daemon may have exited since we read its PID file.
-    if not proctime.is_alive(daemon.pid, daemon.create_time):
+    if not is_our_daemon(daemon.pid, daemon.create_time):
         raise NotRunningError(daemon.state_dir)
     try:
         os.kill(daemon.pid, sig)

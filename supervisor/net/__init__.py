@@ -1,13 +1,20 @@
 """OS networking: who listens on a TCP port (netlink, psutil, lsof) and which processes hold it."""
 
 from supervisor.net.listener import Listener, format_address
-from supervisor.net.lookup import anyone_listening, find_listeners
+from supervisor.net.lookup import (
+    LookupFailed,
+    anyone_listening,
+    find_listeners,
+    find_listeners_async,
+)
 from supervisor.net.owners import map_inodes, pids_listening
 
 __all__ = [
     "Listener",
+    "LookupFailed",
     "anyone_listening",
     "find_listeners",
+    "find_listeners_async",
     "format_address",
     "map_inodes",
     "pids_listening",

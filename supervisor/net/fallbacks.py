@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -32,15 +33,16 @@ def listeners_per_process(port: int, pids: Iterable[int] | None = None) -> tuple
 
 
 def listeners_lsof(port: int) -> tuple[Listener, ...]:
-    """`lsof -nP -iTCP:PORT -sTCP:LISTEN`; empty when lsof is missing or fails.
+    """`lsof -nP -iTCP:PORT -sTCP:LISTEN`; raises OSError when lsof is missing or fails.
 
-    `-iTCP@127.0.0.1:PORT` would miss wildcard binds, so only the port is given.
+    `-iTCP@127.0.0.1:PORT` would miss wildcard binds, so only the port is given. lsof exits 1
+    both when nothing matches and on some errors: only "1 and silent" means "nothing found".
     """
     lsof = shutil.which("lsof") or next(
         (p for p in ("/usr/sbin/lsof", "/usr/bin/lsof") if os.access(p, os.X_OK)), None
     )
     if lsof is None:
-        return ()
+        raise FileNotFoundError(errno.ENOENT, "lsof is not installed (not on PATH)")
     try:
         result = subprocess.run(
             [lsof, "-nP", f"-iTCP:{port}", "-sTCP:LISTEN", "-Fpuftn"],
@@ -48,9 +50,15 @@ def listeners_lsof(port: int) -> tuple[Listener, ...]:
             timeout=LSOF_TIMEOUT_S,
             check=False,
         )
-    except (OSError, subprocess.TimeoutExpired):
-        return ()
-    return tuple(parse_lsof(result.stdout.decode("utf-8", "replace"), port))
+    except subprocess.TimeoutExpired:
+        raise TimeoutError(errno.ETIMEDOUT, f"lsof took over {LSOF_TIMEOUT_S:g}s") from None
+    output = result.stdout.decode("utf-8", "replace")
+    nothing_found = result.returncode == 1 and not result.stderr.strip()
+    if result.returncode != 0 and not nothing_found and not output:
+        lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        detail = lines[-1] if lines else "no output"
+        raise OSError(errno.EIO, f"lsof exited {result.returncode}: {detail}")
+    return tuple(parse_lsof(output, port))
 
 
 def parse_lsof(output: str, port: int) -> Iterator[Listener]:

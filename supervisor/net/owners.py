@@ -1,17 +1,16 @@
 """Socket -> processes: which pids hold a LISTEN socket (Linux: its inode in /proc/PID/fd).
 
-The search goes likeliest pids first (candidates such as a PID file's pid and their
-descendants, then processes of the socket's uid, newest first) and stops once every socket
-has an owner; relatives sharing one socket (forked workers) are all reported.
+Every holder is found, not the first one: a socket shared by fork or passed with SCM_RIGHTS has
+several, and one foreign co-holder must be enough to keep us from killing anybody. The search
+covers every process whose fd table we may read (all of them as root; our own uid otherwise:
+another user's fd table is closed to us, so a co-holder of another uid is seen only by root).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
 import sys
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from supervisor import procs
 from supervisor.net import netlink
@@ -40,85 +39,38 @@ def _held(pid: int, links: Mapping[str, int]) -> set[int]:
     return found
 
 
-@functools.cache
-def _fd_counts_work() -> bool:
-    """Does stat(/proc/PID/fd).st_size count open fds (Linux 6.2+)? We always have some open."""
-    try:
-        return os.stat(f"/proc/{os.getpid()}/fd").st_size > 0
-    except OSError:
-        return False
-
-
-def _likely_pids(candidates: Iterable[int], uid: int) -> Generator[int, None, None]:
-    """Pids to search for a socket of `uid`, likeliest first, each once.
-
-    Candidates (e.g. a PID file's pid) and their descendants; then processes of `uid`, newest
-    first (a fresh holder is likelier), those with at most 3 open fds (stdio only, like an idle
-    `sleep`) put off until the end. One stat per process tells both its uid and its fd count.
-    """
-    seen: set[int] = set()
-    for candidate in candidates:
-        for pid in (candidate, *procs.descendant_pids(candidate)):
-            if pid not in seen:
-                seen.add(pid)
-                yield pid
+def _readable_pids(uid: int) -> Iterator[int]:
+    """Pids whose fd table we may read: every process as root, else those of `uid`."""
     try:
         proc_dir = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         return
     try:
-        names = [name for name in os.listdir(proc_dir) if name.isdigit()]
-        names.sort(key=int, reverse=True)
-        counted = _fd_counts_work()
-        later: list[int] = []
-        for name in names:
-            try:
-                info = os.stat(name + "/fd", dir_fd=proc_dir)
-            except OSError:
+        everyone = os.geteuid() == 0
+        for name in os.listdir(proc_dir):
+            if not name.isdigit():
                 continue
-            pid = int(name)
-            if info.st_uid != uid or pid in seen:
-                continue
-            if counted and info.st_size <= 3:
-                if info.st_size > 0:  # no fds at all (a kernel thread) cannot hold a socket
-                    later.append(pid)
-                continue
-            yield pid
+            if not everyone:
+                try:
+                    if os.stat(name, dir_fd=proc_dir).st_uid != uid:
+                        continue
+                except OSError:
+                    continue
+            yield int(name)
     finally:
         os.close(proc_dir)
-    yield from later
 
 
-def _sharers(pid: int, inode: int, links: Mapping[str, int]) -> list[int]:
-    """`pid` and its relatives holding the same socket: forked workers share one listener."""
-    top = pid
-    while True:
-        parent = procs.parent_pid(top)
-        if parent is None or parent <= 1 or inode not in _held(parent, links):
-            break
-        top = parent
-    sharers = [top]
-    sharers += [p for p in procs.descendant_pids(top) if p == pid or inode in _held(p, links)]
-    if pid not in sharers:
-        sharers.append(pid)
-    return sharers
-
-
-def map_inodes(
-    listeners: Iterable[Listener], candidates: Iterable[int], uid: int
-) -> dict[int, list[int]]:
-    """inode -> pids holding it, for sockets of `uid`, stopping once every inode has an owner."""
+def map_inodes(listeners: Iterable[Listener], uid: int) -> dict[int, list[int]]:
+    """inode -> every pid holding it, for the sockets in `listeners` (a full scan)."""
     inodes = {lst.inode for lst in listeners if lst.inode is not None}
-    links = _socket_links(inodes)
     owners: dict[int, list[int]] = {}
     if not inodes:
         return owners
-    with contextlib.closing(_likely_pids(candidates, uid)) as likely:
-        for pid in likely:
-            for inode in _held(pid, links) - owners.keys():
-                owners[inode] = _sharers(pid, inode, {k: v for k, v in links.items() if v == inode})
-            if len(owners) == len(inodes):
-                break
+    links = _socket_links(inodes)
+    for pid in _readable_pids(uid):
+        for inode in _held(pid, links):
+            owners.setdefault(inode, []).append(pid)
     return owners
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import assert_never
@@ -21,50 +20,6 @@ class OwnerState(StrEnum):
     ALIVE = "alive"  # the named owner runs
 
 
-_PYTHON_OPTS_WITH_VALUE = frozenset({"-X", "-W", "-Q"})
-_DAEMON_MODULES = frozenset({"supervisor", "supervisor.cli"})
-
-
-def _basename(path: str) -> str:
-    return path.rstrip("/").rpartition("/")[2]
-
-
-def _is_python(path: str) -> bool:
-    name = _basename(path)
-    return name.startswith("python") or name in {"pypy", "pypy3"}
-
-
-def is_supervisor_daemon(cmdline: Sequence[str]) -> bool:
-    """`supervisor run ...`, `python [opts] -m supervisor run ...` or `python .../supervisor run`.
-
-    The last form is how the kernel shows a console script started through its shebang.
-    """
-    if not cmdline:
-        return False
-    if _basename(cmdline[0]) == "supervisor":
-        return len(cmdline) > 1 and cmdline[1] == "run"
-    if not _is_python(cmdline[0]):
-        return False
-    rest = list(cmdline[1:])
-    while rest:
-        word = rest.pop(0)
-        if word == "-c":
-            return False
-        if word == "-m":
-            return bool(rest) and rest[0] in _DAEMON_MODULES and rest[1:2] == ["run"]
-        if word.startswith("-m"):
-            return word[2:] in _DAEMON_MODULES and rest[:1] == ["run"]
-        if word in _PYTHON_OPTS_WITH_VALUE:
-            if rest:
-                rest.pop(0)
-            continue
-        if word.startswith("-") and word != "-":
-            continue
-        # The first non-option word is the script: a console script named `supervisor`.
-        return _basename(word) == "supervisor" and rest[:1] == ["run"]
-    return False
-
-
 @dataclass(frozen=True)
 class Evidence:
     pid: int | None
@@ -75,16 +30,27 @@ class Evidence:
     owner_state: OwnerState  # resolved by the I/O shell from SUPERVISOR_OWNER
     supervisor_ancestor: bool  # a running supervisor daemon among the holder's ancestors
     pidfile_match: bool = False  # annotation only: never changes the verdict
+    # Rule 0: the sidecar of this very daemon whose current child (or its session) it is.
+    current_sidecar: str | None = None
 
 
 @dataclass(frozen=True)
 class Classification:
     verdict: Verdict
     reason: str
+    # Set by rule 0: a process of this daemon's own sidecar; never killed, not even with consent.
+    current_sidecar: str | None = None
 
 
 def classify(evidence: Evidence, *, name: str, marker: str, our_uid: int) -> Classification:
     """SPEC 5.2. An empty `marker` matches nothing (it would otherwise match every command)."""
+    if evidence.current_sidecar is not None:
+        return Classification(
+            Verdict.LIVE,
+            f"it belongs to sidecar {evidence.current_sidecar!r} of this very daemon, "
+            "which runs it now",
+            current_sidecar=evidence.current_sidecar,
+        )
     if evidence.uid is not None and evidence.uid != our_uid:
         return Classification(
             Verdict.FOREIGN, f"it belongs to another user (uid {evidence.uid}, we are {our_uid})"

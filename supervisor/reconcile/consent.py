@@ -10,7 +10,6 @@ import contextlib
 import fcntl
 import os
 import signal
-import subprocess
 import termios
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import assert_never
 
 import anyio
 
-from supervisor import show
+from supervisor import children, show
 from supervisor.config import ConsentMode, ReclaimConfig
 
 _ANSWER_LIMIT = 256
@@ -133,40 +132,37 @@ def _command_env(request: ConsentRequest) -> dict[str, str]:
 
 async def _ask_command(argv: Sequence[str], request: ConsentRequest) -> tuple[bool, str]:
     try:
-        process = await anyio.open_process(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=_command_env(request),
-            start_new_session=True,
-        )
-    except FileNotFoundError:
-        return False, f"command not found: {argv[0]}"
-    except PermissionError:
-        return False, f"command not executable: {argv[0]}"
-    except OSError as exc:
-        return False, f"command could not start: {argv[0]}: {_describe_error(exc)}"
+        # Our own child (not anyio's): we decide when it is reaped, so that its group can be
+        # killed while its leader is still ours (groups.py's rule).
+        child = children.spawn(argv, cwd=None, env=_command_env(request), capture_output=False)
+    except children.SpawnError as exc:
+        return False, _spawn_failure(argv[0], exc)
     try:
-        code = await process.wait()
+        await child.wait_exit()
     finally:
         # On timeout or cancellation as on a normal exit: nothing the command started may
-        # outlive it (a dialog helper it forked, a `sleep &`).
+        # outlive it (a dialog helper it forked, a `sleep &`). SIGKILL its group, then reap.
         with anyio.CancelScope(shield=True):
-            _kill_group(process.pid)
-            await process.aclose()
+            if child.exited:
+                child.finish()
+            else:
+                await child.stop(signal.SIGKILL, 0.0)
+            child.close()
+    status = child.status
+    code = status.code if status is not None else None
     if code == 0:
         return True, "command exited 0"
-    if code < 0:
-        return False, f"command killed by {show.signal_name(-code)}"
+    if status is not None and status.signal is not None:
+        return False, f"command killed by {show.signal_name(status.signal)}"
     return False, f"command exited {code}"
 
 
-def _kill_group(pgid: int) -> None:
-    # The command leads its own session, so its pid is its group id; the kernel does not reuse
-    # a pid while a process group of that id still has members.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+def _spawn_failure(argv0: str, exc: children.SpawnError) -> str:
+    if exc.reason.startswith("command not found"):
+        return f"command not found: {argv0}"
+    if exc.reason.startswith("permission denied"):
+        return f"command not executable: {argv0}"
+    return f"command could not start: {argv0}: {exc.reason}"
 
 
 # --- tty -------------------------------------------------------------------------------------

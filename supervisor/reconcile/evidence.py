@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from supervisor import procs, proctime, tags
 from supervisor.reconcile.classify import (
     Evidence,
     OwnerState,
-    is_supervisor_daemon,
 )
 from supervisor.reconcile.holders import Holder
 
@@ -26,13 +27,18 @@ def owner_state(tag_text: str | None, *, our_pid: int, our_create_time: float) -
 def has_supervisor_ancestor(pid: int) -> bool:
     for ancestor in procs.ancestors(pid):
         found = procs.facts(ancestor, with_environ=False)
-        if found is not None and is_supervisor_daemon(found.cmdline):
+        if found is not None and tags.is_supervisor_daemon(found.cmdline):
             return True
     return False
 
 
 def gather(
-    holder: Holder, *, our_pid: int, our_create_time: float, pidfile_pid: int | None
+    holder: Holder,
+    *,
+    our_pid: int,
+    our_create_time: float,
+    pidfile_pid: int | None,
+    current_sessions: Mapping[int, str] | None = None,
 ) -> Evidence:
     facts = holder.facts
     environ = facts.environ if facts is not None else None
@@ -46,4 +52,15 @@ def gather(
         owner_state=owner_state(tag_text, our_pid=our_pid, our_create_time=our_create_time),
         supervisor_ancestor=holder.pid is not None and has_supervisor_ancestor(holder.pid),
         pidfile_match=pidfile_pid is not None and pidfile_pid == holder.pid,
+        current_sidecar=_current_sidecar(holder.pid, current_sessions or {}),
     )
+
+
+def _current_sidecar(pid: int | None, sessions: Mapping[int, str]) -> str | None:
+    """Rule 0: the sidecar whose current child leads the session `pid` is in, if any."""
+    if pid is None or not sessions:
+        return None
+    if pid in sessions:
+        return sessions[pid]
+    sid = procs.session_id(pid)
+    return sessions.get(sid) if sid is not None else None

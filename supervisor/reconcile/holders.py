@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from supervisor import net, procs
@@ -18,20 +17,28 @@ class Holder:
     facts: ProcessFacts | None  # None if the pid is unknown or the process vanished
 
 
-def find_holders(port: int, *, candidates: Iterable[int] = ()) -> tuple[Holder, ...]:
-    """The processes holding `port` in LISTEN, one per pid with all its addresses.
+def find_holders(
+    port: int, listeners: tuple[net.Listener, ...] | None = None
+) -> tuple[Holder, ...]:
+    """Every process holding `port` in LISTEN, one per pid with all its addresses.
 
-    Sockets of another uid, and sockets whose owner cannot be found (it just exited, or
-    /proc/PID/fd is not readable), become holders with `pid=None`, grouped by uid.
+    Sockets of another uid (unless we are root), and sockets whose owner cannot be found (it
+    just exited, or /proc/PID/fd is not readable), become holders with `pid=None`, grouped by
+    uid. Blocking (a /proc scan): call it from a worker thread in async code. Raises
+    net.LookupFailed when the port cannot be looked up.
     """
-    listeners = net.find_listeners(port)
+    if listeners is None:
+        listeners = net.find_listeners(port)
     if not listeners:
         return ()
     our_uid = os.getuid()
-    ours = [
-        lst for lst in listeners if lst.pid is None and lst.inode is not None and lst.uid == our_uid
+    everyone = os.geteuid() == 0
+    mappable = [
+        lst
+        for lst in listeners
+        if lst.pid is None and lst.inode is not None and (everyone or lst.uid == our_uid)
     ]
-    owners = net.map_inodes(ours, candidates, our_uid) if ours else {}
+    owners = net.map_inodes(mappable, our_uid) if mappable else {}
 
     by_pid: dict[int, list[str]] = {}
     uid_of: dict[int, int | None] = {}

@@ -2,7 +2,10 @@
 
 On Linux the holder is pinned with a pidfd: once the pidfd is open and the create time still
 matches, every signal through it reaches that very process, never a recycled pid (psutil's create
-time alone has a 10 ms granularity window).
+time alone has a 10 ms granularity window). Its group is signalled by groups.py's rule: through
+that pidfd (PIDFD_SIGNAL_PROCESS_GROUP); where the kernel lacks it, member by member, each
+re-verified — a holder is not our child, so its leader may be reaped at any moment and a killpg
+by number could reach a stranger.
 """
 
 from __future__ import annotations
@@ -10,14 +13,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
 
-from supervisor import exitwatch, net, procs, proctime
+from supervisor import exitwatch, groups, net, procs, proctime
 
 PORT_RELEASE_TIMEOUT_S = 5.0
 KILL_WAIT_S = 5.0
@@ -50,8 +52,8 @@ class _Target:
         except ProcessLookupError:
             raise KillAborted(pid, "the process is gone") from None
         # On Linux the exit handle is a pidfd: signals sent through it reach this very process.
-        linux = sys.platform == "linux" and hasattr(signal, "pidfd_send_signal")
-        self.pidfd = self.exit.fd if self.exit is not None and linux else None
+        linux = hasattr(signal, "pidfd_send_signal")
+        self.pidfd = self.exit.pidfd if self.exit is not None and linux else None
         self.verify()
 
     def verify(self) -> None:
@@ -66,20 +68,54 @@ class _Target:
         return not proctime.is_alive(self.pid, self.create_time)
 
     def send(self, sig: int, *, group: bool) -> None:
+        if group:
+            try:
+                groups.signal_group(self.pid, sig, pidfd=self.pidfd, leader_unreaped=False)
+                return
+            except groups.GroupUnsafe:
+                self._send_to_members(sig)
+                return
+        self._send_to_leader(sig)
+
+    def _send_to_leader(self, sig: int) -> None:
         if self.exited():
             return
         if self.pidfd is None:
             self.verify()  # elsewhere: re-verify immediately before os.kill
-        if group:
-            # The leader is alive (checked above), so its pid - the group id - is not recyclable.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, sig)
-            return
         with contextlib.suppress(ProcessLookupError):
             if self.pidfd is not None:
                 signal.pidfd_send_signal(self.pidfd, sig)
             else:
                 os.kill(self.pid, sig)
+
+    def _send_to_members(self, sig: int) -> None:
+        """The group, one verified process at a time (no pidfd group signals here)."""
+        self._send_to_leader(sig)
+        for pid in procs.group_members(self.pid):
+            if pid == self.pid:
+                continue
+            created = procs.create_time(pid)
+            if created is None:
+                continue
+            try:
+                member = exitwatch.open_exit_handle(pid)
+            except ProcessLookupError:
+                continue
+            try:
+                # Still the process we listed, still in this group: then signal it.
+                again = procs.create_time(pid)
+                if again is None or not proctime.same_create_time(again, created):
+                    continue
+                if procs.process_group(pid) != self.pid:
+                    continue
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    if member is not None and member.pidfd is not None:
+                        signal.pidfd_send_signal(member.pidfd, sig)
+                    else:
+                        os.kill(pid, sig)
+            finally:
+                if member is not None:
+                    member.close()
 
     async def wait_exit(self, timeout_s: float) -> bool:
         with anyio.move_on_after(timeout_s):
@@ -113,7 +149,8 @@ async def kill_process(
     """
     target = _Target(pid, create_time)
     try:
-        if not still_ours():
+        # The re-check scans /proc: a worker thread, off the event loop.
+        if not await anyio.to_thread.run_sync(still_ours):
             raise KillAborted(pid, "it is no longer classified as ours")
         target.verify()
         group = procs.process_group(pid) == pid
@@ -152,20 +189,21 @@ async def kill_holder(
         stop_timeout_s=stop_timeout_s,
         still_ours=still_holding_and_ours,
     )
-    # Group members still holding the port are found by the next preflight.
-    released = await wait_port_released(port, {pid})
+    # Another holder still on the port is found by the next preflight.
+    released = await wait_port_released(port)
     return KillResult(pid=pid, escalated=escalated, port_released=released)
 
 
-async def wait_port_released(
-    port: int, pids: set[int], timeout_s: float = PORT_RELEASE_TIMEOUT_S
-) -> bool:
-    """Wait (bounded) until none of `pids` listens on `port` any more."""
+async def wait_port_released(port: int, timeout_s: float = PORT_RELEASE_TIMEOUT_S) -> bool:
+    """Wait (bounded) until nothing listens on `port`: True only when a lookup says so."""
     deadline = time.monotonic() + timeout_s
     delay = 0.001
     while True:
-        if not net.find_listeners(port) or not net.pids_listening(port, pids):
-            return True
+        try:
+            if not await net.find_listeners_async(port):
+                return True
+        except net.LookupFailed:
+            pass  # cannot tell: not released as far as we know
         if time.monotonic() >= deadline:
             return False
         await anyio.sleep(delay)

@@ -6,8 +6,9 @@ proceeds to spawn.
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -49,16 +50,45 @@ class Context:
     stdin_is_tty: bool
     consent_lock: anyio.Lock
     should_run: Callable[[], bool]
+    # Session id -> sidecar name, for the current children of this daemon (rule 0).
+    current_sessions: Callable[[], Mapping[int, str]] = dict
+
+
+@dataclass(frozen=True)
+class Judged:
+    holder: holders.Holder
+    classification: Classification
+
+
+def _judge(
+    config: SidecarConfig,
+    port: int,
+    *,
+    ctx: Context,
+    recorded_pid: int | None,
+    listeners: tuple[net.Listener, ...],
+    sessions: Mapping[int, str],
+) -> list[Judged]:
+    """Every holder of the port with its verdict (blocking: /proc reads; run in a thread)."""
+    found = holders.find_holders(port, listeners)
+    return [
+        Judged(holder, _evaluate(config, holder, ctx, recorded_pid, sessions)) for holder in found
+    ]
 
 
 def _evaluate(
-    config: SidecarConfig, holder: holders.Holder, ctx: Context, recorded_pid: int | None
+    config: SidecarConfig,
+    holder: holders.Holder,
+    ctx: Context,
+    recorded_pid: int | None,
+    sessions: Mapping[int, str],
 ) -> Classification:
     evidence = gather(
         holder,
         our_pid=ctx.our_pid,
         our_create_time=ctx.our_create_time,
         pidfile_pid=recorded_pid,
+        current_sessions=sessions,
     )
     return classify(evidence, name=config.name, marker=config.marker, our_uid=os.getuid())
 
@@ -75,7 +105,7 @@ async def preflight(
             if outcome is not None:
                 return outcome
         return Outcome(Action.LAUNCH, reason="the holder kept changing; launching anyway")
-    except Exception as exc:  # the preflight must never break a launch
+    except Exception as exc:  # the preflight must never break a launch (a lookup failed, ...)
         log.warning("reconcile_failed", port=config.port, error=f"{type(exc).__name__}: {exc}")
         return Outcome(Action.LAUNCH, reason="reconcile failed")
 
@@ -89,65 +119,85 @@ async def _attempt(
     log: FilteringBoundLogger,
 ) -> Outcome | None:
     """One pass; None means "something changed under us, run again"."""
-    listeners = net.find_listeners(port)
+    listeners = await net.find_listeners_async(port)
     if not listeners:
         log.info("reconcile_port_free", port=port)
         return Outcome(Action.LAUNCH)
     recorded_pid = ctx.recorded_pid()
-    found = holders.find_holders(port, candidates=[recorded_pid] if recorded_pid else [])
-    if not found:  # released between the two looks
+    sessions = dict(ctx.current_sessions())  # taken on the loop, where the sidecars live
+    judge = functools.partial(
+        _judge, ctx=ctx, recorded_pid=recorded_pid, listeners=listeners, sessions=sessions
+    )
+    judged = await anyio.to_thread.run_sync(judge, config, port)
+    if not judged:  # released between the two looks (find_holders looked again)
         log.info("reconcile_port_free", port=port)
         return Outcome(Action.LAUNCH)
-    to_kill: list[tuple[holders.Holder, Classification]] = []
-    blocking: Outcome | None = None
-    for holder in found:
-        verdict = _evaluate(config, holder, ctx, recorded_pid)
-        facts = holder.facts
-        log.info(
-            "reconcile_holder_found",
-            port=port,
-            pid=holder.pid,
-            uid=holder.uid,
-            user=facts.user if facts else None,
-            command=facts.command if facts else None,
-            addresses=list(holder.addresses),
-            verdict=verdict.verdict.value,
-            reason=verdict.reason,
-            previous_instance=holder.pid is not None and holder.pid == recorded_pid,
-        )
-        match verdict.verdict:
-            case Verdict.ORPHAN if config.reclaim.orphan is OrphanAction.KILL:
-                to_kill.append((holder, verdict))
-            case Verdict.ORPHAN | Verdict.FOREIGN:
-                blocking = blocking or _foreign(config, holder, verdict, listeners, log)
-            case Verdict.LIVE:
-                if await _live_consented(config, holder, interactive=interactive, ctx=ctx, log=log):
-                    if not ctx.should_run():
-                        return Outcome(Action.WAIT, reason="the sidecar was stopped meanwhile")
-                    to_kill.append((holder, verdict))
-                else:
-                    log.info("live_holder_left", port=port, pid=holder.pid)
-                    blocking = blocking or Outcome(
-                        Action.WAIT,
-                        reason=f"port {port} is held by a live instance (pid {holder.pid})",
-                        holder_pid=holder.pid,
-                        verdict=Verdict.LIVE,
-                        listeners=frozenset(listeners),
-                    )
-    if blocking is not None:
-        return blocking
-    for holder, verdict in to_kill:
+    for item in judged:
+        _log_found(log, port, item, recorded_pid)
+    # The verdict covers the set: one holder we must not touch means nobody is killed, and no
+    # consent is asked for a kill that could not happen anyway.
+    for item in judged:
+        verdict = item.classification.verdict
+        keep_orphan = verdict is Verdict.ORPHAN and config.reclaim.orphan is not OrphanAction.KILL
+        if verdict is Verdict.FOREIGN or keep_orphan:
+            return _foreign(config, item.holder, item.classification, listeners, log)
+    for item in judged:
+        if item.classification.current_sidecar is not None:
+            log.info("live_holder_left", port=port, pid=item.holder.pid)
+            return _live_wait(port, item, listeners)
+    to_kill: list[Judged] = []
+    for item in judged:
+        if item.classification.verdict is Verdict.LIVE:
+            if not await _live_consented(
+                config, item.holder, interactive=interactive, ctx=ctx, log=log
+            ):
+                log.info("live_holder_left", port=port, pid=item.holder.pid)
+                return _live_wait(port, item, listeners)
+            if not ctx.should_run():
+                return Outcome(Action.WAIT, reason="the sidecar was stopped meanwhile")
+        to_kill.append(item)
+    for item in to_kill:
         if not await _kill(
             config=config,
             port=port,
-            holder=holder,
-            verdict=verdict,
+            judged=item,
             ctx=ctx,
             recorded_pid=recorded_pid,
+            sessions=sessions,
             log=log,
         ):
             return None
     return Outcome(Action.LAUNCH)
+
+
+def _log_found(
+    log: FilteringBoundLogger, port: int, item: Judged, recorded_pid: int | None
+) -> None:
+    holder, facts = item.holder, item.holder.facts
+    log.info(
+        "reconcile_holder_found",
+        port=port,
+        pid=holder.pid,
+        uid=holder.uid,
+        user=facts.user if facts else None,
+        command=facts.command if facts else None,
+        addresses=list(holder.addresses),
+        verdict=item.classification.verdict.value,
+        reason=item.classification.reason,
+        previous_instance=holder.pid is not None and holder.pid == recorded_pid,
+    )
+
+
+def _live_wait(port: int, item: Judged, listeners: tuple[net.Listener, ...]) -> Outcome:
+    owner = item.classification.current_sidecar
+    what = f"sidecar {owner!r} of this supervisor" if owner else "a live instance"
+    return Outcome(
+        Action.WAIT,
+        reason=f"port {port} is held by {what} (pid {item.holder.pid})",
+        holder_pid=item.holder.pid,
+        verdict=Verdict.LIVE,
+        listeners=frozenset(listeners),
+    )
 
 
 def _foreign(
@@ -221,23 +271,29 @@ async def _kill(
     *,
     config: SidecarConfig,
     port: int,
-    holder: holders.Holder,
-    verdict: Classification,
+    judged: Judged,
     ctx: Context,
     recorded_pid: int | None,
+    sessions: Mapping[int, str],
     log: FilteringBoundLogger,
 ) -> bool:
     """Kill one holder; False if the kill was aborted (the caller re-runs the preflight)."""
+    holder, verdict = judged.holder, judged.classification
     if holder.pid is None or holder.facts is None:
         return False
     pid = holder.pid
 
     def still_ours() -> bool:
-        again = holders.find_holders(port, candidates=[pid])
-        same = [h for h in again if h.pid == pid]
-        return bool(same) and _evaluate(config, same[0], ctx, recorded_pid).verdict is (
-            verdict.verdict
+        again = _judge(
+            config,
+            port,
+            ctx=ctx,
+            recorded_pid=recorded_pid,
+            listeners=net.find_listeners(port),
+            sessions=sessions,
         )
+        same = [j for j in again if j.holder.pid == pid]
+        return bool(same) and same[0].classification.verdict is verdict.verdict
 
     try:
         result = await kill_holder(

@@ -60,15 +60,25 @@ async def sweep(
     owner: OwnerTag, sidecars: Mapping[str, SidecarConfig], log: FilteringBoundLogger
 ) -> None:
     """Stop every leftover of `owner` that holds none of its sidecar's port."""
-    leftovers = find_leftovers(owner)
+    # A scan of every process: a worker thread, off the event loop.
+    leftovers = await anyio.to_thread.run_sync(_portless_leftovers, owner, sidecars)
     async with anyio.create_task_group() as tg:
-        for facts in leftovers:
-            name = facts.environ.get(SIDECAR_ENV, "") if facts.environ else ""
-            config = sidecars.get(name)
-            port = config.port if config is not None else None
-            if port is not None and net.pids_listening(port, [facts.pid]):
-                continue  # the preflight reclaims it, with its diagnostics
+        for facts, config in leftovers:
             tg.start_soon(_reclaim, facts, owner, config.stop if config else StopConfig(), log)
+
+
+def _portless_leftovers(
+    owner: OwnerTag, sidecars: Mapping[str, SidecarConfig]
+) -> list[tuple[procs.ProcessFacts, SidecarConfig | None]]:
+    found = []
+    for facts in find_leftovers(owner):
+        name = facts.environ.get(SIDECAR_ENV, "") if facts.environ else ""
+        config = sidecars.get(name)
+        port = config.port if config is not None else None
+        if port is not None and net.pids_listening(port, [facts.pid]):
+            continue  # the preflight reclaims it, with its diagnostics
+        found.append((facts, config))
+    return found
 
 
 async def _reclaim(

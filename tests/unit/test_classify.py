@@ -11,9 +11,8 @@ from supervisor.reconcile.classify import (
     OwnerState,
     Verdict,
     classify,
-    is_supervisor_daemon,
 )
-from supervisor.tags import OwnerTag, format_owner_tag, parse_owner_tag
+from supervisor.tags import OwnerTag, format_owner_tag, is_supervisor_daemon, parse_owner_tag
 
 UID = 1000
 NAME = "agent-monitor"
