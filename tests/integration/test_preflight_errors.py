@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,7 +86,7 @@ HARNESS = textwrap.dedent(
 )
 
 
-def run_harness(mode: str, port: int) -> list[dict[str, str]]:
+def run_harness(mode: str, port: int) -> list[dict[str, Any]]:
     listeners = [dataclasses.asdict(lst) for lst in net.find_listeners(port)]
     result = subprocess.run(
         [PYTHON, "-c", HARNESS, mode, str(port), json.dumps(listeners)],
