@@ -102,11 +102,12 @@ def _cmd_stop(args: argparse.Namespace) -> int:
 
 
 def _cmd_reload(args: argparse.Namespace) -> int:
-    import signal
-
     from supervisor import control
 
-    control.send(_running(args), signal.SIGHUP)
+    result = control.reload(_running(args), wait=args.wait)
+    if not result.applied:
+        _fail(f"the new config was rejected: {result.error}; the daemon keeps the old one")
+        return EXIT_USAGE
     return EXIT_OK
 
 
@@ -231,13 +232,20 @@ def build_parser() -> argparse.ArgumentParser:
     config_opt(stop)
     state_opt(stop)
 
-    for name, handler, text in (
-        ("reload", _cmd_reload, "reload the config of the running daemon (SIGHUP)"),
-        ("restart", _cmd_restart, "restart every sidecar of the running daemon (SIGUSR1)"),
-    ):
-        p = command(name, handler, text)
-        config_opt(p)
-        state_opt(p)
+    reload = command("reload", _cmd_reload, "reload the config of the running daemon (SIGHUP)")
+    reload.add_argument(
+        "--wait",
+        action="store_true",
+        help="return only once the daemon has applied the new config (exit 0) or rejected it "
+        "(exit 2, with the error)",
+    )
+    config_opt(reload)
+    state_opt(reload)
+    restart = command(
+        "restart", _cmd_restart, "restart every sidecar of the running daemon (SIGUSR1)"
+    )
+    config_opt(restart)
+    state_opt(restart)
 
     port = command("port", _cmd_port, "diagnose who holds a TCP port (read-only)")
     port.add_argument("port", type=_port, metavar="PORT")

@@ -25,6 +25,10 @@ from supervisor.statuswriter import StatusWriter
 from supervisor.tags import OwnerTag, format_owner_tag
 
 KILL_GRACE_S = 1.0  # past the shutdown bound: SIGKILLed groups get this long to be reaped
+# While sidecars start (or a reload starts them), systemd is told every EXTEND_EVERY_S that the
+# job needs EXTEND_BY_S more; each sidecar's own ready.timeout and budget bound the wait.
+EXTEND_EVERY_S = 10.0
+EXTEND_BY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,8 @@ class Daemon:
         self._pending: list[signal.Signals] = []  # HUP / USR1 not handled yet, in order
         self._wake = anyio.Event()
         self._op_scope: anyio.CancelScope | None = None
+        self._reloads_received = 0  # SIGHUPs so far
+        self._last_reload: dict[str, object] = {"done": 0, "result": None, "error": None}
         self._tg: anyio.abc.TaskGroup | None = None
         self._last_summary = ""
         self.status = StatusWriter(state, self.status_document, self.log)
@@ -158,7 +164,9 @@ class Daemon:
         return sessions
 
     def status_document(self) -> dict[str, object]:
-        return status.document(self.pid_record(), [s.record() for s in self.sidecars.values()])
+        daemon = self.pid_record()
+        daemon["reload"] = {"received": self._reloads_received, **self._last_reload}
+        return status.document(daemon, [s.record() for s in self.sidecars.values()])
 
     def _sidecar_changed(self, _sidecar: Sidecar) -> None:
         self.status.changed()
@@ -213,7 +221,7 @@ class Daemon:
                 await self._operation(self._start_all)
                 if self._stop_reason is None:
                     await self.status.write_now()
-                    self.notifier.ready()
+                    tg.start_soon(self._announce_ready, list(self.sidecars.values()))
                 await self._serve()
                 await self._shutdown(self._stop_reason or "unknown")
                 tg.cancel_scope.cancel()
@@ -224,6 +232,23 @@ class Daemon:
             await sweep.sweep(self.previous, {s.name: s for s in self.cfg.sidecars}, self.log)
         for cfg in self.cfg.sidecars:
             await self._start(cfg, interactive=True)
+
+    async def _announce_ready(self, sidecars: list[Sidecar]) -> None:
+        """READY=1 once every sidecar's first launch reached an outcome (SPEC 7), so that
+        `systemctl start` returns when the sidecars serve; meanwhile EXTEND_TIMEOUT_USEC keeps
+        a slow sidecar from hitting TimeoutStartSec."""
+        await self._until_settled(sidecars)
+        self.notifier.ready()
+
+    async def _until_settled(self, sidecars: list[Sidecar]) -> None:
+        if not self.notifier.enabled:
+            await _all_settled(sidecars)
+            return
+        while True:
+            self.notifier.extend_timeout(int(EXTEND_BY_S * 1_000_000))
+            with anyio.move_on_after(EXTEND_EVERY_S):
+                await _all_settled(sidecars)
+                return
 
     # -- signals -------------------------------------------------------------------------------
 
@@ -239,6 +264,10 @@ class Daemon:
                         self.log.warning("shutdown_forced", signal=signum.name)
                         self._kill_all()
                 case signal.SIGHUP | signal.SIGUSR1:
+                    if signum == signal.SIGHUP:
+                        # Counted at once and published, for `reload --wait` (see _reload).
+                        self._reloads_received += 1
+                        self.status.changed()
                     if self._stop_reason is None and signum not in self._pending:
                         self._pending.append(signum)
                         self._wake.set()
@@ -324,12 +353,17 @@ class Daemon:
         self.log.info("status_dumped", status=doc)
 
     async def _reload(self) -> None:
+        """SIGHUP. Done (and READY=1 again) once the sidecars it started reached an outcome;
+        the result goes into status.json for `supervisor reload --wait`."""
         self.notifier.reloading()
+        covers = self._reloads_received  # every SIGHUP received so far is answered by this one
+        result: dict[str, object] = {"done": covers, "result": "interrupted", "error": None}
         try:
             try:
                 new = config.load(self.config_path)
             except SupervisorError as exc:
                 self.log.error("config_invalid", path=str(self.config_path), error=exc.message)
+                result.update(result="rejected", error=exc.message)
                 return
             self._apply_daemon_settings(new)
             plan = plan_reload(self.cfg.sidecars, new.sidecars)
@@ -337,11 +371,14 @@ class Daemon:
             for name in plan.to_stop:
                 del self.sidecars[name]
             self.cfg = new
-            for cfg in new.sidecars:
-                if cfg.name in plan.to_start:
-                    await self._start(cfg, interactive=True)
+            started = [
+                await self._start(cfg, interactive=True)
+                for cfg in new.sidecars
+                if cfg.name in plan.to_start
+            ]
             self.sidecars = {s.name: self.sidecars[s.name] for s in new.sidecars}
             await self.status.write_now()
+            await self._until_settled(started)
             self.log.info(
                 "config_reloaded",
                 added=list(plan.added),
@@ -349,7 +386,10 @@ class Daemon:
                 changed=list(plan.changed),
                 unchanged=list(plan.unchanged),
             )
+            result["result"] = "applied"
         finally:
+            self._last_reload = result
+            self.status.changed()
             self.notifier.ready()
 
     def _apply_daemon_settings(self, new: Config) -> None:
@@ -410,3 +450,8 @@ async def _wait_pid_exit(pid: int) -> None:
 async def _all_finished(sidecars: list[Sidecar]) -> None:
     for sidecar in sidecars:
         await sidecar.wait_finished()
+
+
+async def _all_settled(sidecars: list[Sidecar]) -> None:
+    for sidecar in sidecars:
+        await sidecar.wait_settled()

@@ -101,6 +101,10 @@ class Notifier:
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         self.send("RELOADING=1", f"MONOTONIC_USEC={usec}")
 
+    def extend_timeout(self, usec: int) -> None:
+        """Still starting (or reloading): ask for `usec` more from now (systemd >= 236)."""
+        self.send(f"EXTEND_TIMEOUT_USEC={usec}")
+
     def stopping(self) -> None:
         self.send("STOPPING=1")
 

@@ -19,6 +19,8 @@ from supervisor.reconcile.preflight import Action, Context, Outcome, preflight
 from supervisor.runtime import Runtime
 
 WAIT_POLL_S = 1.0
+# The outcomes of a launch (SPEC 7: READY=1 once every sidecar's first launch has one).
+SETTLED = frozenset({State.READY, State.WAITING, State.FAILED, State.EXITED})
 
 
 def _exit_handle(pid: int | None) -> exitwatch.ExitHandle | None:
@@ -46,6 +48,8 @@ class Sidecar:
         self._scope: anyio.CancelScope | None = None
         self._finished = anyio.Event()
         self._finished.set()
+        self._settled = anyio.Event()
+        self._settled.set()
 
     @property
     def name(self) -> str:
@@ -61,12 +65,14 @@ class Sidecar:
     ) -> None:
         """Supervise until stopped (cancelled) or until a terminal state (failed, exited)."""
         self._finished = anyio.Event()
+        self._settled = anyio.Event()
         try:
             with anyio.CancelScope() as scope:
                 self._scope = scope
                 task_status.started()
                 await self._supervise(interactive and self.rt.interactive_allowed)
         finally:
+            self._settled.set()
             self._settle_stopped()
             self._scope = None
             self._finished.set()
@@ -78,6 +84,11 @@ class Sidecar:
 
     async def wait_finished(self) -> None:
         await self._finished.wait()
+
+    async def wait_settled(self) -> None:
+        """Until this launch reached an outcome: ready, waiting, failed or exited (or the
+        sidecar was stopped). What systemd's READY=1 and `reload --wait` wait for."""
+        await self._settled.wait()
 
     async def stop(self) -> None:
         """Stop gracefully (idempotent); returns once the child and its group are gone."""
@@ -208,6 +219,8 @@ class Sidecar:
         self.state = new
         self.since = time.time()
         self.reason = reason
+        if new in SETTLED:
+            self._settled.set()
         self.rt.on_change(self)
 
     def record(self) -> dict[str, object]:

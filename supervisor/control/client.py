@@ -102,3 +102,35 @@ def send(daemon: RunningDaemon, sig: signal.Signals) -> None:
         os.kill(daemon.pid, sig)
     except ProcessLookupError:
         raise NotRunningError(daemon.state_dir) from None
+
+
+class ReloadResult(NamedTuple):
+    applied: bool
+    error: str | None
+
+
+def reload(daemon: RunningDaemon, *, wait: bool) -> ReloadResult:
+    """SIGHUP; with `wait`, return once the daemon has applied or rejected a reload that began
+    after it received this signal (it counts SIGHUPs in status.json: see Daemon._reload)."""
+    before = _reload_record(daemon).get("received")
+    received = before if isinstance(before, int) else 0
+    send(daemon, signal.SIGHUP)
+    if not wait:
+        return ReloadResult(True, None)
+    delay = 0.005
+    while True:
+        record = _reload_record(daemon)
+        done = record.get("done")
+        if isinstance(done, int) and done > received:
+            error = record.get("error")
+            return ReloadResult(record.get("result") == "applied", str(error) if error else None)
+        if not is_our_daemon(daemon.pid, daemon.create_time):
+            raise NotRunningError(daemon.state_dir)
+        time.sleep(delay)
+        delay = min(delay * 2, STOP_POLL_MAX_S)
+
+
+def _reload_record(daemon: RunningDaemon) -> dict[str, object]:
+    supervisor = read_status(daemon).get("supervisor")
+    record = supervisor.get("reload") if isinstance(supervisor, dict) else None
+    return record if isinstance(record, dict) else {}

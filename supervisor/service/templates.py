@@ -81,6 +81,20 @@ class ServiceSpec:
             "json",
         )
 
+    def reload_argv(self) -> tuple[str, ...]:
+        """`supervisor reload --wait`: systemd's reload job ends once the daemon has applied
+        (or rejected: the job fails) the new config, not when a signal was sent."""
+        return (
+            str(self.python),
+            "-P",
+            "-m",
+            "supervisor",
+            "reload",
+            "--wait",
+            "-c",
+            str(self.config),
+        )
+
 
 PLACEHOLDER = ServiceSpec(
     python=Path("/path/to/venv/bin/python"),
@@ -143,7 +157,7 @@ StartLimitBurst={burst}
 Type=notify
 NotifyAccess=main
 ExecStart={exec_start}
-ExecReload=/bin/kill -HUP $MAINPID
+ExecReload={exec_reload}
 # SIGTERM to the daemon only: it stops its sidecars itself, each its own way; whatever is left
 # after TimeoutStopSec gets SIGKILL.
 KillMode=mixed
@@ -165,6 +179,7 @@ def render_systemd(spec: ServiceSpec) -> str:
         interval=START_LIMIT_INTERVAL_S,
         burst=START_LIMIT_BURST,
         exec_start=" ".join(_systemd_word(arg) for arg in spec.argv()),
+        exec_reload=" ".join(_systemd_word(arg) for arg in spec.reload_argv()),
         shutdown_timeout=spec.shutdown_timeout_s,
         margin=STOP_MARGIN_S,
         stop_timeout=spec.stop_timeout_s,

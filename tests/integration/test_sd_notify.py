@@ -86,3 +86,56 @@ def test_daemon_speaks_sd_notify(tmp_path: Path, notify_socket: tuple[str, Liste
         assert daemon.proc.wait(10) == 0
     # The sidecar never sees the daemon's notify socket.
     assert not any("NOTIFY_SOCKET" in str(e.get("line", "")) for e in daemon.events)
+
+
+SLOW_LISTENER = (
+    "import socket, sys, time\n"
+    "time.sleep(float(sys.argv[2]))\n"
+    "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen()\n"
+    "print('listening', flush=True)\n"
+    "while True: s.accept()[0].close()\n"
+)
+
+
+def test_ready_waits_for_every_sidecars_first_outcome(
+    tmp_path: Path, notify_socket: tuple[str, Listener]
+) -> None:
+    """READY=1 only once the slow sidecar is ready (and EXTEND_TIMEOUT_USEC meanwhile): what
+    makes `systemctl start` return when the sidecars serve."""
+    address, listener = notify_socket
+    slow_port = free_port()
+    slow = {
+        "name": "slow",
+        "command": [sys.executable, "-c", SLOW_LISTENER, str(slow_port), "1.5"],
+        "port": slow_port,
+    }
+    config = tmp_path / "supervisor.toml"
+    config.write_text(render_config([demo_sidecar("web", free_port()), slow]))
+    with Daemon(config, tmp_path / "state", env={"NOTIFY_SOCKET": address}) as daemon:
+        listener.wait_for("READY=1", timeout=20)
+        messages = listener.messages
+        ready_at = messages.index("READY=1")
+        # Both were ready before READY=1 was sent: the STATUS line said so first.
+        both = [i for i, m in enumerate(messages) if "web: ready" in m and "slow: ready" in m]
+        assert both and both[0] < ready_at, messages
+        extend = [i for i, m in enumerate(messages) if m.startswith("EXTEND_TIMEOUT_USEC=")]
+        assert extend and extend[0] < ready_at, messages
+        daemon.wait_for("sidecar_ready", sidecar="slow")
+        assert daemon.stop() == 0
+
+
+def test_ready_comes_for_a_sidecar_that_waits(
+    tmp_path: Path, notify_socket: tuple[str, Listener]
+) -> None:
+    """`waiting` is an outcome too: a port held by a stranger must not hold up READY=1."""
+    from tests.support import Holder
+
+    address, listener = notify_socket
+    port = free_port()
+    config = tmp_path / "supervisor.toml"
+    config.write_text(render_config([demo_sidecar("web", port)]))
+    with Holder(port), Daemon(config, tmp_path / "state", env={"NOTIFY_SOCKET": address}) as d:
+        listener.wait_for("READY=1")
+        d.wait_for("sidecar_waiting")
+        assert d.stop() == 0

@@ -68,7 +68,9 @@ def test_systemd_unit_has_the_required_settings() -> None:
         "/path/to/venv/bin/python -P -m supervisor run -c /path/to/supervisor.toml"
         " --log-format json"
     )
-    assert svc["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert svc["ExecReload"] == (
+        "/path/to/venv/bin/python -P -m supervisor reload --wait -c /path/to/supervisor.toml"
+    )
     assert svc["KillMode"] == "mixed"
     assert int(svc["TimeoutStopSec"]) > PLACEHOLDER.shutdown_timeout_s
     assert svc["Restart"] == "on-failure"
