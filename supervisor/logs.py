@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Mapping
 from typing import TextIO
 
 import structlog
@@ -31,6 +33,21 @@ def uses_json(log_format: LogFormat, stream: TextIO) -> bool:
                 return True
 
 
+def use_colors(stream: TextIO, environ: Mapping[str, str] = os.environ) -> bool:
+    """Colour in console logs: NO_COLOR (https://no-color.org) turns it off, FORCE_COLOR on,
+    TERM=dumb off; otherwise only on a TTY. Non-empty values count, as no-color.org says."""
+    if environ.get("NO_COLOR"):
+        return False
+    if environ.get("FORCE_COLOR"):
+        return True
+    if environ.get("TERM") == "dumb":
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def configure(
     log_format: LogFormat = LogFormat.AUTO,
     level: LogLevel = LogLevel.INFO,
@@ -42,7 +59,7 @@ def configure(
     if uses_json(log_format, out):
         renderer = structlog.processors.JSONRenderer()
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        renderer = structlog.dev.ConsoleRenderer(colors=use_colors(out))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
