@@ -8,6 +8,7 @@ import importlib.metadata
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,10 +46,21 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+# What a checkout has that is not source: never copied into the build's source tree.
+NOT_SOURCE = shutil.ignore_patterns(
+    ".git", ".venv", "__pycache__", "*.egg-info", "build", "dist", ".*_cache", ".hypothesis",
+    ".demo-state", "results",
+)  # fmt: skip
+
+
 def _build(dist: Path) -> tuple[Path, Path]:
+    # A copy of the checkout: the build writes egg-info and build/ into its source tree, which
+    # must not be the repository (nor need to be writable).
+    source = dist.parent / "source"
+    shutil.copytree(ROOT, source, ignore=NOT_SOURCE)
     # --no-isolation: the test venv's setuptools (the test extras), no download of a build env.
     result = subprocess.run(
-        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(ROOT)],
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(source)],
         capture_output=True,
         text=True,
         timeout=300,
