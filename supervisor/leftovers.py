@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor import proctime
+from supervisor import proctime, show
 from supervisor.errors import EXIT_NOT_RUNNING, StateDirError, SupervisorError
 from supervisor.statedir import (
     PID_NAME,
@@ -98,9 +98,10 @@ class LeftoversError(SupervisorError):
 
 
 def _what(item: Leftover) -> str:
+    name = show.printable(item.name)  # a folder name: whatever someone put in the state dir
     if item.holds_port:
-        return f'"{item.name}" (pid {item.pid}) still holds port {item.port}'
-    return f'"{item.name}" (pid {item.pid}) still runs'
+        return f'"{name}" (pid {item.pid}) still holds port {item.port}'
+    return f'"{name}" (pid {item.pid}) still runs'
 
 
 def describe(state_dir: Path, leftovers: Sequence[Leftover]) -> str:
