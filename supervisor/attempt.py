@@ -12,7 +12,7 @@ from typing import Protocol
 import anyio
 from structlog.typing import FilteringBoundLogger
 
-from supervisor import children, output, probes, show, status, tags
+from supervisor import children, logs, output, probes, show, status, tags
 from supervisor.config import SidecarConfig
 from supervisor.lifecycle import ExitInfo
 from supervisor.runtime import Runtime
@@ -51,6 +51,7 @@ class Attempt:
         self.state = rt.state
         self.host = host
         self.log = log
+        self.output_log = logs.get_output(sidecar=config.name)
         self.child: children.Child | None = None
         self.ready_child: children.Child | None = None
         self.reason: str | None = None
@@ -244,9 +245,9 @@ class Attempt:
 
     def _output(self, stream: str, line: str, truncated: bool) -> None:
         if truncated:
-            self.log.info("child_output", stream=stream, line=line, truncated=True)
+            self.output_log.info("child_output", stream=stream, line=line, truncated=True)
         else:
-            self.log.info("child_output", stream=stream, line=line)
+            self.output_log.info("child_output", stream=stream, line=line)
 
 
 def _pipes(child: children.Child) -> list[tuple[int, str]]:

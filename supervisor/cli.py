@@ -9,14 +9,24 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from supervisor.errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, ConfigError, SupervisorError
+from supervisor.errors import (
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_USAGE,
+    ConfigError,
+    NotRunningError,
+    SupervisorError,
+)
 
 if TYPE_CHECKING:
-    from supervisor import control
+    from pathlib import Path
+
+    from supervisor import control, service
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -139,12 +149,43 @@ def _cmd_service(args: argparse.Namespace) -> int:
     kind = service.Kind(args.kind) if args.kind else service.default_kind()
     match args.action:
         case "print":
-            sys.stdout.write(service.render(kind, service.spec_for(args.config)))
+            spec = service.spec_for(args.config)
+            sys.stdout.write(service.render(kind, spec))
+            _path_notes(kind, spec.config)
         case "install":
-            lines = service.install(kind, service.spec_for(args.config), force=args.force)
+            spec = service.spec_for(args.config)
+            lines = service.install(kind, spec, force=args.force)
             _out("\n".join(lines))
+            _path_notes(kind, spec.config)
         case "uninstall":
             _out("\n".join(service.uninstall(kind, service.home(), force=args.force)))
+    return EXIT_OK
+
+
+def _path_notes(kind: service.Kind, config_path: Path) -> None:
+    """A note on stderr for each sidecar command the service's minimal PATH would not find."""
+    from supervisor import config, service
+
+    for line in service.path_notes(kind, config.load(config_path).sidecars):
+        _fail(f"note: {line}")
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from supervisor import paths, starter
+    from supervisor.errors import PathError
+
+    try:
+        path = Path(args.path).expanduser().absolute() if args.path else paths.config_path(None)
+    except RuntimeError:  # ~user of an unknown user, or no home directory
+        raise PathError("PATH", args.path, "its ~ cannot be expanded") from None
+    starter.write(path)
+    quoted = shlex.quote(str(path))
+    _out(f"wrote {path}: a commented starter config (every key, with its default)")
+    _out("it supervises the bundled demo sidecar; replace that [[sidecar]] with your programs")
+    _out(f"check it:  supervisor check-config -c {quoted}")
+    _out(f"run it:    supervisor run -c {quoted}")
     return EXIT_OK
 
 
@@ -176,7 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     from supervisor import __version__
 
     parser.add_argument("--version", action="version", version=f"sidecar-supervisor {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(
+        dest="command",
+        metavar="COMMAND",
+        parser_class=_Parser,
+        help='one of these; "supervisor COMMAND --help" shows its options',
+    )
     sub.required = True
 
     def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
@@ -203,8 +249,17 @@ def build_parser() -> argparse.ArgumentParser:
     run = command("run", _cmd_run, "run the daemon in the foreground")
     config_opt(run)
     state_opt(run)
-    run.add_argument("--log-format", choices=["auto", "console", "json"])
-    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--log-format",
+        choices=["auto", "console", "json"],
+        help="stderr log lines: json (one object each), console (text), or auto: console on "
+        "a TTY, else json (default: the config's log_format); fatal start-up errors too",
+    )
+    run.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="the least severe level logged (default: the config's log_level, then info)",
+    )
     run.add_argument(
         "--exit-with-parent",
         action="store_true",
@@ -219,6 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = command("check-config", _cmd_check_config, "validate the config file")
     config_opt(check)
+
+    init = command(
+        "init", _cmd_init, "write a commented starter config (never over an existing file)"
+    )
+    init.add_argument(
+        "path",
+        nargs="?",
+        metavar="PATH",
+        help="where to write it (default: $SUPERVISOR_CONFIG, then "
+        "<user config dir>/supervisor.toml, where every command looks)",
+    )
 
     status = command("status", _cmd_status, "show the daemon and its sidecars")
     status.add_argument("--json", action="store_true", help="print status.json")
@@ -248,12 +314,18 @@ def build_parser() -> argparse.ArgumentParser:
     state_opt(restart)
 
     port = command("port", _cmd_port, "diagnose who holds a TCP port (read-only)")
-    port.add_argument("port", type=_port, metavar="PORT")
+    port.add_argument("port", type=_port, metavar="PORT", help="the TCP port (1..65535)")
     port.add_argument("--marker", help="command-line substring that marks our program")
-    port.add_argument("--json", action="store_true")
+    port.add_argument(
+        "--json", action="store_true", help="print the holders and verdicts as one JSON object"
+    )
 
     service = command("service", _cmd_service, "print, install or uninstall a user service")
-    service.add_argument("action", choices=["print", "install", "uninstall"])
+    service.add_argument(
+        "action",
+        choices=["print", "install", "uninstall"],
+        help="print: show the file; install: write it; uninstall: remove it (only if unedited)",
+    )
     config_opt(service)
     service.add_argument(
         "--kind",
@@ -264,6 +336,75 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="overwrite a different existing service file"
     )
     return parser
+
+
+def _report(args: argparse.Namespace, exc: SupervisorError) -> None:
+    """The one line for an error: `supervisor: ...`, or for `run` in JSON format, an event."""
+    if args.command == "status" and isinstance(exc, NotRunningError):
+        exc = _with_leftovers(exc)
+    if args.command == "run" and _daemon_logs_json(args):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            print(_start_failed_event(exc), file=sys.stderr, flush=True)
+    else:
+        _fail(exc.message)
+
+
+def _with_leftovers(exc: NotRunningError) -> SupervisorError:
+    """After an unclean exit: which sidecars still run (and hold their port)."""
+    from supervisor import leftovers
+
+    state_dir: Path | None = exc.state_dir
+    if state_dir is None:
+        return exc
+    found = leftovers.find(state_dir)
+    return leftovers.LeftoversError(state_dir, found) if found else exc
+
+
+def _daemon_logs_json(args: argparse.Namespace) -> bool:
+    """Whether `run` logs JSON: --log-format, else the config's log_format, else auto.
+
+    A config that cannot be loaded has no log_format: auto (JSON unless stderr is a TTY).
+    """
+    log_format: str | None = args.log_format
+    if log_format is None:
+        from supervisor import config, paths
+
+        try:
+            log_format = config.load(paths.config_path(args.config)).supervisor.log_format
+        except SupervisorError:
+            log_format = "auto"
+    if log_format == "auto":
+        try:
+            return not sys.stderr.isatty()
+        except (AttributeError, ValueError):
+            return True
+    return log_format == "json"
+
+
+def _json_safe(value: object) -> object:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return str(value)
+
+
+def _start_failed_event(exc: SupervisorError) -> str:
+    """`daemon_start_failed` as one JSON line, shaped like the daemon's own log events."""
+    import datetime as dt
+    import json
+
+    event: dict[str, object] = {
+        "event": "daemon_start_failed",
+        "error": exc.message,
+        "exit_code": exc.exit_code,
+    }
+    for key, value in vars(exc).items():
+        if key != "message" and not key.startswith("_") and key not in event:
+            event[key] = _json_safe(value)
+    event["level"] = "error"
+    event["timestamp"] = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+    return json.dumps(event)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -278,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = handler(args)
     except SupervisorError as exc:
         _finish_logs(daemon)
-        _fail(exc.message)
+        _report(args, exc)
         code = exc.exit_code
     except KeyboardInterrupt:
         code = 130

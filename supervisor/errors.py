@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,22 +25,39 @@ class SupervisorError(Exception):
 
 
 class ConfigError(SupervisorError):
-    """The config file is missing, unreadable, not TOML, or has invalid values."""
+    """The config file is missing, unreadable, not TOML, or has invalid values.
+
+    `remedy` replaces the default advice (run check-config, which shows every problem).
+    """
 
     exit_code = EXIT_USAGE
 
-    def __init__(self, path: Path | None, problems: Sequence[str]) -> None:
+    def __init__(
+        self, path: Path | None, problems: Sequence[str], remedy: str | None = None
+    ) -> None:
         self.path = path
         self.problems = tuple(problems)
+        self.remedy = remedy
         where = f"config {path}" if path is not None else "config"
         first = self.problems[0] if self.problems else "invalid"
         more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
-        super().__init__(f"{where}: {first}{more}; fix the file and retry")
+        super().__init__(f"{where}: {first}{more}; {remedy or self._check_hint()}")
+
+    def _check_hint(self) -> str:
+        if self.path is None:
+            return "fix the file and retry"
+        check = f'"supervisor check-config -c {shlex.quote(str(self.path))}"'
+        if len(self.problems) > 1:
+            return f"see every problem with {check}"
+        return f"fix it, then check it with {check}"
 
     def lines(self) -> list[str]:
-        """One line per problem, each naming the file."""
+        """One line per problem, each naming the file (check-config prints them all)."""
         where = f"config {self.path}" if self.path is not None else "config"
-        return [f"{where}: {problem}" for problem in self.problems]
+        lines = [f"{where}: {problem}" for problem in self.problems]
+        if lines and self.remedy:
+            lines[-1] += f"; {self.remedy}"
+        return lines
 
 
 class StateDirError(SupervisorError):

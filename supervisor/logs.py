@@ -17,6 +17,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from typing import TextIO
 
 import structlog
@@ -31,6 +32,10 @@ _LEVELS = {
 }
 
 MAX_BUFFERED_BYTES = 4 << 20  # a burst of child output fits; a dead stderr cannot grow memory
+# Child output may fill only this share of the buffer: under a flood the daemon's own events
+# (a status dump, a restart, a stop) still find room; the flood's lines are dropped first.
+CHILD_OUTPUT_SHARE = 0.5
+CHILD_OUTPUT = "child-output"  # the logger name of child_output events (see `get_output`)
 FLUSH_TIMEOUT_S = 1.0  # at exit: what stderr gets to take the last lines
 
 
@@ -55,10 +60,10 @@ class LineWriter:
 
     # -- the TextIO face structlog writes to ------------------------------------------------
 
-    def write(self, text: str) -> int:
+    def write(self, text: str, *, limit: int | None = None) -> int:
         data = text.encode("utf-8", "replace")
         with self._cond:
-            if self._pending_bytes + len(data) > self.max_bytes:
+            if self._pending_bytes + len(data) > (self.max_bytes if limit is None else limit):
                 self._drop(1)
             else:
                 self._pending.append(data)
@@ -157,6 +162,35 @@ def _has_stderr() -> bool:
         return False
 
 
+class _Lower:
+    """A LineWriter seen as a TextIO whose lines take at most a share of the buffer."""
+
+    def __init__(self, out: LineWriter) -> None:
+        self._out = out
+        self._limit = int(out.max_bytes * CHILD_OUTPUT_SHARE)
+
+    def write(self, text: str) -> int:
+        return self._out.write(text, limit=self._limit)
+
+    def flush(self) -> None:
+        pass
+
+
+class _Factory:
+    """structlog's logger factory: WriteLoggers on our writer; child output on its share."""
+
+    def __init__(self, out: TextIO | LineWriter) -> None:
+        self._out = out
+        lower = _Lower(out) if isinstance(out, LineWriter) else out
+        self._loggers = {
+            False: structlog.WriteLogger(file=out),  # type: ignore[arg-type]
+            True: structlog.WriteLogger(file=lower),  # type: ignore[arg-type]
+        }
+
+    def __call__(self, *args: object) -> structlog.WriteLogger:
+        return self._loggers[bool(args) and args[0] == CHILD_OUTPUT]
+
+
 def uses_json(log_format: LogFormat, stream: TextIO | LineWriter) -> bool:
     match log_format:
         case LogFormat.JSON:
@@ -168,6 +202,21 @@ def uses_json(log_format: LogFormat, stream: TextIO | LineWriter) -> bool:
                 return not stream.isatty()
             except (AttributeError, ValueError, OSError):
                 return True
+
+
+def use_colors(stream: TextIO | LineWriter, environ: Mapping[str, str] = os.environ) -> bool:
+    """Colour in console logs: NO_COLOR (https://no-color.org) turns it off, FORCE_COLOR on,
+    TERM=dumb off; otherwise only on a TTY. Non-empty values count, as no-color.org says."""
+    if environ.get("NO_COLOR"):
+        return False
+    if environ.get("FORCE_COLOR"):
+        return True
+    if environ.get("TERM") == "dumb":
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def configure(
@@ -184,7 +233,7 @@ def configure(
     if uses_json(log_format, out):
         renderer = structlog.processors.JSONRenderer()
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        renderer = structlog.dev.ConsoleRenderer(colors=use_colors(out))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -194,7 +243,7 @@ def configure(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.WriteLoggerFactory(file=out),  # type: ignore[arg-type]
+        logger_factory=_Factory(out),
         cache_logger_on_first_use=False,
     )
 
@@ -210,4 +259,10 @@ def finish(timeout_s: float = FLUSH_TIMEOUT_S) -> None:
 
 def get(**bound: object) -> structlog.typing.FilteringBoundLogger:
     logger: structlog.typing.FilteringBoundLogger = structlog.get_logger()
+    return logger.bind(**bound) if bound else logger
+
+
+def get_output(**bound: object) -> structlog.typing.FilteringBoundLogger:
+    """The logger for `child_output` events: first to be dropped when the buffer fills."""
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(CHILD_OUTPUT)
     return logger.bind(**bound) if bound else logger

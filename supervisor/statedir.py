@@ -136,6 +136,11 @@ class StateDir:
         finally:
             sub.close()
 
+    def subdir_names(self) -> list[str]:
+        """The names of the folders inside (symbolic links excluded), sorted."""
+        with os.scandir(self.fd) as entries:
+            return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+
     # -- records -------------------------------------------------------------------------------
 
     def write(self, name: str, record: Mapping[str, object]) -> None:

@@ -26,6 +26,9 @@ T = TypeVar("T")
 
 MISSING = object()
 
+# As the whole argv[0] of a command: the interpreter the daemon itself runs on (sys.executable).
+PYTHON_PLACEHOLDER = "{python}"
+
 
 def describe(value: object) -> str:
     if isinstance(value, str):
@@ -40,9 +43,13 @@ def describe(value: object) -> str:
 class Table:
     """A view of one TOML table that tracks which keys were read, to report unknown ones."""
 
-    def __init__(self, raw: object, key: str, problems: Problems) -> None:
+    def __init__(
+        self, raw: object, key: str, problems: Problems, *, interpreter: str | None = None
+    ) -> None:
         self.key = key
         self.problems = problems
+        # What PYTHON_PLACEHOLDER stands for: the daemon's own interpreter (None: unknown).
+        self.interpreter = interpreter
         if isinstance(raw, Mapping):
             self.raw: Mapping[str, object] = raw
         else:
@@ -59,7 +66,8 @@ class Table:
 
     def sub(self, name: str) -> Table:
         value = self.get(name)
-        return Table({} if value is MISSING else value, self.path(name), self.problems)
+        raw = {} if value is MISSING else value
+        return Table(raw, self.path(name), self.problems, interpreter=self.interpreter)
 
     def finish(self) -> None:
         for name in self.raw:
@@ -128,19 +136,40 @@ class Table:
         return self.typed(name, default, check, f"one of {options}")
 
     def argv(self, name: str, *, required: bool) -> tuple[str, ...]:
+        """An argv list: strings (empty ones allowed, e.g. redis' `--save ""`) but argv[0].
+
+        argv[0] = PYTHON_PLACEHOLDER is replaced by the daemon's own interpreter, so that the
+        bundled demo (or any Python sidecar installed alongside) runs from pipx or a venv that
+        is not activated, whatever PATH holds.
+        """
         value = self.get(name)
+        key = self.path(name)
         if value is MISSING:
             if required:
-                self.problems.add(self.path(name), "is required (a non-empty list of strings)")
+                self.problems.add(key, "is required (a non-empty list of strings)")
             return ()
-        if (
-            not isinstance(value, list)
-            or (required and not value)
-            or not all(isinstance(a, str) and a and "\0" not in a for a in value)
-        ):
-            want = "a non-empty list of non-empty strings" if required else "a list of strings"
-            self.problems.add(self.path(name), f"must be {want}, got {describe(value)}")
+        want = "a non-empty list of strings" if required else "a list of strings"
+        if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+            self.problems.add(key, f"must be {want}, got {describe(value)}")
             return ()
+        if required and not value:
+            self.problems.add(key, f"must be {want}, got an empty list")
+            return ()
+        problems = len(self.problems.items)
+        for index, arg in enumerate(value):
+            if "\0" in arg:
+                self.problems.add(f"{key}[{index}]", "must not contain a NUL character")
+        if value and not value[0]:
+            self.problems.add(f"{key}[0]", 'the program must not be empty, got ""')
+        if len(self.problems.items) > problems:
+            return ()
+        if value and value[0] == PYTHON_PLACEHOLDER:
+            if self.interpreter is None:
+                self.problems.add(
+                    f"{key}[0]",
+                    f"{PYTHON_PLACEHOLDER} stands for the daemon's Python interpreter, which "
+                    "cannot be located here; give the program's absolute path",
+                )
+                return ()
+            return (self.interpreter, *value[1:])
         return tuple(value)
-
-

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shlex
 import stat
+import sys
 import tomllib
 from pathlib import Path
 
@@ -20,7 +22,9 @@ def _read(path: Path) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise ConfigError(path, ["file not found; create it or pass --config"]) from None
+        init = f"supervisor init {shlex.quote(str(path))}"
+        remedy = f'create a commented starter config with "{init}", or pass --config'
+        raise ConfigError(path, ["file not found"], remedy) from None
     except OSError as exc:
         raise ConfigError(path, [f"cannot be read: {exc.strerror or exc}"]) from None
     try:
@@ -58,7 +62,9 @@ def load(path: Path) -> Config:
     except Exception as exc:  # TOMLDecodeError, an integer too long to convert, ...
         raise ConfigError(path, [show.printable(f"invalid TOML: {exc}", 300)]) from None
     try:
-        return parse(raw, path.absolute())
+        # "{python}" is the interpreter this process runs on, as is: a venv's python is a
+        # symlink to the base interpreter, and only the venv's path runs with its packages.
+        return parse(raw, path.absolute(), interpreter=sys.executable or None)
     except ConfigError:
         raise
     except RecursionError:

@@ -175,11 +175,16 @@ def _sidecar(table: Table, base_dir: Path | None) -> SidecarConfig:
     )
 
 
-def parse(raw: Mapping[str, object], path: Path | None = None) -> Config:
-    """Validate a parsed TOML document. Relative paths resolve against `path`'s folder."""
+def parse(
+    raw: Mapping[str, object], path: Path | None = None, *, interpreter: str | None = None
+) -> Config:
+    """Validate a parsed TOML document. Relative paths resolve against `path`'s folder.
+
+    `interpreter` is what "{python}" as a command's argv[0] stands for (None: not allowed).
+    """
     problems = Problems()
     base_dir = path.parent if path is not None else None
-    top = Table(raw, "", problems)
+    top = Table(raw, "", problems, interpreter=interpreter)
     daemon = _daemon(top.sub("supervisor"), base_dir)
     sidecars: list[SidecarConfig] = []
     entries = top.get("sidecar")
@@ -190,7 +195,8 @@ def parse(raw: Mapping[str, object], path: Path | None = None) -> Config:
         seen: dict[str, int] = {}
         ports: dict[int, str] = {}
         for index, entry in enumerate(entries):
-            sidecar = _sidecar(Table(entry, f"sidecar[{index}]", problems), base_dir)
+            table = Table(entry, f"sidecar[{index}]", problems, interpreter=interpreter)
+            sidecar = _sidecar(table, base_dir)
             if sidecar.name in seen:
                 problems.add(
                     f"sidecar[{index}].name",

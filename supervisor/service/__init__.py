@@ -1,5 +1,6 @@
 """User service files: rendering (pure) and installing them for this installation."""
 
+from supervisor.service.commands import path_notes, service_path
 from supervisor.service.install import default_kind, home, install, service_dir, spec_for, uninstall
 from supervisor.service.templates import (
     LAUNCHD_LABEL,
@@ -27,10 +28,12 @@ __all__ = [
     "home",
     "install",
     "is_generated",
+    "path_notes",
     "render",
     "render_launchd",
     "render_systemd",
     "service_dir",
+    "service_path",
     "spec_for",
     "uninstall",
 ]

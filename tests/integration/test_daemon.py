@@ -154,7 +154,7 @@ def test_second_daemon_on_same_state_dir_exits_75(tmp_path: Path) -> None:
     state = tmp_path / "state"
     with Daemon(config, state) as daemon:
         pid = daemon.wait_for("sidecar_ready")["pid"]
-        second = cli("run", "-c", str(config), "--state-dir", str(state))
+        second = cli("run", "-c", str(config), "--state-dir", str(state), "--log-format", "console")
         assert second.returncode == 75
         assert second.stderr == (
             f"supervisor: another supervisor (pid {daemon.pid}) is running for {state}; "

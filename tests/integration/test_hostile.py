@@ -123,6 +123,9 @@ def one_error_line(stderr: str) -> str:
 
 
 def run_cli(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+    if args[:1] == ("run",) and "--log-format" not in args:
+        # Off a TTY the daemon's fatal error is a JSON event (auto); these tests read the line.
+        args = (*args, "--log-format", "console")
     return subprocess.run(
         [PYTHON, "-m", "supervisor", *args],
         capture_output=True,

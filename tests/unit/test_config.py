@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -110,22 +111,32 @@ BAD_CONFIGS = [
     bad(
         "command-empty",
         '[[sidecar]]\nname = "a"\ncommand = []\n',
-        "sidecar[0].command: must be a non-empty list of non-empty strings, got a list",
+        "sidecar[0].command: must be a non-empty list of strings, got an empty list",
     ),
     bad(
         "command-string",
         '[[sidecar]]\nname = "a"\ncommand = "node server.js"\n',
-        'sidecar[0].command: must be a non-empty list of non-empty strings, got "node server.js"',
+        'sidecar[0].command: must be a non-empty list of strings, got "node server.js"',
     ),
     bad(
         "command-non-string",
         '[[sidecar]]\nname = "a"\ncommand = ["node", 1]\n',
-        "sidecar[0].command: must be a non-empty list",
+        "sidecar[0].command: must be a non-empty list of strings, got a list",
     ),
     bad(
-        "command-empty-arg",
-        '[[sidecar]]\nname = "a"\ncommand = ["node", ""]\n',
-        "sidecar[0].command: must be a non-empty list",
+        "command-empty-program",
+        '[[sidecar]]\nname = "a"\ncommand = ["", "--save"]\n',
+        'sidecar[0].command[0]: the program must not be empty, got ""',
+    ),
+    bad(
+        "command-nul-arg",
+        '[[sidecar]]\nname = "a"\ncommand = ["node", "a\\u0000b"]\n',
+        "sidecar[0].command[1]: must not contain a NUL character",
+    ),
+    bad(
+        "consent-command-empty-program",
+        PORTED + '[sidecar.reclaim]\nconsent_command = [""]\n',
+        'sidecar[0].reclaim.consent_command[0]: the program must not be empty, got ""',
     ),
     bad("port-zero", SIDECAR + "port = 0\n", "sidecar[0].port: must be an integer 1..65535, got 0"),
     bad("port-65536", SIDECAR + "port = 65536\n", "sidecar[0].port: must be an integer 1..65535"),
@@ -668,3 +679,84 @@ def test_check_config_valid_prints_one_line_summary(
     out, err = capsys.readouterr()
     assert err == ""
     assert out == f"{path}: valid; 1 sidecar: agent (port 47820)\n"
+
+
+# -- commands: empty arguments, "{python}" --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["redis-server", "--save", ""],
+        ["node", "", "server.js"],
+        ["x", ""],
+    ],
+)
+def test_empty_arguments_after_the_program_are_kept(command: list[str]) -> None:
+    text = f'[[sidecar]]\nname = "a"\ncommand = {json.dumps(command)}\n'
+    (sidecar,) = parse_text(text).sidecars
+    assert sidecar.command == tuple(command)
+
+
+def test_empty_consent_command_argument_is_kept() -> None:
+    text = PORTED + '[sidecar.reclaim]\nconsent_command = ["ask", ""]\n'
+    (sidecar,) = parse_text(text).sidecars
+    assert sidecar.reclaim.consent_command == ("ask", "")
+
+
+def test_python_placeholder_is_the_given_interpreter_and_the_default_marker_uses_it() -> None:
+    text = '[[sidecar]]\nname = "a"\ncommand = ["{python}", "-m", "app", "{python}"]\n'
+    cfg = config.parse(tomllib.loads(text), interpreter="/venv/bin/python")
+    (sidecar,) = cfg.sidecars
+    # Only the whole argv[0] is replaced; the same text elsewhere is an ordinary argument.
+    assert sidecar.command == ("/venv/bin/python", "-m", "app", "{python}")
+    assert sidecar.marker == "/venv/bin/python -m app {python}"
+
+
+def test_python_placeholder_in_consent_command() -> None:
+    text = PORTED + '[sidecar.reclaim]\nconsent_command = ["{python}", "ask.py"]\n'
+    cfg = config.parse(tomllib.loads(text), interpreter="/venv/bin/python")
+    assert cfg.sidecars[0].reclaim.consent_command == ("/venv/bin/python", "ask.py")
+
+
+@pytest.mark.parametrize("argv0", ["{python}x", "{ python }", "{PYTHON}", " {python}"])
+def test_near_placeholders_are_ordinary_programs(argv0: str) -> None:
+    text = f'[[sidecar]]\nname = "a"\ncommand = {json.dumps([argv0])}\n'
+    cfg = config.parse(tomllib.loads(text), interpreter="/venv/bin/python")
+    assert cfg.sidecars[0].command == (argv0,)
+
+
+def test_python_placeholder_without_a_known_interpreter_is_a_key_path_error() -> None:
+    text = '[[sidecar]]\nname = "a"\ncommand = ["{python}", "-m", "app"]\n'
+    with pytest.raises(ConfigError) as caught:
+        config.parse(tomllib.loads(text))
+    (problem,) = caught.value.problems
+    assert problem.startswith("sidecar[0].command[0]: {python} stands for the daemon's Python")
+
+
+def test_load_replaces_python_placeholder_with_this_interpreter_unresolved(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, '[[sidecar]]\nname = "a"\ncommand = ["{python}", "-V"]\n')
+    (sidecar,) = config.load(path).sidecars
+    assert sidecar.command == (sys.executable, "-V")
+
+
+def test_demo_config_runs_the_demo_on_the_daemons_interpreter() -> None:
+    (sidecar,) = config.load(ROOT / "config" / "demo.toml").sidecars
+    assert sidecar.command[:3] == (sys.executable, "-m", "supervisor.demo")
+
+
+# -- the example config is the package's starter ---------------------------------------------
+
+
+def test_example_config_is_the_starter_that_init_writes() -> None:
+    from supervisor import starter
+
+    shipped = ROOT / "supervisor" / "config" / "example.toml"
+    repo = ROOT / "config" / "example.toml"
+    assert repo.read_text(encoding="utf-8") == shipped.read_text(encoding="utf-8"), (
+        "config/example.toml and supervisor/config/example.toml differ: edit one and copy it "
+        "over the other (the package's copy is what `supervisor init` writes)"
+    )
+    assert starter.example_text() == shipped.read_text(encoding="utf-8")

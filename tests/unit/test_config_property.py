@@ -142,7 +142,8 @@ def test_parse_returns_config_or_raises_config_error(
         assert exc.problems
         assert exc.exit_code == 2
         assert all(line.startswith("config") for line in exc.lines())
-        assert exc.message.endswith("; fix the file and retry")
+        hint = "check-config -c" if path is not None else "fix the file and retry"
+        assert hint in exc.message.rsplit(";", 1)[-1]
         return
     names_seen = [s.name for s in cfg.sidecars]
     assert len(set(names_seen)) == len(names_seen)

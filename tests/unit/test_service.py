@@ -399,3 +399,75 @@ def test_unloadable_config_fails_with_the_config_error(tmp_path: Path, action: s
         assert_one_line_error(result)
         assert str(config) in result.stderr
     assert not (tmp_path / ".config").exists()
+
+
+# --- sidecar commands under the service's minimal PATH ------------------------------------------
+
+
+def _program(folder: Path, name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(0o755)
+    return path
+
+
+def _commands_config(tmp_path: Path, commands: Mapping[str, list[str]]) -> Path:
+    path = tmp_path / "supervisor.toml"
+    path.write_text(render_config([{"name": n, "command": c} for n, c in commands.items()]))
+    return path
+
+
+def test_service_print_notes_commands_the_minimal_path_would_not_find(tmp_path: Path) -> None:
+    here = tmp_path / "venv-bin"
+    mytool = _program(here, "mytool-for-supervisor-tests")
+    own_sh = _program(here, "sh")
+    config = _commands_config(
+        tmp_path,
+        {
+            "missing": ["no-such-program-for-supervisor-tests", "--flag"],
+            "mine": [mytool.name],
+            "shadowed": ["sh", "-c", "exit 0"],
+            "absolute": ["/bin/sh", "-c", "exit 0"],
+            "own": ["{python}", "-m", "supervisor.demo"],
+        },
+    )
+    env = {"PATH": f"{here}:/usr/bin:/bin"}
+    plain = run_service(tmp_path, "print", "-c", str(config), "--kind", "systemd")
+    result = run_service(tmp_path, "print", "-c", str(config), "--kind", "systemd", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == plain.stdout  # the notes change nothing in the file
+    notes = result.stderr.splitlines()
+    assert all(line.startswith("supervisor: note: sidecar ") for line in notes), notes
+    by_name = {line.split('"')[1]: line for line in notes}
+    assert sorted(by_name) == ["mine", "missing", "shadowed"], notes
+    minimal = service.service_path(Kind.SYSTEMD)
+    assert minimal == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert (
+        'command program "no-such-program-for-supervisor-tests" is not found in the PATH of '
+        f"a systemd user service ({minimal}); give its absolute path, or set PATH"
+    ) in by_name["missing"]
+    assert f"give its absolute path (here: {mytool})" in by_name["mine"]
+    there = shutil.which("sh", path=minimal)
+    assert there is not None
+    assert f"is {os.path.realpath(os.path.dirname(there))}/sh in the PATH" in by_name["shadowed"]
+    assert f"but {own_sh} here" in by_name["shadowed"]
+
+
+def test_service_notes_suggest_python_placeholder_and_use_launchds_path(tmp_path: Path) -> None:
+    config = _commands_config(tmp_path, {"app": ["python-for-supervisor-tests", "app.py"]})
+    for action, kind in (("print", "launchd"), ("install", "launchd"), ("install", "systemd")):
+        result = run_service(tmp_path / "home", action, "-c", str(config), "--kind", kind)
+        assert result.returncode == 0, result.stderr
+        (note,) = result.stderr.splitlines()
+        assert '"{python}" for the daemon\'s own interpreter' in note
+        expected = service.service_path(Kind(kind))
+        assert f"({expected})" in note
+    assert service.service_path(Kind.LAUNCHD) == "/usr/bin:/bin:/usr/sbin:/sbin"
+
+
+def test_no_notes_for_absolute_commands(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "supervisor.toml")
+    result = run_service(tmp_path, "print", "-c", str(config), "--kind", "systemd")
+    assert result.returncode == 0
+    assert result.stderr == ""

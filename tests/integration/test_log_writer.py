@@ -1,0 +1,90 @@
+"""The bounded log writer on real pipes: it never blocks or raises, drops and counts instead."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+from supervisor import logs
+from supervisor.config import LogFormat, LogLevel
+from supervisor.logs import LineWriter
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    read_fd, write_fd = os.pipe()
+    yield read_fd, write_fd
+    for fd in (read_fd, write_fd):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def in_thread(work: object, timeout_s: float = 10.0) -> None:
+    """Run `work` in a thread; fail if it has not returned within `timeout_s` (it blocked)."""
+    assert callable(work)
+    done = threading.Thread(target=work, daemon=True)
+    done.start()
+    done.join(timeout_s)
+    assert not done.is_alive(), "the call blocked"
+
+
+def test_a_pipe_nobody_reads_never_blocks_the_caller(pipe: tuple[int, int]) -> None:
+    _, write_fd = pipe
+    writer = LineWriter(write_fd, max_bytes=64 * 1024)
+    line = "x" * 199 + "\n"
+    # 20 MB against a 64 KiB pipe and a 64 KiB buffer: without the buffer, write() would block.
+    in_thread(lambda: [writer.write(line) for _ in range(100_000)])
+    assert writer.dropped > 90_000
+
+
+def test_lines_dropped_are_reported_once_output_works_again(pipe: tuple[int, int]) -> None:
+    read_fd, write_fd = pipe
+    writer = LineWriter(write_fd, max_bytes=64 * 1024)
+    saved = structlog.get_config()
+    with open(os.devnull, "w") as devnull:
+        logs.configure(LogFormat.JSON, LogLevel.INFO, stream=devnull)  # JSON lines...
+    structlog.configure(logger_factory=logs._Factory(writer))  # ...into this writer
+    try:
+        for _ in range(5_000):
+            writer.write("y" * 199 + "\n")
+        dropped = writer.dropped
+        assert dropped > 0
+        # Drain the pipe: the writer thread gets on, then reports what was lost.
+        received = b""
+        while b"log_lines_dropped" not in received:
+            received += os.read(read_fd, 1 << 16)
+        report = next(
+            json.loads(line)
+            for line in received.splitlines()
+            if b"log_lines_dropped" in line
+        )
+        assert report["count"] == dropped and report["level"] == "warning"
+    finally:
+        structlog.configure(**saved)
+
+
+def test_child_output_cannot_crowd_out_the_daemons_own_events(pipe: tuple[int, int]) -> None:
+    _, write_fd = pipe
+    writer = LineWriter(write_fd, max_bytes=64 * 1024)
+    lower = logs._Lower(writer)
+    in_thread(lambda: [lower.write("z" * 199 + "\n") for _ in range(50_000)])
+    flood_dropped = writer.dropped
+    assert flood_dropped > 0
+    writer.write('{"event": "status_dumped"}\n')  # room is kept for it
+    assert writer.dropped == flood_dropped
+
+
+def test_a_closed_reader_costs_lines_never_an_exception(pipe: tuple[int, int]) -> None:
+    read_fd, write_fd = pipe
+    os.close(read_fd)  # EPIPE from now on (Python ignores SIGPIPE)
+    writer = LineWriter(write_fd)
+    for _ in range(100):
+        writer.write("lost\n")
+    assert writer.drain(10.0)
+    assert writer.dropped_total == 100
