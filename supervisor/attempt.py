@@ -6,15 +6,31 @@ the `ExitInfo` it returns; the attempt reports its milestones through `AttemptHo
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
 from typing import Protocol
 
 import anyio
 from structlog.typing import FilteringBoundLogger
 
-from supervisor import children, logs, output, probes, show, status, tags
+from supervisor import (
+    children,
+    ledger,
+    logs,
+    net,
+    output,
+    probes,
+    procs,
+    proctime,
+    reaper,
+    show,
+    status,
+    tags,
+)
 from supervisor.config import SidecarConfig
 from supervisor.lifecycle import ExitInfo
+from supervisor.reconcile.kill import KillAborted, kill_process
 from supervisor.runtime import Runtime
 from supervisor.statedir import SIDECAR_PID_NAME, StateDir, int_field
 
@@ -45,17 +61,20 @@ class Attempt:
         *,
         host: AttemptHost,
         log: FilteringBoundLogger,
+        chores: anyio.abc.TaskGroup | None = None,
     ) -> None:
         self.config = config
         self.rt = rt
         self.state = rt.state
         self.host = host
         self.log = log
+        self.chores = chores  # the sidecar's: bookkeeping that need not hold up a restart
         self.output_log = logs.get_output(sidecar=config.name)
         self.child: children.Child | None = None
         self.ready_child: children.Child | None = None
         self.reason: str | None = None
         self._abandoned = False
+        self._spawn: ledger.Spawn | None = None
 
     @property
     def name(self) -> str:
@@ -81,8 +100,11 @@ class Attempt:
         self.log.info("sidecar_spawned", pid=child.pid, attempt=attempt, interactive=interactive)
         self.host.spawned(child)
         failed_start = True
+        daemonized = False
+        recorded = anyio.Event()
         try:
             async with anyio.create_task_group() as pipes:
+                pipes.start_soon(self._record_spawn, child, recorded)
                 drained = output.forward_all(_pipes(child), self._output, pipes)
                 failure = await self._await_ready(child)
                 if failure is None:
@@ -95,6 +117,9 @@ class Attempt:
                     if not child.exited:
                         with anyio.CancelScope(shield=True):
                             await child.stop(self.config.stop.signal, self.config.stop.timeout_s)
+                    elif failure == EXITED_EARLY:
+                        with anyio.CancelScope(shield=True):
+                            daemonized = await self._daemonized(child)
                 self._child_ended(child, failed_start)
                 with anyio.move_on_after(OUTPUT_DRAIN_S):
                     # Output still in the pipes is forwarded; a setsid'd grandchild holding a pipe
@@ -105,12 +130,20 @@ class Attempt:
             with anyio.CancelScope(shield=True):
                 if child.status is None and not child.abandoned:
                     await self._stop_child(child)
+                await recorded.wait()
+                chores = self.chores
+                if chores is not None and not chores.cancel_scope.cancel_called:
+                    # Off the respawn path: the session scan may take a few ms.
+                    chores.start_soon(self._forget_spawn, child)
+                else:
+                    await self._forget_spawn(child)
                 self._release(child)
         exit_status = child.status
         return ExitInfo(
             code=exit_status.code if exit_status else None,
             signal=exit_status.signal if exit_status else None,
             failed_start=failed_start,
+            daemonized=daemonized,
         )
 
     def kill_now(self) -> None:
@@ -140,7 +173,7 @@ class Attempt:
 
             async def watch_exit() -> None:
                 await child.wait_exit()
-                failure.append("exited before becoming ready")
+                failure.append(EXITED_EARLY)
                 race.cancel_scope.cancel()
 
             race.start_soon(watch_exit)
@@ -151,7 +184,7 @@ class Attempt:
                 failure.append(f"not ready within {timeout:g}s (ready.timeout)")
             race.cancel_scope.cancel()
         if not failure and child.exited:
-            failure.append("exited before becoming ready")
+            failure.append(EXITED_EARLY)
         return failure[0] if failure else None
 
     async def _became_ready(self, child: children.Child, spawned: float) -> None:
@@ -213,6 +246,73 @@ class Attempt:
         if self.ready_child is child:
             self.ready_child = None
 
+    # -- a command that daemonized ------------------------------------------------------------
+
+    async def _daemonized(self, child: children.Child) -> bool:
+        """The child exited before ready: did it leave a process of its own on the port? (Its
+        session, or an orphan of it adopted by us as subreaper.) If so, say so and stop it."""
+        port = self.config.port
+        if port is None:
+            return False
+        left = await anyio.to_thread.run_sync(_left_on_port, child.pid, child.create_time, port)
+        if not left:
+            return False
+        pid = left[0][0]
+        self.reason = (
+            f"it daemonized: it exited and left pid {pid} serving port {port}; run it in the "
+            "foreground (nginx: daemon off;  redis: --daemonize no)"
+        )
+        self.log.error("sidecar_daemonized", holder_pid=pid, port=port, reason=self.reason)
+        for holder, holder_created in left:
+            with contextlib.suppress(KillAborted):
+                await kill_process(
+                    holder,
+                    holder_created,
+                    stop_signal=self.config.stop.signal,
+                    stop_timeout_s=self.config.stop.timeout_s,
+                    still_ours=functools.partial(_descends, holder, holder_created, child),
+                )
+        return True
+
+    # -- the spawn ledger ------------------------------------------------------------------------
+
+    async def _record_spawn(self, child: children.Child, recorded: anyio.Event) -> None:
+        """Into the ledger, durably, as soon as the pid exists (off the loop: reading the
+        create time waits for the exec, and the write is fsynced)."""
+        try:
+            with anyio.CancelScope(shield=True):
+                spawn = await anyio.to_thread.run_sync(self._spawn_entry, child)
+                self._spawn = spawn
+                try:
+                    await anyio.to_thread.run_sync(self.rt.ledger.record, spawn)
+                except OSError as exc:
+                    self.log.error("ledger_write_failed", pid=child.pid, error=str(exc))
+        finally:
+            recorded.set()
+
+    def _spawn_entry(self, child: children.Child) -> ledger.Spawn:
+        return ledger.Spawn(
+            pid=child.pid,
+            create_time=child.create_time,
+            sid=child.pid,  # it leads the session it was started in
+            pgid=child.pgid,
+            command=tuple(self.config.command),
+            sidecar=self.name,
+            daemon_pid=self.rt.our_pid,
+            daemon_create_time=self.rt.our_create_time,
+            spawned_at=status.iso_utc(time.time()),
+        )
+
+    async def _forget_spawn(self, child: children.Child) -> None:
+        """Out of the ledger once nothing of its session is left (else a later sweep or
+        preflight still knows the leftovers as ours)."""
+        spawn = self._spawn
+        if spawn is None or child.abandoned:
+            return
+        members = await anyio.to_thread.run_sync(procs.session_members, spawn.sid)
+        if not members:
+            await anyio.to_thread.run_sync(self.rt.ledger.forget, spawn)
+
     # -- the PID file --------------------------------------------------------------------------
 
     @property
@@ -248,6 +348,31 @@ class Attempt:
             self.output_log.info("child_output", stream=stream, line=line, truncated=True)
         else:
             self.output_log.info("child_output", stream=stream, line=line)
+
+
+EXITED_EARLY = "exited before becoming ready"
+
+
+def _left_on_port(child_pid: int, child_created: float, port: int) -> list[tuple[int, float]]:
+    """Processes born of the child (its session's, or orphans of it we adopted) on `port`."""
+    candidates = set(procs.session_members(child_pid)) | set(reaper.adopted())
+    born: dict[int, float] = {}
+    for pid in candidates:
+        created = procs.create_time(pid)
+        if created is not None and (
+            created >= child_created or proctime.same_create_time(created, child_created)
+        ):
+            born[pid] = created
+    listening = net.pids_listening(port, born)
+    return sorted((pid, born[pid]) for pid in listening)
+
+
+def _descends(pid: int, created: float, child: children.Child) -> bool:
+    """Still that process, and still ours: in the child's session or adopted by us."""
+    now = procs.create_time(pid)
+    if now is None or not proctime.same_create_time(now, created):
+        return False
+    return procs.session_id(pid) == child.pid or pid in reaper.adopted()
 
 
 def _pipes(child: children.Child) -> list[tuple[int, str]]:

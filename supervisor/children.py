@@ -19,7 +19,7 @@ from pathlib import Path
 
 import anyio
 
-from supervisor import exitwatch, groups, procs
+from supervisor import exitwatch, groups, procs, reaper
 
 # After SIGKILL, how long a stop waits to see the group gone. A process in uninterruptible
 # sleep (D state) never dies on time: past this it is abandoned, not waited for forever.
@@ -87,6 +87,7 @@ class Child:
     def reap(self) -> ExitStatus:
         """Collect the exit status (the process must have ended) and release the exit handle."""
         code = self.popen.wait()
+        reaper.forget(self.pid)
         self.status = ExitStatus(code=code, signal=None) if code >= 0 else ExitStatus(None, -code)
         self._close_exit_handle()
         return self.status
@@ -199,18 +200,21 @@ def spawn(
 ) -> Child:
     """Start `argv` (never through a shell) in a new session with stdin on /dev/null."""
     try:
-        popen = subprocess.Popen(
-            list(argv),
-            cwd=cwd,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE if capture_output else subprocess.DEVNULL,
-            stderr=subprocess.PIPE if capture_output else subprocess.DEVNULL,
-            start_new_session=True,
-            close_fds=True,
+        popen = reaper.fork_registered(
+            lambda: subprocess.Popen(
+                list(argv),
+                cwd=cwd,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if capture_output else subprocess.DEVNULL,
+                stderr=subprocess.PIPE if capture_output else subprocess.DEVNULL,
+                start_new_session=True,
+                close_fds=True,
+            ),
+            lambda p: p.pid,
         )
     except FileNotFoundError as exc:
-        missing = exc.filename if exc.filename else argv[0]
+        missing = str(exc.filename) if exc.filename else argv[0]
         what = (
             "working directory not found"
             if cwd is not None and missing == str(cwd)

@@ -12,9 +12,21 @@ from pathlib import Path
 
 import anyio
 
-from supervisor import config, exitwatch, logs, notify, paths, procs, proctime, signals, status
+from supervisor import (
+    config,
+    exitwatch,
+    logs,
+    notify,
+    paths,
+    procs,
+    proctime,
+    reaper,
+    signals,
+    status,
+)
 from supervisor.config import Config, LogFormat, LogLevel, SidecarConfig
 from supervisor.errors import ForeignProcError, StateDirError, SupervisorError
+from supervisor.ledger import Ledger
 from supervisor.notify import Notifier
 from supervisor.reconcile import sweep
 from supervisor.reload import plan_reload
@@ -67,6 +79,8 @@ def main(args: RunOptions) -> int:
 
 def _run(cfg: Config, config_path: Path, state: StateDir, args: RunOptions) -> None:
     me = os.getpid()
+    # The orphans our sidecars leave become ours: a daemonizing command is seen for what it is.
+    subreaper = reaper.become_subreaper()
     daemon = Daemon(
         cfg,
         config_path=config_path,
@@ -78,6 +92,7 @@ def _run(cfg: Config, config_path: Path, state: StateDir, args: RunOptions) -> N
         log_overrides=(args.log_format, args.log_level),
         previous=sweep.previous_owner(state.read(PID_NAME)),
     )
+    daemon.subreaper = subreaper
     try:
         state.write(PID_NAME, daemon.pid_record())
     except OSError as exc:
@@ -120,6 +135,7 @@ class Daemon:
         self.sidecars: dict[str, Sidecar] = {}
         self.shutting_down = False
         self.left_behind = False  # a sidecar's process outlived the shutdown (D state)
+        self.subreaper = False  # adopted orphans are ours to reap (Linux)
         self._stop_reason: str | None = None
         self._pending: list[signal.Signals] = []  # HUP / USR1 not handled yet, in order
         self._wake = anyio.Event()
@@ -134,6 +150,7 @@ class Daemon:
             stdin_tty = os.isatty(0)
         self.runtime = Runtime(
             state=state,
+            ledger=Ledger(state),
             our_pid=pid,
             our_create_time=create_time,
             owner_tag=format_owner_tag(pid, create_time),
@@ -205,6 +222,8 @@ class Daemon:
                 self._tg = tg
                 tg.start_soon(self._receive_signals, received)
                 tg.start_soon(self.status.run)
+                if self.subreaper:
+                    tg.start_soon(_reap_adopted)
                 self.log.info(
                     "daemon_started",
                     pid=self.pid,
@@ -228,8 +247,13 @@ class Daemon:
         self.log.info("daemon_stopped", pid=self.pid)
 
     async def _start_all(self) -> None:
-        if self.previous is not None:
-            await sweep.sweep(self.previous, {s.name: s for s in self.cfg.sidecars}, self.log)
+        await sweep.sweep(
+            self.runtime.ledger,
+            self.previous,
+            {s.name: s for s in self.cfg.sidecars},
+            OwnerTag(self.pid, self.create_time),
+            self.log,
+        )
         for cfg in self.cfg.sidecars:
             await self._start(cfg, interactive=True)
 
@@ -455,3 +479,11 @@ async def _all_finished(sidecars: list[Sidecar]) -> None:
 async def _all_settled(sidecars: list[Sidecar]) -> None:
     for sidecar in sidecars:
         await sidecar.wait_settled()
+
+
+async def _reap_adopted() -> None:
+    """As a subreaper: reap adopted orphans as they exit (SIGCHLD), never our own forks."""
+    with anyio.open_signal_receiver(signal.SIGCHLD) as exits:
+        await anyio.to_thread.run_sync(reaper.reap_adopted)
+        async for _ in exits:
+            await anyio.to_thread.run_sync(reaper.reap_adopted)

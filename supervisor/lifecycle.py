@@ -84,6 +84,7 @@ class ExitInfo:
     code: int | None
     signal: int | None
     failed_start: bool  # never became ready (exited early, timed out, or could not spawn)
+    daemonized: bool = False  # it exited and left a process of its own serving the port
 
     @property
     def clean(self) -> bool:
@@ -101,6 +102,9 @@ class Decision:
 
 def decide_after_exit(restart: RestartConfig, attempts: int, exit_info: ExitInfo) -> Decision:
     """What to do when a child exits (or fails to start) while the sidecar should run."""
+    if exit_info.daemonized:
+        # Every restart would daemonize again and fight the server it left: give up, say why.
+        return Decision(Event.GIVE_UP, attempts, 0.0)
     match restart.policy:
         case RestartPolicy.NEVER:
             return Decision(Event.FINISH, attempts, 0.0)

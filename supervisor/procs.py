@@ -150,6 +150,26 @@ def _group_members_proc(pgid: int) -> list[int]:
     return members
 
 
+def session_members(sid: int) -> list[int]:
+    """Living pids of session `sid` (a scan of every process)."""
+    members = []
+    for pid in psutil.pids():
+        with contextlib.suppress(OSError):
+            if os.getsid(pid) == sid and not _is_zombie(pid):
+                members.append(pid)
+    return members
+
+
+def _is_zombie(pid: int) -> bool:
+    if sys.platform == "linux":
+        fields = proctime.stat_fields(pid)
+        return fields is None or fields[0] == b"Z"
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
 def signal_group(pgid: int, sig: int) -> bool:
     """Send `sig` to process group `pgid`; False if the group is empty."""
     try:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from supervisor.ledger import Ledger
 from supervisor.statedir import StateDir
 
 if TYPE_CHECKING:
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 @dataclass
 class Runtime:
     state: StateDir
+    ledger: Ledger
     our_pid: int
     our_create_time: float
     owner_tag: str  # SUPERVISOR_OWNER for our children (tags.format_owner_tag)

@@ -11,7 +11,7 @@ import time
 import anyio
 from structlog.typing import FilteringBoundLogger
 
-from supervisor import children, exitwatch, logs, net, status
+from supervisor import children, exitwatch, logs, net, proctime, status
 from supervisor.attempt import Attempt, read_recorded_pid
 from supervisor.config import SidecarConfig
 from supervisor.lifecycle import Event, State, decide_after_exit, next_state
@@ -44,6 +44,7 @@ class Sidecar:
         self.reason: str | None = None
         self.last_exit: dict[str, object] | None = None
         self.attempt: Attempt | None = None
+        self._chores: anyio.abc.TaskGroup | None = None
         self.abandoned = False  # a child of it outlived SIGKILL (left unreaped)
         self._scope: anyio.CancelScope | None = None
         self._finished = anyio.Event()
@@ -70,7 +71,9 @@ class Sidecar:
             with anyio.CancelScope() as scope:
                 self._scope = scope
                 task_status.started()
-                await self._supervise(interactive and self.rt.interactive_allowed)
+                async with anyio.create_task_group() as chores:
+                    self._chores = chores
+                    await self._supervise(interactive and self.rt.interactive_allowed)
         finally:
             self._settled.set()
             self._settle_stopped()
@@ -129,7 +132,9 @@ class Sidecar:
                 self.log.error("sidecar_start_failed", reason=outcome.reason)
                 self._transition(Event.GIVE_UP, reason=outcome.reason)
                 return
-            self.attempt = Attempt(self.config, self.rt, host=self, log=self.log)
+            self.attempt = Attempt(
+                self.config, self.rt, host=self, log=self.log, chores=self._chores
+            )
             try:
                 exit_info = await self.attempt.run(attempt=self.attempts, interactive=interactive)
             finally:
@@ -149,6 +154,9 @@ class Sidecar:
                     self._transition(Event.RETRY, reason=self.reason)
                     await anyio.sleep(decision.delay_s)
                     interactive = False
+                case Event.GIVE_UP if exit_info.daemonized:
+                    self._transition(Event.GIVE_UP, reason=self.reason)
+                    return
                 case Event.GIVE_UP:
                     reason = (
                         f"gave up after {self.attempts} restarts "
@@ -174,6 +182,7 @@ class Sidecar:
             consent_lock=self.rt.consent_lock,
             should_run=lambda: self._scope is not None and not self._scope.cancel_called,
             current_sessions=self.rt.current_sessions,
+            ledger=self.rt.ledger,
         )
         return await preflight(self.config, interactive=interactive, ctx=ctx, log=self.log)
 
@@ -249,15 +258,28 @@ async def wait_for_port(port: int, outcome: Outcome, log: FilteringBoundLogger) 
     starts as soon as the port is released rather than at the next poll. A lookup that fails
     is not "free": the wait goes on.
     """
+    owner = outcome.owner
+    if owner is not None and not proctime.is_alive(owner.pid, owner.create_time):
+        log.info("sidecar_wait_owner_exited", port=port, owner_pid=owner.pid)
+        return  # it died while we decided to wait: run the preflight again now
     holder_exit = _exit_handle(outcome.holder_pid)
+    owner_exit = _owner_exit(outcome)
     polls = 0
     try:
         while True:
             with anyio.move_on_after(WAIT_POLL_S):
-                if holder_exit is not None:
-                    await holder_exit.wait()
-                    holder_exit.close()  # it fired; later polls just sleep
-                    holder_exit = None
+                if owner_exit is not None and owner_exit.ready():
+                    # The live holder's supervisor is gone: it is an orphan now; the preflight
+                    # runs again (non-interactive) and reclaims it.
+                    log.info("sidecar_wait_owner_exited", port=port, owner_pid=owner_exit.pid)
+                    return
+                if holder_exit is not None or owner_exit is not None:
+                    await _first_exit(holder_exit, owner_exit)
+                    if owner_exit is not None and owner_exit.ready():
+                        continue
+                    if holder_exit is not None:
+                        holder_exit.close()  # it fired; later polls just sleep
+                        holder_exit = None
                     if await _port_free(port):
                         return  # the port went with its holder: no need to wait
                 await anyio.sleep(WAIT_POLL_S)
@@ -271,8 +293,34 @@ async def wait_for_port(port: int, outcome: Outcome, log: FilteringBoundLogger) 
             if not listeners or frozenset(listeners) != outcome.listeners:
                 return
     finally:
-        if holder_exit is not None:
-            holder_exit.close()
+        for handle in (holder_exit, owner_exit):
+            if handle is not None:
+                handle.close()
+
+
+def _owner_exit(outcome: Outcome) -> exitwatch.ExitHandle | None:
+    """An exit handle on the live holder's supervisor, if it is still the one recorded."""
+    owner = outcome.owner
+    if owner is None:
+        return None
+    handle = _exit_handle(owner.pid)
+    if handle is not None and not proctime.is_alive(owner.pid, owner.create_time):
+        handle.close()  # gone already (or its pid recycled): the next poll re-runs at once
+        return None
+    return handle
+
+
+async def _first_exit(*handles: exitwatch.ExitHandle | None) -> None:
+    """Until one of the processes exits."""
+    async with anyio.create_task_group() as race:
+
+        async def wait(handle: exitwatch.ExitHandle) -> None:
+            await handle.wait()
+            race.cancel_scope.cancel()
+
+        for handle in handles:
+            if handle is not None:
+                race.start_soon(wait, handle)
 
 
 async def _port_free(port: int) -> bool:

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from collections.abc import Iterable, Iterator
 
-from supervisor import procs
+from supervisor import procs, reaper
 from supervisor.net.listener import Listener, format_address
 
 LSOF_TIMEOUT_S = 10.0
@@ -44,11 +44,9 @@ def listeners_lsof(port: int) -> tuple[Listener, ...]:
     if lsof is None:
         raise FileNotFoundError(errno.ENOENT, "lsof is not installed (not on PATH)")
     try:
-        result = subprocess.run(
-            [lsof, "-nP", f"-iTCP:{port}", "-sTCP:LISTEN", "-Fpuftn"],
-            capture_output=True,
-            timeout=LSOF_TIMEOUT_S,
-            check=False,
+        # Registered: the daemon is a subreaper, and its reaper must not take lsof's status.
+        result = reaper.run_tool(
+            [lsof, "-nP", f"-iTCP:{port}", "-sTCP:LISTEN", "-Fpuftn"], timeout_s=LSOF_TIMEOUT_S
         )
     except subprocess.TimeoutExpired:
         raise TimeoutError(errno.ETIMEDOUT, f"lsof took over {LSOF_TIMEOUT_S:g}s") from None

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import assert_never
 
+from supervisor.tags import OwnerTag
+
 
 class Verdict(StrEnum):
     FOREIGN = "foreign"  # not ours: never signalled
@@ -32,6 +34,13 @@ class Evidence:
     pidfile_match: bool = False  # annotation only: never changes the verdict
     # Rule 0: the sidecar of this very daemon whose current child (or its session) it is.
     current_sidecar: str | None = None
+    # The spawn ledger: the sidecar of the entry this process is (or is in the session of),
+    # and that entry's daemon resolved like an owner tag. As strong as the tags; it survives
+    # servers that clobber their command line and environment.
+    ledger_sidecar: str | None = None
+    ledger_owner: OwnerState = OwnerState.NONE
+    # The daemon that started it (by the ledger, else the tag): a waiting sidecar watches it.
+    owner: OwnerTag | None = None
 
 
 @dataclass(frozen=True)
@@ -59,7 +68,8 @@ def classify(evidence: Evidence, *, name: str, marker: str, our_uid: int) -> Cla
         return Classification(Verdict.FOREIGN, "the process holding it could not be identified")
     marked = bool(marker) and marker in evidence.command
     tagged = bool(name) and evidence.sidecar_tag == name
-    if not marked and not tagged:
+    recorded = bool(name) and evidence.ledger_sidecar == name
+    if not marked and not tagged and not recorded:
         command_part = (
             f"its command lacks the marker {marker!r}" if marker else "no marker was given"
         )
@@ -68,18 +78,29 @@ def classify(evidence: Evidence, *, name: str, marker: str, our_uid: int) -> Cla
             if name
             else "it carries no SUPERVISOR_SIDECAR tag"
         )
-        return Classification(Verdict.FOREIGN, f"{command_part} and {env_part}")
-    match evidence.owner_state:
+        return Classification(
+            Verdict.FOREIGN, f"{command_part}, {env_part}, and the spawn ledger has no record of it"
+        )
+    by_ledger = recorded and evidence.ledger_owner is not OwnerState.NONE
+    owner = evidence.ledger_owner if by_ledger else evidence.owner_state
+    source = " (by the spawn ledger)" if by_ledger else ""
+    match owner:
         case OwnerState.SELF:
-            return Classification(Verdict.ORPHAN, "it was started by this very daemon earlier")
+            return Classification(
+                Verdict.ORPHAN, f"it was started by this very daemon earlier{source}"
+            )
         case OwnerState.GONE:
-            return Classification(Verdict.ORPHAN, "the supervisor that started it is gone")
+            return Classification(
+                Verdict.ORPHAN, f"the supervisor that started it is gone{source}"
+            )
         case OwnerState.ALIVE:
-            return Classification(Verdict.LIVE, "the supervisor that started it still runs")
+            return Classification(
+                Verdict.LIVE, f"the supervisor that started it still runs{source}"
+            )
         case OwnerState.NONE:
             pass
         case _:
-            assert_never(evidence.owner_state)
+            assert_never(owner)
     if evidence.supervisor_ancestor:
         return Classification(Verdict.LIVE, "a running supervisor daemon is among its ancestors")
     if evidence.ppid == 1:

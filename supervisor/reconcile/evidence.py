@@ -1,10 +1,10 @@
-"""The I/O shell of the classifier: turn a Holder into Evidence (owner tag, ancestors)."""
+"""The I/O shell of the classifier: turn a Holder into Evidence (tags, ledger, ancestors)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from supervisor import procs, proctime, tags
+from supervisor import ledger, procs, proctime, tags
 from supervisor.reconcile.classify import (
     Evidence,
     OwnerState,
@@ -14,7 +14,10 @@ from supervisor.reconcile.holders import Holder
 
 def owner_state(tag_text: str | None, *, our_pid: int, our_create_time: float) -> OwnerState:
     """Resolve a SUPERVISOR_OWNER value against the live process table."""
-    tag = tags.parse_owner_tag(tag_text)
+    return resolve_owner(tags.parse_owner_tag(tag_text), our_pid, our_create_time)
+
+
+def resolve_owner(tag: tags.OwnerTag | None, our_pid: int, our_create_time: float) -> OwnerState:
     if tag is None:
         return OwnerState.NONE
     if tag.pid == our_pid and proctime.same_create_time(tag.create_time, our_create_time):
@@ -39,21 +42,47 @@ def gather(
     our_create_time: float,
     pidfile_pid: int | None,
     current_sessions: Mapping[int, str] | None = None,
+    spawns: Sequence[ledger.Spawn] = (),
 ) -> Evidence:
     facts = holder.facts
     environ = facts.environ if facts is not None else None
     tag_text = environ.get(tags.OWNER_ENV) if environ is not None else None
+    entry = find_spawn(holder.pid, facts.create_time, spawns) if facts is not None else None
+    recorded_owner = (
+        tags.OwnerTag(entry.daemon_pid, entry.daemon_create_time) if entry is not None else None
+    )
+    tagged_owner = tags.parse_owner_tag(tag_text)
     return Evidence(
         pid=holder.pid,
         uid=holder.uid,
         command=facts.command if facts is not None else "",
         ppid=facts.ppid if facts is not None else None,
         sidecar_tag=environ.get(tags.SIDECAR_ENV) if environ is not None else None,
-        owner_state=owner_state(tag_text, our_pid=our_pid, our_create_time=our_create_time),
+        owner_state=resolve_owner(tagged_owner, our_pid, our_create_time),
         supervisor_ancestor=holder.pid is not None and has_supervisor_ancestor(holder.pid),
         pidfile_match=pidfile_pid is not None and pidfile_pid == holder.pid,
         current_sidecar=_current_sidecar(holder.pid, current_sessions or {}),
+        ledger_sidecar=entry.sidecar if entry is not None else None,
+        ledger_owner=resolve_owner(recorded_owner, our_pid, our_create_time),
+        owner=recorded_owner or tagged_owner,
     )
+
+
+def find_spawn(
+    pid: int | None, create_time: float, spawns: Sequence[ledger.Spawn]
+) -> ledger.Spawn | None:
+    """The ledger entry `pid` is, or is in the session of (see ledger.py on why a stranger
+    cannot match)."""
+    if pid is None or not spawns:
+        return None
+    sid = procs.session_id(pid)
+    for entry in spawns:
+        if entry.pid != pid and entry.sid != sid:
+            continue  # neither that process nor in its session: no lookup needed
+        founder = create_time if entry.sid == pid else procs.create_time(entry.sid)
+        if ledger.session_member(pid, create_time, sid, entry, founder_create_time=founder):
+            return entry
+    return None
 
 
 def _current_sidecar(pid: int | None, sessions: Mapping[int, str]) -> str | None:

@@ -17,10 +17,12 @@ from structlog.typing import FilteringBoundLogger
 
 from supervisor import net
 from supervisor.config import ForeignAction, LiveAction, OrphanAction, SidecarConfig
+from supervisor.ledger import Ledger
 from supervisor.reconcile import consent, holders
-from supervisor.reconcile.classify import Classification, Verdict, classify
+from supervisor.reconcile.classify import Classification, Evidence, Verdict, classify
 from supervisor.reconcile.evidence import gather
 from supervisor.reconcile.kill import KillAborted, kill_holder
+from supervisor.tags import OwnerTag
 
 MAX_RERUNS = 3
 
@@ -40,6 +42,8 @@ class Outcome:
     # What held the port when we decided to wait: polling compares against it so that the same
     # holder costs no process scan.
     listeners: frozenset[net.Listener] = frozenset()
+    # A live holder's supervisor: when it exits, its sidecar is an orphan to reclaim.
+    owner: OwnerTag | None = None
 
 
 @dataclass(frozen=True)
@@ -52,12 +56,14 @@ class Context:
     should_run: Callable[[], bool]
     # Session id -> sidecar name, for the current children of this daemon (rule 0).
     current_sessions: Callable[[], Mapping[int, str]] = dict
+    ledger: Ledger | None = None  # this state dir's spawn ledger (every generation)
 
 
 @dataclass(frozen=True)
 class Judged:
     holder: holders.Holder
     classification: Classification
+    evidence: Evidence
 
 
 def _judge(
@@ -71,26 +77,20 @@ def _judge(
 ) -> list[Judged]:
     """Every holder of the port with its verdict (blocking: /proc reads; run in a thread)."""
     found = holders.find_holders(port, listeners)
-    return [
-        Judged(holder, _evaluate(config, holder, ctx, recorded_pid, sessions)) for holder in found
-    ]
-
-
-def _evaluate(
-    config: SidecarConfig,
-    holder: holders.Holder,
-    ctx: Context,
-    recorded_pid: int | None,
-    sessions: Mapping[int, str],
-) -> Classification:
-    evidence = gather(
-        holder,
-        our_pid=ctx.our_pid,
-        our_create_time=ctx.our_create_time,
-        pidfile_pid=recorded_pid,
-        current_sessions=sessions,
-    )
-    return classify(evidence, name=config.name, marker=config.marker, our_uid=os.getuid())
+    spawns = ctx.ledger.entries() if ctx.ledger is not None and found else []
+    judged = []
+    for holder in found:
+        evidence = gather(
+            holder,
+            our_pid=ctx.our_pid,
+            our_create_time=ctx.our_create_time,
+            pidfile_pid=recorded_pid,
+            current_sessions=sessions,
+            spawns=spawns,
+        )
+        verdict = classify(evidence, name=config.name, marker=config.marker, our_uid=os.getuid())
+        judged.append(Judged(holder, verdict, evidence))
+    return judged
 
 
 async def preflight(
@@ -189,14 +189,18 @@ def _log_found(
 
 
 def _live_wait(port: int, item: Judged, listeners: tuple[net.Listener, ...]) -> Outcome:
-    owner = item.classification.current_sidecar
-    what = f"sidecar {owner!r} of this supervisor" if owner else "a live instance"
+    sidecar = item.classification.current_sidecar
+    what = f"sidecar {sidecar!r} of this supervisor" if sidecar else "a live instance"
+    owner = item.evidence.owner
+    if owner is not None and sidecar is None:
+        what += f" of the supervisor pid {owner.pid}"
     return Outcome(
         Action.WAIT,
         reason=f"port {port} is held by {what} (pid {item.holder.pid})",
         holder_pid=item.holder.pid,
         verdict=Verdict.LIVE,
         listeners=frozenset(listeners),
+        owner=owner if sidecar is None else None,
     )
 
 

@@ -1,0 +1,111 @@
+"""The daemon as a child subreaper (Linux): the descendants its sidecars orphan become its own.
+
+A command that daemonizes (nginx without `daemon off;`, `redis-server --daemonize yes`) forks,
+calls setsid and lets its parent exit: the server it leaves is in no session of ours and its
+command line and environment may be clobbered. As a subreaper the daemon becomes its parent,
+which is proof that it descends from one of our children (`adopted`), so the attempt can name
+it (`sidecar_daemonized`) and stop it.
+
+Adopted processes that exit must be reaped by us. Only processes we did not fork ourselves are
+reaped here: every fork of the daemon (children.spawn, run_tool) registers its pid under a lock,
+so that the reaper can never take the exit status a Popen is waiting for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
+
+from supervisor import procs, proctime
+
+PR_SET_CHILD_SUBREAPER = 36
+
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_forked: set[int] = set()  # pids we forked and reap ourselves (Popen's)
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its descendants' orphans; False where unsupported."""
+    if sys.platform != "linux":
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def fork_registered(start: Callable[[], T], pid_of: Callable[[T], int]) -> T:
+    """Run `start` (a Popen) with the reaper held off until its pid is registered as ours."""
+    with _lock:
+        started = start()
+        _forked.add(pid_of(started))
+    return started
+
+
+def forget(pid: int) -> None:
+    """We reaped `pid` ourselves: it is no longer a fork of ours to protect."""
+    with _lock:
+        _forked.discard(pid)
+
+
+def run_tool(argv: Sequence[str], *, timeout_s: float) -> subprocess.CompletedProcess[bytes]:
+    """`subprocess.run` (output captured), registered so the reaper leaves it alone."""
+    proc = fork_registered(
+        lambda: subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE),
+        lambda p: p.pid,
+    )
+    try:
+        try:
+            out, err = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+        return subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
+    finally:
+        forget(proc.pid)
+
+
+def adopted(parent: int | None = None) -> list[int]:
+    """Living children of ours that we did not fork: orphans adopted as a subreaper."""
+    me = os.getpid() if parent is None else parent
+    with _lock:
+        ours = set(_forked)
+    return [pid for pid in procs.child_pids(me) if pid not in ours and not _zombie(pid)]
+
+
+def reap_adopted() -> int:
+    """Reap every adopted child that has exited; how many were reaped."""
+    reaped = 0
+    with _lock:
+        for pid in procs.child_pids(os.getpid()):
+            if pid in _forked or not _zombie(pid):
+                continue
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    reaped += 1
+    return reaped
+
+
+def _zombie(pid: int) -> bool:
+    fields = proctime.stat_fields(pid)
+    return fields is None or fields[0] == b"Z"
+
+
+@contextlib.contextmanager
+def registered(pid: int) -> Iterator[None]:
+    with _lock:
+        _forked.add(pid)
+    try:
+        yield
+    finally:
+        forget(pid)
