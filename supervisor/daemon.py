@@ -13,7 +13,7 @@ from pathlib import Path
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from supervisor import config, exitwatch, logs, notify, paths, procs, signals, status
+from supervisor import config, exitwatch, inherit, logs, notify, paths, procs, signals, status
 from supervisor.config import Config, LogFormat, LogLevel, SidecarConfig
 from supervisor.errors import StateDirError, SupervisorError
 from supervisor.notify import Notifier
@@ -122,7 +122,11 @@ class Daemon:
             our_pid=pid,
             our_create_time=create_time,
             owner_tag=format_owner_tag(pid, create_time),
-            base_env={k: v for k, v in os.environ.items() if k not in notify.ENV_VARS},
+            base_env={
+                k: v
+                for k, v in os.environ.items()
+                if k not in notify.ENV_VARS and k not in inherit.ENV_VARS
+            },
             interactive_allowed=interactive,
             stdin_is_tty=stdin_tty,
             on_change=self._sidecar_changed,
@@ -203,6 +207,7 @@ class Daemon:
                 send.close()
                 reason = await self._serve(receive)
                 await self._shutdown(reason, receive)
+                self.runtime.sockets.close_all()
                 tg.cancel_scope.cancel()
         self.log.info("daemon_stopped", pid=self.pid)
 
@@ -276,6 +281,10 @@ class Daemon:
             await self._stop_all([self.sidecars[n] for n in plan.to_stop])
             for name in plan.to_stop:
                 del self.sidecars[name]
+            # Inherited sockets stay bound unless their sidecar is gone or moves elsewhere.
+            self.runtime.sockets.retain(
+                {s.name: (s.host, s.port) for s in new.sidecars if s.socket.inherit and s.port}
+            )
             self.cfg = new
             for cfg in new.sidecars:
                 if cfg.name in plan.to_start:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from supervisor.inherit import Sockets
 from supervisor.statedir import StateDir
 
 if TYPE_CHECKING:
@@ -25,3 +26,4 @@ class Runtime:
     stdin_is_tty: bool
     on_change: Callable[[Sidecar], None]
     consent_lock: anyio.Lock = field(default_factory=anyio.Lock)
+    sockets: Sockets = field(default_factory=Sockets)  # socket.inherit: outlive every attempt

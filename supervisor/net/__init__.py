@@ -2,13 +2,15 @@
 
 from supervisor.net.listener import Listener, format_address
 from supervisor.net.lookup import anyone_listening, find_listeners
-from supervisor.net.owners import map_inodes, pids_listening
+from supervisor.net.owners import accepted_by, map_inodes, pids_holding, pids_listening
 
 __all__ = [
     "Listener",
+    "accepted_by",
     "anyone_listening",
     "find_listeners",
     "format_address",
     "map_inodes",
+    "pids_holding",
     "pids_listening",
 ]

@@ -49,6 +49,8 @@ class Context:
     stdin_is_tty: bool
     consent_lock: anyio.Lock
     should_run: Callable[[], bool]
+    # The daemon's own inherited sockets (socket.inherit): never a holder to reclaim.
+    own_inodes: Callable[[], frozenset[int]] = frozenset
 
 
 def _evaluate(
@@ -89,12 +91,19 @@ async def _attempt(
     log: FilteringBoundLogger,
 ) -> Outcome | None:
     """One pass; None means "something changed under us, run again"."""
+    # What waiting compares against is every listener, the daemon's own included.
     listeners = net.find_listeners(port)
-    if not listeners:
-        log.info("reconcile_port_free", port=port)
+    own = ctx.own_inodes()
+    if not any(lst.inode not in own for lst in listeners):
+        inherited = {"inherited": True} if listeners else {}  # only ours listens
+        log.info("reconcile_port_free", port=port, **inherited)
         return Outcome(Action.LAUNCH)
     recorded_pid = ctx.recorded_pid()
-    found = holders.find_holders(port, candidates=[recorded_pid] if recorded_pid else [])
+    found = tuple(
+        holder
+        for holder in holders.find_holders(port, candidates=[recorded_pid] if recorded_pid else [])
+        if holder.pid != ctx.our_pid  # the daemon holds its inherited socket: never a holder
+    )
     if not found:  # released between the two looks
         log.info("reconcile_port_free", port=port)
         return Outcome(Action.LAUNCH)
