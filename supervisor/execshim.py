@@ -29,7 +29,7 @@ _SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 def wrap(argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
     """The shim's argv around `argv` (which the shell then runs exactly, never parsed)."""
     passed = [f"{k}={v}" for k, v in env.items() if not _SHELL_NAME.fullmatch(k)]
-    head = [ENV, *passed] if passed else []
+    head = [ENV, "--", *passed] if passed else []  # "--": a name may start with "-"
     return [SH, "-c", SHIM, "sh", *head, *argv]
 
 

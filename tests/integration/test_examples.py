@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -37,6 +38,7 @@ def health(port: int) -> dict[str, object]:
         return answer
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/PID/fd")
 @pytest.mark.parametrize("command", EXAMPLES)
 def test_example_serves_on_the_inherited_socket_across_a_crash(
     command: list[str], tmp_path: Path

@@ -6,9 +6,12 @@ Black-box: a real daemon, the demo sidecar (or small real servers), real clients
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -29,6 +32,7 @@ from tests.support import (
     render_config,
 )
 
+PROC_FD = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/PID/fd")
 HTTP_READY = {"probe": "http", "path": "/health"}
 INHERIT = {"inherit": True}
 
@@ -154,6 +158,7 @@ def crash_and_recover(daemon: Daemon, port: int, client: Clients) -> tuple[int, 
     return killed_ns, answered_ns, second
 
 
+@PROC_FD
 def test_the_daemon_itself_is_among_the_listeners_and_hands_the_socket_as_fd_3(
     tmp_path: Path,
 ) -> None:
@@ -261,6 +266,7 @@ def test_a_reload_that_changes_the_port_rebinds(tmp_path: Path) -> None:
         assert daemon.stop() == 0
 
 
+@PROC_FD
 def test_a_reload_that_keeps_the_address_keeps_the_socket_and_refuses_nobody(
     tmp_path: Path, clients: list[Clients]
 ) -> None:
@@ -285,6 +291,47 @@ def test_a_reload_that_keeps_the_address_keeps_the_socket_and_refuses_nobody(
         assert len(daemon.find("socket_bound")) == 1
         assert not daemon.find("socket_closed")
         assert fd3_inode(second) == inode
+        assert daemon.stop() == 0
+
+
+@PROC_FD
+def test_sigusr1_restarts_the_child_on_the_same_socket(
+    tmp_path: Path, clients: list[Clients]
+) -> None:
+    port = free_port()
+    client = Clients(port)
+    clients.append(client)
+    with start(tmp_path, [demo_sidecar("web", port, ready=HTTP_READY, socket=INHERIT)]) as daemon:
+        first = daemon.wait_for("sidecar_ready")["pid"]
+        inode = daemon.wait_for("socket_bound")["inode"]
+        client.start()
+        assert client.connected.wait(15)
+        daemon.signal(signal.SIGUSR1)
+        second = daemon.wait_for("sidecar_ready", count=2)["pid"]
+        assert second != first and fd3_inode(second) == inode
+        assert health(port) == 200
+        client.stop()
+        assert set(client.all()) == {"ok"}
+        assert len(daemon.find("socket_bound")) == 1
+        assert daemon.stop() == 0
+
+
+def test_a_reload_that_turns_inherit_off_hands_the_port_back_to_the_child(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    entry = demo_sidecar("web", port, ready=HTTP_READY, socket=INHERIT)
+    config = write_config(tmp_path, [entry])
+    with Daemon(config, tmp_path / "state") as daemon:
+        daemon.wait_for("sidecar_ready")
+        config.write_text(render_config([{**entry, "socket": {"inherit": False}}]))
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_for("config_reloaded", changed=["web"])
+        daemon.wait_for("socket_closed")
+        child = daemon.wait_for("sidecar_ready", count=2)["pid"]
+        # The child bound the port itself this time; the daemon holds nothing.
+        assert listener_pids(port, [daemon.pid, child]) == {child}
+        assert health(port) == 200
         assert daemon.stop() == 0
 
 
@@ -447,6 +494,7 @@ def test_an_address_that_cannot_be_bound_fails_the_sidecar(tmp_path: Path) -> No
         assert daemon.stop() == 0
 
 
+@PROC_FD
 def test_the_socket_is_never_leaked_to_other_sidecars(tmp_path: Path) -> None:
     port, other = free_port(), free_port()
     with start(
@@ -457,4 +505,25 @@ def test_the_socket_is_never_leaked_to_other_sidecars(tmp_path: Path) -> None:
         daemon.wait_for("sidecar_ready", sidecar="web")
         assert inode not in socket_inodes(plain)
         assert "LISTEN_FDS" not in psutil.Process(plain).environ()
+        assert daemon.stop() == 0
+
+
+def test_port_command_names_the_daemon_as_the_holder_of_its_inherited_socket(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    with start(tmp_path, [demo_sidecar("web", port, socket=INHERIT)]) as daemon:
+        child = daemon.wait_for("sidecar_ready")["pid"]
+        result = subprocess.run(
+            [PYTHON, "-m", "supervisor", "port", str(port), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        holders = {h["pid"]: h for h in json.loads(result.stdout)["holders"]}
+        assert set(holders) == {daemon.pid, child}
+        assert holders[daemon.pid]["verdict"] == "foreign"  # never reclaimed by anyone
+        assert "socket.inherit" in holders[daemon.pid]["reason"]
+        assert holders[child]["verdict"] == "live"
         assert daemon.stop() == 0

@@ -27,7 +27,7 @@ for fd in range(64):
 print(json.dumps({
     "pid": os.getpid(),
     "argv": sys.argv[1:],
-    "env": {k: v for k, v in os.environ.items() if k.startswith(("LISTEN_", "ODD", "odd"))},
+    "env": {k: v for k, v in os.environ.items() if k.startswith(("LISTEN_", "ODD", "odd", "-"))},
     "fds": fds,
     "blocking3": os.get_blocking(3) if 3 in fds else None,
 }), flush=True)
@@ -104,7 +104,7 @@ def test_argv_reaches_the_child_exactly_and_no_shell_parses_it(
 def test_environment_names_a_shell_would_drop_still_reach_the_child(
     listener: socket.socket,
 ) -> None:
-    env = {"ODD-NAME": "1", "odd.name": "two words", "ODD_OK": "x=y"}
+    env = {"ODD-NAME": "1", "odd.name": "two words", "ODD_OK": "x=y", "-odd": "dash"}
     report = run_report(listener.fileno(), env=env)
     assert {k: report["env"][k] for k in env} == env
 
