@@ -45,6 +45,7 @@ from bench.common import (
     row,
     scratch,
     sidecar,
+    stamp_ns,
     supervisord_bin,
     wait_report,
 )
@@ -82,6 +83,7 @@ class Client(threading.Thread):
         self.port = port
         self.interval_s = interval_s
         self.outcomes: list[Outcome] = []
+        self.latest_ok_started_ns = 0  # the newest connection answered 200 was opened then
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._selector = selectors.DefaultSelector()
@@ -100,6 +102,8 @@ class Client(threading.Thread):
         pending.sock.close()
         with self._lock:
             self.outcomes.append(Outcome(pending.started_ns, time.time_ns(), result))
+            if result == OK:
+                self.latest_ok_started_ns = max(self.latest_ok_started_ns, pending.started_ns)
 
     def _open(self) -> None:
         started = time.time_ns()
@@ -165,12 +169,29 @@ class Client(threading.Thread):
                 self._record(key.data, "timeout")
 
 
+def wait_answered(client: Client, since_ns: int, timeout_s: float) -> None:
+    """Until a connection opened after `since_ns` got its 200 (polled every millisecond)."""
+    deadline = time.monotonic() + timeout_s
+    while client.latest_ok_started_ns < since_ns:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no 200 answer within {timeout_s}s of the crash")
+        time.sleep(0.001)
+
+
 @dataclass(frozen=True)
 class Crash:
     killed_ns: int
     refused: int
     lost: int  # reset, closed, timeout
     first_ok_ms: float
+    listened_ms: float  # SIGKILL -> the successor's own `--report` instant
+
+
+@dataclass(frozen=True)
+class Run:
+    crashes: list[Crash]
+    outcomes: list[Outcome]
+    spawned_ms: list[float]  # SIGKILL -> `sidecar_spawned` (ours only)
 
 
 def crash_loop(
@@ -180,6 +201,7 @@ def crash_loop(
     every connection's outcome."""
     client = Client(port, interval_s)
     killed: list[int] = []
+    listened: list[int] = []
     try:
         steady(1)
         wait_report(listen_report, 1, 10.0)
@@ -189,7 +211,8 @@ def crash_loop(
             steady(n)
             time.sleep(SETTLE_S)
             killed.append(kill_and_wait(pid))
-            wait_report(listen_report, n + 1, 10.0)
+            listened.append(wait_report(listen_report, n + 1, 10.0)[1])
+            wait_answered(client, killed[-1], REQUEST_TIMEOUT_S)
         steady(crashes + 1)
         time.sleep(SETTLE_S)
     finally:
@@ -201,7 +224,8 @@ def crash_loop(
         after = [o for o in outcomes if killed_ns <= o.started_ns < until]
         answered = [o.ended_ns for o in after if o.result == OK]
         if not answered:
-            raise RuntimeError(f"no 200 answer after crash {index + 1}")
+            kinds = Counter(o.result for o in after)
+            raise RuntimeError(f"no 200 answer after crash {index + 1}: {kinds}")
         # Failures noticed after this kill: mostly connections the dying child had accepted.
         failed = [o for o in outcomes if killed_ns <= o.ended_ns < until]
         out.append(
@@ -210,12 +234,13 @@ def crash_loop(
                 refused=sum(o.result == REFUSED for o in after),
                 lost=sum(o.result not in (OK, REFUSED, CUT) for o in failed),
                 first_ok_ms=ns_to_ms(min(answered) - killed_ns),
+                listened_ms=ns_to_ms(listened[index] - killed_ns),
             )
         )
     return out, outcomes
 
 
-def ours(inherit: bool, crashes: int, interval_s: float) -> tuple[list[Crash], list[Outcome]]:
+def ours(inherit: bool, crashes: int, interval_s: float) -> Run:
     port = free_port()
     with scratch(BENCH) as work:
         listen_report = work / "report"
@@ -227,22 +252,26 @@ def ours(inherit: bool, crashes: int, interval_s: float) -> tuple[list[Crash], l
             tables["socket"] = {"inherit": True}
         entry = sidecar("demo", port, "--report", str(listen_report), **tables)
         with Daemon(work, [entry]) as daemon:
-            return crash_loop(
+            done, outcomes = crash_loop(
                 port,
                 listen_report,
                 crashes,
                 interval_s,
                 lambda n: daemon.wait_for("sidecar_ready", count=n),
             )
+            spawned = [daemon.wait_for("sidecar_spawned", count=n + 2) for n in range(crashes)]
+    reacted = [ns_to_ms(stamp_ns(s) - c.killed_ns) for c, s in zip(done, spawned, strict=True)]
+    return Run(done, outcomes, reacted)
 
 
-def supervisord(binary: Path, crashes: int, interval_s: float) -> tuple[list[Crash], list[Outcome]]:
+def supervisord(binary: Path, crashes: int, interval_s: float) -> Run:
     port = free_port()
     with scratch(BENCH) as work:
         listen_report = work / "report"
         program = Program("demo", demo(port, "--report", str(listen_report)))
         with Supervisord(binary, work, [program]):
-            return crash_loop(port, listen_report, crashes, interval_s, lambda n: None)
+            done, outcomes = crash_loop(port, listen_report, crashes, interval_s, lambda n: None)
+    return Run(done, outcomes, [])
 
 
 # -- the cost of handing the socket over as fd 3 ---------------------------------------------
@@ -331,7 +360,7 @@ def run(
 ) -> tuple[list[Row], list[Check], list[str]]:
     notes: list[str] = []
     binary = supervisord_bin(notes)
-    systems: list[tuple[str, Callable[[], tuple[list[Crash], list[Outcome]]]]] = [
+    systems: list[tuple[str, Callable[[], Run]]] = [
         ("ours", lambda: ours(True, crashes, interval_s)),
         ("no inherit", lambda: ours(False, crashes, interval_s)),
     ]
@@ -340,7 +369,8 @@ def run(
     rows: list[Row] = []
     checks: list[Check] = []
     for system, measure in systems:
-        done, outcomes = measure()
+        result = measure()
+        done, outcomes = result.crashes, result.outcomes
         total_refused = sum(c.refused for c in done)
         failed = Counter(o.result for o in outcomes if o.result not in (OK, REFUSED, CUT))
         rows += [
@@ -355,7 +385,16 @@ def run(
             row(
                 BENCH, "other failed connections per crash", system, "conn", [c.lost for c in done]
             ),
+            row(
+                BENCH,
+                "  SIGKILL -> new child listening",
+                system,
+                "ms",
+                [c.listened_ms for c in done],
+            ),
         ]
+        if result.spawned_ms:
+            rows.append(row(BENCH, "  SIGKILL -> sidecar_spawned", system, "ms", result.spawned_ms))
         kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(failed.items())) or "none"
         span_s = (outcomes[-1].started_ns - outcomes[0].started_ns) / 1e9
         notes.append(
