@@ -16,6 +16,7 @@ from structlog.typing import FilteringBoundLogger
 
 from supervisor import (
     children,
+    inherit,
     ledger,
     logs,
     net,
@@ -62,8 +63,10 @@ class Attempt:
         host: AttemptHost,
         log: FilteringBoundLogger,
         chores: anyio.abc.TaskGroup | None = None,
+        listen: inherit.ListenSocket | None = None,
     ) -> None:
         self.config = config
+        self.listen = listen  # the inherited socket (socket.inherit): fd 3 of the child
         self.rt = rt
         self.state = rt.state
         self.host = host
@@ -88,8 +91,16 @@ class Attempt:
         """Spawn the child and supervise it until it ends; a cancelled attempt stops it."""
         rt = self.rt
         env = tags.child_env(rt.base_env, self.config.env, sidecar=self.name, owner=rt.owner_tag)
+        listen = self.listen
+        if listen is not None:
+            env.update(inherit.listen_env(self.name))
         try:
-            child = children.spawn(self.config.command, cwd=self.config.cwd, env=env)
+            child = children.spawn(
+                self.config.command,
+                cwd=self.config.cwd,
+                env=env,
+                listen_fd=listen.fd if listen is not None else None,
+            )
         except children.SpawnError as exc:
             self.reason = str(exc)
             self.log.error("sidecar_start_failed", reason=self.reason)
@@ -179,7 +190,12 @@ class Attempt:
             race.start_soon(watch_exit)
             timeout = self.config.ready.timeout_s
             with anyio.move_on_after(timeout) as probe_scope:
-                await probes.wait_ready(self.config, child.pid, stranger)
+                await probes.wait_ready(
+                    self.config,
+                    child.pid,
+                    stranger,
+                    listen_inode=self.listen.inode if self.listen is not None else None,
+                )
             if probe_scope.cancelled_caught:
                 failure.append(f"not ready within {timeout:g}s (ready.timeout)")
             race.cancel_scope.cancel()

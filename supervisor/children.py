@@ -19,7 +19,7 @@ from pathlib import Path
 
 import anyio
 
-from supervisor import exitwatch, groups, procs, reaper
+from supervisor import execshim, exitwatch, groups, procs, reaper
 
 # After SIGKILL, how long a stop waits to see the group gone. A process in uninterruptible
 # sleep (D state) never dies on time: past this it is abandoned, not waited for forever.
@@ -197,15 +197,26 @@ def spawn(
     cwd: Path | None,
     env: Mapping[str, str],
     capture_output: bool = True,
+    listen_fd: int | None = None,
 ) -> Child:
-    """Start `argv` (never through a shell) in a new session with stdin on /dev/null."""
+    """Start `argv` (never through a shell) in a new session with stdin on /dev/null.
+
+    With `listen_fd`, the child gets that socket as fd 3 and LISTEN_PID = its own pid, through
+    the exec shim (execshim.py); `argv` itself is still never parsed by a shell.
+    """
+    command: list[str] = list(argv)
+    stdin: int = subprocess.DEVNULL
+    if listen_fd is not None:
+        command, stdin = execshim.wrap(argv, env), listen_fd
     try:
+        if listen_fd is not None and (error := execshim.lookup_error(argv[0], cwd, env)):
+            raise error
         popen = reaper.fork_registered(
             lambda: subprocess.Popen(
-                list(argv),
+                command,
                 cwd=cwd,
                 env=dict(env),
-                stdin=subprocess.DEVNULL,
+                stdin=stdin,
                 stdout=subprocess.PIPE if capture_output else subprocess.DEVNULL,
                 stderr=subprocess.PIPE if capture_output else subprocess.DEVNULL,
                 start_new_session=True,

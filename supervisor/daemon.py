@@ -15,6 +15,7 @@ import anyio
 from supervisor import (
     config,
     exitwatch,
+    inherit,
     logs,
     notify,
     paths,
@@ -154,7 +155,11 @@ class Daemon:
             our_pid=pid,
             our_create_time=create_time,
             owner_tag=format_owner_tag(pid, create_time),
-            base_env={k: v for k, v in os.environ.items() if k not in notify.ENV_VARS},
+            base_env={
+                k: v
+                for k, v in os.environ.items()
+                if k not in notify.ENV_VARS and k not in inherit.ENV_VARS
+            },
             interactive_allowed=interactive,
             stdin_is_tty=stdin_tty,
             on_change=self._sidecar_changed,
@@ -243,6 +248,7 @@ class Daemon:
                     tg.start_soon(self._announce_ready, list(self.sidecars.values()))
                 await self._serve()
                 await self._shutdown(self._stop_reason or "unknown")
+                self.runtime.sockets.close_all()
                 tg.cancel_scope.cancel()
         self.log.info("daemon_stopped", pid=self.pid)
 
@@ -394,6 +400,10 @@ class Daemon:
             await self._stop_all([self.sidecars[n] for n in plan.to_stop])
             for name in plan.to_stop:
                 del self.sidecars[name]
+            # Inherited sockets stay bound unless their sidecar is gone or moves elsewhere.
+            self.runtime.sockets.retain(
+                {s.name: (s.host, s.port) for s in new.sidecars if s.socket.inherit and s.port}
+            )
             self.cfg = new
             started = [
                 await self._start(cfg, interactive=True)

@@ -4,6 +4,9 @@ Deliberately lean (no http.server, argparse or contextlib: ~70 ms of imports), s
 measure the supervisor rather than the child's start-up. `--report FILE` appends
 `listening <pid> <epoch_ns>` once the socket listens, so benchmarks can time readiness from the
 moment the port accepts.
+
+Given a listening socket by systemd's protocol (LISTEN_FDS=1 and LISTEN_PID = our pid: the
+supervisor's `socket.inherit`), it serves on fd 3 instead of binding `--port`.
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ def _answer(conn: socket.socket) -> None:
 USAGE = """usage: python -m supervisor.demo --port N [--host H] [--crash-after S] [--exit-code C]
                                 [--ignore-sigterm] [--fork-grandchild] [--report FILE]
 
-  --port N           TCP port to serve on (required)
+  --port N           TCP port to serve on (required unless a socket is inherited:
+                     LISTEN_FDS=1 and LISTEN_PID=<our pid> serve fd 3 instead)
   --host H           address to bind (default 127.0.0.1; "::1" or "::" for IPv6)
   --crash-after S    exit after S seconds (with --exit-code, default 1)
   --ignore-sigterm   ignore SIGTERM (a stop must escalate to SIGKILL)
@@ -100,9 +104,38 @@ def _parse(argv: list[str]) -> Options:
                 _usage_error(f"{name} needs a {kind.__name__}, got {text!r}")
         else:
             _usage_error(f"unknown argument {word!r}")
-    if not options.port:
+    if not options.port and _inherited_fds() == 0:
         _usage_error("--port is required")
     return options
+
+
+LISTEN_FDS_START = 3
+
+
+def _inherited_fds() -> int:
+    """sd_listen_fds(): how many listening sockets we were given from fd 3 (0: none)."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return 0  # meant for another process (e.g. our parent), not for us
+    try:
+        return max(0, int(os.environ.get("LISTEN_FDS", "0")))
+    except ValueError:
+        return 0
+
+
+def _listening_socket(args: Options) -> socket.socket:
+    if _inherited_fds() >= 1:
+        for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+            os.environ.pop(name, None)  # as sd_listen_fds(1): not for our own children
+        server = socket.socket(fileno=LISTEN_FDS_START)
+        os.set_inheritable(LISTEN_FDS_START, False)
+        server.setblocking(True)  # the description may come non-blocking from a predecessor
+        return server
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    server = socket.socket(family, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind((args.host, args.port))
+    server.listen(128)
+    return server
 
 
 def _usage_error(message: str) -> None:
@@ -124,16 +157,13 @@ def main(argv: list[str] | None = None) -> int:
             while True:
                 signal.pause()
         print(f"grandchild {grandchild}", flush=True)
-    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    server = socket.socket(family, socket.SOCK_STREAM)
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind((args.host, args.port))
-    server.listen(128)
+    server = _listening_socket(args)
     listened_ns = time.time_ns()
     if args.report:
         with open(args.report, "a") as report:
             report.write(f"listening {os.getpid()} {listened_ns}\n")
-    print(f"listening on {args.host}:{args.port}", flush=True)
+    where = server.getsockname()
+    print(f"listening on {where[0]}:{where[1]}", flush=True)
     if args.crash_after is not None:
         code = args.exit_code
 

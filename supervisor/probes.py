@@ -1,11 +1,18 @@
-"""Readiness probes (tcp, http) that also prove the listener is our child's, not a stranger's."""
+"""Readiness probes (tcp, http) that also prove the listener is our child's, not a stranger's.
+
+With an inherited socket (`socket.inherit`) the daemon's own socket accepts connections into
+its backlog before the child serves, so a connect proves nothing: the tcp probe waits until
+the child's tree has accepted the probe's own connection, the http probe until it answered.
+"""
 
 from __future__ import annotations
 
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
+from anyio.abc import SocketAttribute
 
 from supervisor import net, procs
 from supervisor.config import ProbeKind, SidecarConfig
@@ -53,13 +60,32 @@ def listener_is_ours(port: int, child_pid: int) -> bool:
 
 
 async def wait_ready(
-    config: SidecarConfig, child_pid: int, on_stranger: Callable[[], None] | None = None
+    config: SidecarConfig,
+    child_pid: int,
+    on_stranger: Callable[[], None] | None = None,
+    *,
+    listen_inode: int | None = None,
 ) -> None:
-    """Return once the sidecar is ready; the caller bounds the wait (ready.timeout)."""
+    """Return once the sidecar is ready; the caller bounds the wait (ready.timeout).
+
+    `listen_inode`: the inherited socket the child got as fd 3 (socket.inherit).
+    """
     if config.ready.probe is ProbeKind.NONE or config.port is None:
         return
     port = config.port
     started = time.monotonic()
+    if listen_inode is not None:
+        pause = _pacer(started, config.ready.interval_s)
+        if config.ready.probe is ProbeKind.TCP:
+            probe = _AcceptProbe(config.host, port, child_pid, listen_inode, pause)
+            await probe.wait(on_stranger)
+            return
+        while not (
+            _tree_holds(listen_inode, port, _tree(child_pid))
+            and await _http_ok(config.host, port, config.ready.path)
+        ):
+            await pause()
+        return
     while True:
         if net.anyone_listening(port) is not False and await _connects(config.host, port):
             # A walk of /proc: in a worker thread, off the event loop.
@@ -71,3 +97,88 @@ async def wait_ready(
             elif on_stranger is not None:
                 on_stranger()
         await anyio.sleep(probe_delay_s(time.monotonic() - started, config.ready.interval_s))
+
+
+def _tree(child_pid: int) -> list[int]:
+    return [child_pid, *procs.descendant_pids(child_pid)]
+
+
+def _tree_holds(listen_inode: int, port: int, tree: list[int]) -> bool:
+    """The child's tree holds the inherited socket itself (read from its own fds)."""
+    held = net.pids_holding(listen_inode, tree)
+    if held is None:  # no /proc: ask each process for its listeners on the port
+        held = net.pids_listening(port, tree)
+    return bool(held)
+
+
+Pacer = Callable[[], Awaitable[None]]
+
+
+def _pacer(started: float, interval_s: float) -> Pacer:
+    def pause() -> Awaitable[None]:
+        return anyio.sleep(probe_delay_s(time.monotonic() - started, interval_s))
+
+    return pause
+
+
+def _answered(sock: socket.socket) -> bool:
+    """Did the server side do anything with our connection (send, close, reset)?
+
+    Nothing does, while it waits in the backlog: only a process that accepted it can.
+    """
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # reset
+    return True  # data, or end of stream
+
+
+class _AcceptProbe:
+    """The tcp probe of an inherited socket: one connection, kept open until the child's tree
+    accepts it (then one of its processes holds the server side of that very connection).
+
+    A server that accepted it and closed it at once can no longer be asked who it was: that
+    counts when the child's tree holds the listening socket (the daemon, its only other holder,
+    never accepts).
+    """
+
+    def __init__(
+        self, host: str, port: int, child_pid: int, listen_inode: int, pause: Pacer
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.child_pid = child_pid
+        self.listen_inode = listen_inode
+        self.pause = pause
+
+    async def wait(self, on_stranger: Callable[[], None] | None) -> None:
+        while True:
+            try:
+                with anyio.fail_after(CONNECT_TIMEOUT_S):
+                    stream = await anyio.connect_tcp(self.host, self.port)
+            except (OSError, TimeoutError):
+                await self.pause()
+                continue
+            async with stream:
+                if await self._accepted(stream):
+                    return
+            if on_stranger is not None:
+                on_stranger()  # another process took this connection: try a new one
+            await self.pause()
+
+    async def _accepted(self, stream: anyio.abc.SocketStream) -> bool:
+        """True once the child's tree accepted `stream`'s connection; False if another did."""
+        peer_port = stream.extra(SocketAttribute.local_port)
+        raw = stream.extra(SocketAttribute.raw_socket)
+        # A duplicate to peek through (the event loop's own wrapper offers no recv).
+        with socket.fromfd(raw.fileno(), raw.family, raw.type) as peek:
+            while True:
+                tree = _tree(self.child_pid)
+                accepted = net.accepted_by(self.port, peer_port, tree)
+                if accepted is None and _answered(peek):
+                    accepted = _tree_holds(self.listen_inode, self.port, tree)
+                if accepted is not None:
+                    return accepted
+                await self.pause()

@@ -235,6 +235,24 @@ def tcp_listeners_of(port: int, pids: Iterable[int]) -> list[ListenEntry]:
     return found
 
 
+def tcp_connection_pids(port: int, peer_port: int, pids: Iterable[int]) -> set[int]:
+    """Which of `pids` hold the TCP connection from `peer_port` to their local `port`."""
+    found = set()
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            getter = getattr(proc, "net_connections", None) or proc.connections  # psutil < 6
+            conns = getter(kind="tcp")
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            continue
+        for conn in conns:
+            if not (conn.laddr and conn.raddr):
+                continue
+            if (conn.laddr.port, conn.raddr.port) == (port, peer_port):
+                found.add(pid)
+    return found
+
+
 def parent_pid(pid: int) -> int | None:
     """The ppid of `pid` (None if it is gone), reading /proc directly on Linux."""
     if sys.platform == "linux":

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from supervisor.inherit import Sockets
 from supervisor.ledger import Ledger
 from supervisor.statedir import StateDir
 
@@ -29,3 +30,4 @@ class Runtime:
     consent_lock: anyio.Lock = field(default_factory=anyio.Lock)
     # Session id -> sidecar name for every current child (the classifier's rule 0).
     current_sessions: Callable[[], Mapping[int, str]] = dict
+    sockets: Sockets = field(default_factory=Sockets)  # socket.inherit: outlive every attempt

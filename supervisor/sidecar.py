@@ -11,7 +11,7 @@ import time
 import anyio
 from structlog.typing import FilteringBoundLogger
 
-from supervisor import children, exitwatch, logs, net, proctime, status
+from supervisor import children, exitwatch, inherit, logs, net, proctime, status
 from supervisor.attempt import Attempt, read_recorded_pid
 from supervisor.config import SidecarConfig
 from supervisor.lifecycle import Event, State, decide_after_exit, next_state
@@ -132,8 +132,19 @@ class Sidecar:
                 self.log.error("sidecar_start_failed", reason=outcome.reason)
                 self._transition(Event.GIVE_UP, reason=outcome.reason)
                 return
+            listen: inherit.ListenSocket | None = None
+            if self.config.socket.inherit and self.config.port is not None:
+                try:
+                    listen = await self.rt.sockets.acquire(
+                        self.name, self.config.host, self.config.port
+                    )
+                except inherit.BindError as exc:
+                    if not await self._bind_failed(exc):
+                        return
+                    interactive = False
+                    continue
             self.attempt = Attempt(
-                self.config, self.rt, host=self, log=self.log, chores=self._chores
+                self.config, self.rt, host=self, log=self.log, chores=self._chores, listen=listen
             )
             try:
                 exit_info = await self.attempt.run(attempt=self.attempts, interactive=interactive)
@@ -173,6 +184,23 @@ class Sidecar:
                     self._transition(Event.FINISH, reason=self.reason)
                     return
 
+    async def _bind_failed(self, exc: inherit.BindError) -> bool:
+        """The inherited socket could not be bound. True: retry (waited a poll for the port to be
+        free); False: the sidecar failed (the address itself is unusable)."""
+        if not exc.in_use:
+            self.log.error("sidecar_start_failed", reason=str(exc))
+            self._transition(Event.GIVE_UP, reason=str(exc))
+            return False
+        # The preflight found no listener, yet the port is taken: a race, reclaim disabled, or a
+        # socket bound without listen(). Poll like any wait, without a process scan.
+        self.log.warning("socket_bind_failed", address=exc.address, error=exc.reason)
+        self._transition(Event.WAIT, reason=str(exc))
+        self.log.info(
+            "sidecar_waiting", port=self.config.port, holder_pid=None, verdict=None, reason=str(exc)
+        )
+        await anyio.sleep(WAIT_POLL_S)
+        return True
+
     async def _preflight(self, interactive: bool) -> Outcome:
         ctx = Context(
             our_pid=self.rt.our_pid,
@@ -183,6 +211,7 @@ class Sidecar:
             should_run=lambda: self._scope is not None and not self._scope.cancel_called,
             current_sessions=self.rt.current_sessions,
             ledger=self.rt.ledger,
+            own_inodes=self.rt.sockets.inodes,
         )
         return await preflight(self.config, interactive=interactive, ctx=ctx, log=self.log)
 

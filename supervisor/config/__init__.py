@@ -18,6 +18,7 @@ from supervisor.config.schema import (
     RestartConfig,
     RestartPolicy,
     SidecarConfig,
+    SocketConfig,
     StopConfig,
 )
 
@@ -38,6 +39,7 @@ __all__ = [
     "RestartConfig",
     "RestartPolicy",
     "SidecarConfig",
+    "SocketConfig",
     "StopConfig",
     "load",
     "parse",

@@ -25,6 +25,7 @@ from supervisor.config.schema import (
     RestartConfig,
     RestartPolicy,
     SidecarConfig,
+    SocketConfig,
     StopConfig,
 )
 from supervisor.errors import ConfigError
@@ -159,6 +160,12 @@ def _sidecar(table: Table, base_dir: Path | None) -> SidecarConfig:
     if reclaim.consent is ConsentMode.COMMAND and not reclaim.consent_command:
         problems.add(reclaim_t.path("consent_command"), 'is required when consent = "command"')
     reclaim_t.finish()
+
+    socket_t = table.sub("socket")
+    socket = SocketConfig(inherit=socket_t.boolean("inherit", False))
+    if socket.inherit and port is None and "port" not in table.raw:
+        problems.add(socket_t.path("inherit"), "needs a port; set port or inherit = false")
+    socket_t.finish()
     table.finish()
     return SidecarConfig(
         name=name,
@@ -172,6 +179,7 @@ def _sidecar(table: Table, base_dir: Path | None) -> SidecarConfig:
         restart=restart,
         stop=stop,
         reclaim=reclaim,
+        socket=socket,
     )
 
 

@@ -95,6 +95,11 @@ class ReclaimConfig:
 
 
 @dataclass(frozen=True)
+class SocketConfig:
+    inherit: bool = False  # the daemon binds host:port and hands it to every spawn as fd 3
+
+
+@dataclass(frozen=True)
 class SidecarConfig:
     name: str
     command: tuple[str, ...]
@@ -107,6 +112,7 @@ class SidecarConfig:
     restart: RestartConfig = RestartConfig()
     stop: StopConfig = StopConfig()
     reclaim: ReclaimConfig = ReclaimConfig()
+    socket: SocketConfig = SocketConfig()
 
     @property
     def reconciles(self) -> bool:

@@ -7,15 +7,17 @@ from supervisor.net.lookup import (
     find_listeners,
     find_listeners_async,
 )
-from supervisor.net.owners import map_inodes, pids_listening
+from supervisor.net.owners import accepted_by, map_inodes, pids_holding, pids_listening
 
 __all__ = [
     "Listener",
     "LookupFailed",
+    "accepted_by",
     "anyone_listening",
     "find_listeners",
     "find_listeners_async",
     "format_address",
     "map_inodes",
+    "pids_holding",
     "pids_listening",
 ]

@@ -90,3 +90,34 @@ def pids_listening(port: int, pids: Iterable[int]) -> set[int]:
                 return set()
             return {pid for pid in wanted if _held(pid, links)}
     return {entry.pid for entry in procs.tcp_listeners_of(port, wanted) if entry.pid is not None}
+
+
+def pids_holding(inode: int, pids: Iterable[int]) -> set[int] | None:
+    """Which of `pids` hold the socket `inode` in one of their fds; None where /proc cannot tell.
+
+    With an inherited socket the daemon holds the listener too: "the listener is our child's"
+    must be read from the child's own fds, never from whichever holder is found first.
+    """
+    if sys.platform != "linux":
+        return None
+    links = _socket_links([inode])
+    return {pid for pid in dict.fromkeys(pids) if _held(pid, links)}
+
+
+def accepted_by(port: int, peer_port: int, pids: Iterable[int]) -> bool | None:
+    """Has one of `pids` accepted the connection from our `peer_port` to `port`?
+
+    True: one of them holds it; False: another process holds it; None: no process holds it (it
+    waits in the backlog, or the server closed it already).
+    """
+    wanted = list(dict.fromkeys(pids))
+    if sys.platform == "linux":
+        try:
+            inode = netlink.connection_inode(port, peer_port)
+        except OSError:
+            pass
+        else:
+            if not inode:
+                return None
+            return bool(pids_holding(inode, wanted))
+    return True if procs.tcp_connection_pids(port, peer_port, wanted) else None

@@ -57,9 +57,10 @@ def _user_name(uid: int | None) -> str | None:
 
 def diagnose(port: int, marker: str | None) -> list[Diagnosis]:
     from supervisor import procs
-    from supervisor.reconcile.classify import classify
+    from supervisor.reconcile.classify import Verdict, classify
     from supervisor.reconcile.evidence import gather
     from supervisor.reconcile.holders import find_holders
+    from supervisor.tags import is_supervisor_daemon
 
     # This CLI process is no daemon: no tag can name it with its create time, so SELF never
     # comes out, and no PID file is consulted.
@@ -73,6 +74,10 @@ def diagnose(port: int, marker: str | None) -> list[Diagnosis]:
         name = evidence.sidecar_tag or ""
         result = classify(evidence, name=name, marker=marker or "", our_uid=os.getuid())
         facts = holder.facts
+        reason = result.reason
+        if result.verdict is Verdict.FOREIGN and facts and is_supervisor_daemon(facts.cmdline):
+            # socket.inherit: the daemon itself holds its sidecar's port; never reclaimed.
+            reason += "; it is a supervisor daemon, holding the port for a sidecar (socket.inherit)"
         found.append(
             Diagnosis(
                 pid=holder.pid,
@@ -83,7 +88,7 @@ def diagnose(port: int, marker: str | None) -> list[Diagnosis]:
                 create_time=facts.create_time if facts is not None else None,
                 addresses=holder.addresses,
                 verdict=result.verdict.value,
-                reason=result.reason,
+                reason=reason,
             )
         )
     return found

@@ -57,6 +57,8 @@ class Context:
     # Session id -> sidecar name, for the current children of this daemon (rule 0).
     current_sessions: Callable[[], Mapping[int, str]] = dict
     ledger: Ledger | None = None  # this state dir's spawn ledger (every generation)
+    # The daemon's own inherited sockets (socket.inherit): never a holder to reclaim.
+    own_inodes: Callable[[], frozenset[int]] = frozenset
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,11 @@ def _judge(
     sessions: Mapping[int, str],
 ) -> list[Judged]:
     """Every holder of the port with its verdict (blocking: /proc reads; run in a thread)."""
-    found = holders.find_holders(port, listeners)
+    found = [
+        holder
+        for holder in holders.find_holders(port, listeners)
+        if holder.pid != ctx.our_pid  # the daemon holds its inherited socket: never a holder
+    ]
     spawns = ctx.ledger.entries() if ctx.ledger is not None and found else []
     judged = []
     for holder in found:
@@ -119,9 +125,12 @@ async def _attempt(
     log: FilteringBoundLogger,
 ) -> Outcome | None:
     """One pass; None means "something changed under us, run again"."""
+    # What waiting compares against is every listener, the daemon's own included.
     listeners = await net.find_listeners_async(port)
-    if not listeners:
-        log.info("reconcile_port_free", port=port)
+    own = ctx.own_inodes()
+    if not any(lst.inode not in own for lst in listeners):
+        inherited = {"inherited": True} if listeners else {}  # only ours listens
+        log.info("reconcile_port_free", port=port, **inherited)
         return Outcome(Action.LAUNCH)
     recorded_pid = ctx.recorded_pid()
     sessions = dict(ctx.current_sessions())  # taken on the loop, where the sidecars live

@@ -341,6 +341,23 @@ BAD_CONFIGS = [
         "line 4",
     ),
     bad("not-utf8", b'[[sidecar]]\nname = "\xff"\n', "is not UTF-8 text"),
+    # [sidecar.socket]
+    bad(
+        "socket-inherit-without-port",
+        SIDECAR + "[sidecar.socket]\ninherit = true\n",
+        "sidecar[0].socket.inherit: needs a port; set port or inherit = false",
+    ),
+    bad(
+        "socket-inherit-string",
+        PORTED + '[sidecar.socket]\ninherit = "yes"\n',
+        'sidecar[0].socket.inherit: must be true or false, got "yes"',
+    ),
+    bad(
+        "socket-unknown-key",
+        PORTED + "[sidecar.socket]\nbacklog = 10\n",
+        "sidecar[0].socket.backlog: unknown key",
+    ),
+    bad("socket-not-table", PORTED + "socket = true\n", "sidecar[0].socket: must be a table"),
 ]
 
 
@@ -557,6 +574,8 @@ def test_every_default_of_the_spec_is_applied_with_a_port() -> None:
     assert reclaim.consent_command == ()
     assert reclaim.consent_timeout_s == 60.0
 
+    assert sidecar.socket.inherit is False
+
 
 def test_without_port_probe_defaults_to_none_and_nothing_reconciles() -> None:
     (sidecar,) = parse_text(SIDECAR).sidecars
@@ -581,7 +600,26 @@ def test_example_config_documents_the_shipped_defaults() -> None:
     assert documented.restart == default.restart
     assert documented.stop == default.stop
     assert documented.reclaim == default.reclaim
+    assert documented.socket == default.socket
     assert documented.host == default.host
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "",
+        "[sidecar.reclaim]\nenabled = false\n",
+        '[sidecar.ready]\nprobe = "none"\n',
+        '[sidecar.ready]\nprobe = "http"\npath = "/health"\n',
+    ],
+    ids=["tcp-probe", "reclaim-disabled", "probe-none", "probe-http"],
+)
+def test_socket_inherit_with_a_port_is_valid(extra: str) -> None:
+    (sidecar,) = parse_text(
+        PORTED + 'host = "::"\n' + extra + "[sidecar.socket]\ninherit = true\n"
+    ).sidecars
+    assert sidecar.socket.inherit is True
+    assert (sidecar.host, sidecar.port) == ("::", 47820)
 
 
 def test_base_delay_zero_is_valid() -> None:
