@@ -232,9 +232,9 @@ class Sidecar:
 async def wait_for_port(port: int, outcome: Outcome, log: FilteringBoundLogger) -> None:
     """Poll the port cheaply (no process scan) until it is free or its holder changes.
 
-    When the holder's pid is known, its exit also wakes us at once (a pidfd), so the sidecar
-    starts as soon as the port is released rather than at the next poll. A lookup that fails
-    is not "free": the wait goes on.
+    When the holder's pid is known, its exit ends the wait at once (a pidfd): the sidecar starts
+    as soon as the port is released rather than at the next poll, and a co-holder left on the
+    socket is judged afresh. A lookup that fails is not "free": the wait goes on.
     """
     holder_exit = _exit_handle(outcome.holder_pid)
     polls = 0
@@ -243,10 +243,10 @@ async def wait_for_port(port: int, outcome: Outcome, log: FilteringBoundLogger) 
             with anyio.move_on_after(WAIT_POLL_S):
                 if holder_exit is not None:
                     await holder_exit.wait()
-                    holder_exit.close()  # it fired; later polls just sleep
-                    holder_exit = None
-                    if await _port_free(port):
-                        return  # the port went with its holder: no need to wait
+                    # The holder we waited for is gone. The port is free, or still held by a
+                    # co-holder of its socket (fork, SCM_RIGHTS) - the same socket, so the
+                    # listeners look unchanged: the preflight looks at who holds it now.
+                    return
                 await anyio.sleep(WAIT_POLL_S)
             polls += 1
             try:
@@ -260,10 +260,3 @@ async def wait_for_port(port: int, outcome: Outcome, log: FilteringBoundLogger) 
     finally:
         if holder_exit is not None:
             holder_exit.close()
-
-
-async def _port_free(port: int) -> bool:
-    try:
-        return not await net.find_listeners_async(port)
-    except net.LookupFailed:
-        return False
