@@ -364,6 +364,14 @@ class Holder:
         self.stop()
 
 
+def gone_owner_tag() -> str:
+    """A SUPERVISOR_OWNER value naming a daemon that is gone (a real process that has exited)."""
+    proc = subprocess.Popen(["true"])
+    created = psutil.Process(proc.pid).create_time()
+    proc.wait(10)
+    return f"{proc.pid}:{created}"
+
+
 def _leads_group(pid: int) -> bool:
     try:
         return os.getpgid(pid) == pid
@@ -454,6 +462,8 @@ class SharedHolder:
         coholder_env: Mapping[str, str] | None = None,
         coholder_own_session: bool = False,
     ) -> None:
+        self.coholder_pid = 0
+        self.create_times: dict[int, float] = {}
         clean = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR_")}
         session = "own-session" if coholder_own_session else "leader-group"
         self.proc = subprocess.Popen(
@@ -488,6 +498,8 @@ class SharedHolder:
 
     def stop_coholder(self) -> None:
         """SIGKILL the co-holder (the leader, its parent, reaps it at once)."""
+        if not self.coholder_pid:
+            return
         with contextlib.suppress(psutil.Error):
             proc = psutil.Process(self.coholder_pid)
             if proc.create_time() == self.create_times[self.coholder_pid]:
@@ -495,11 +507,13 @@ class SharedHolder:
         wait_until(lambda: pid_gone(self.coholder_pid), 10.0, "the co-holder gone")
 
     def stop(self) -> None:
+        """Both at once (one group, unless the co-holder has its own session): a daemon waiting
+        on the port must not see the leader alone and reclaim it."""
         if self.proc.poll() is None:
-            with contextlib.suppress(AssertionError):
-                self.stop_coholder()
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(AssertionError):
+            self.stop_coholder()
         self.proc.wait(10)
         if self.proc.stdout:
             self.proc.stdout.close()

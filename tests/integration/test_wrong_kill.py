@@ -36,6 +36,7 @@ from tests.support import (
     _readline,
     demo_sidecar,
     free_port,
+    gone_owner_tag,
     pid_gone,
     render_config,
     wait_until,
@@ -485,14 +486,6 @@ def test_supervisor_pid_with_a_create_time_that_does_not_match_is_not_signalled(
 
 
 # -- 6. a listening socket shared by several processes ---------------------------------------
-
-
-def gone_owner_tag() -> str:
-    """SUPERVISOR_OWNER naming a daemon that is gone (a real process that has exited)."""
-    proc = subprocess.Popen(["true"])
-    created = psutil.Process(proc.pid).create_time()
-    proc.wait(10)
-    return f"{proc.pid}:{created}"
 
 
 def tagged_env(name: str) -> dict[str, str]:
