@@ -283,9 +283,9 @@ class Sidecar:
 async def wait_for_port(port: int, outcome: Outcome, log: FilteringBoundLogger) -> None:
     """Poll the port cheaply (no process scan) until it is free or its holder changes.
 
-    When the holder's pid is known, its exit also wakes us at once (a pidfd), so the sidecar
-    starts as soon as the port is released rather than at the next poll. A lookup that fails
-    is not "free": the wait goes on.
+    When the holder's pid is known, its exit ends the wait at once (a pidfd): the sidecar starts
+    as soon as the port is released rather than at the next poll, and a co-holder left on the
+    socket is judged afresh. A lookup that fails is not "free": the wait goes on.
     """
     owner = outcome.owner
     if owner is not None and not proctime.is_alive(owner.pid, owner.create_time):
@@ -297,20 +297,15 @@ async def wait_for_port(port: int, outcome: Outcome, log: FilteringBoundLogger) 
     try:
         while True:
             with anyio.move_on_after(WAIT_POLL_S):
-                if owner_exit is not None and owner_exit.ready():
-                    # The live holder's supervisor is gone: it is an orphan now; the preflight
-                    # runs again (non-interactive) and reclaims it.
-                    log.info("sidecar_wait_owner_exited", port=port, owner_pid=owner_exit.pid)
-                    return
                 if holder_exit is not None or owner_exit is not None:
                     await _first_exit(holder_exit, owner_exit)
                     if owner_exit is not None and owner_exit.ready():
-                        continue
-                    if holder_exit is not None:
-                        holder_exit.close()  # it fired; later polls just sleep
-                        holder_exit = None
-                    if await _port_free(port):
-                        return  # the port went with its holder: no need to wait
+                        # The live holder's supervisor is gone: the holder is an orphan now.
+                        log.info("sidecar_wait_owner_exited", port=port, owner_pid=owner_exit.pid)
+                    # Else the holder we waited for is gone: the port is free, or still held by
+                    # a co-holder of its socket (fork, SCM_RIGHTS) - the same socket, so the
+                    # listeners look unchanged. Either way the preflight looks again, now.
+                    return
                 await anyio.sleep(WAIT_POLL_S)
             polls += 1
             try:
@@ -350,10 +345,3 @@ async def _first_exit(*handles: exitwatch.ExitHandle | None) -> None:
         for handle in handles:
             if handle is not None:
                 race.start_soon(wait, handle)
-
-
-async def _port_free(port: int) -> bool:
-    try:
-        return not await net.find_listeners_async(port)
-    except net.LookupFailed:
-        return False

@@ -364,6 +364,14 @@ class Holder:
         self.stop()
 
 
+def gone_owner_tag() -> str:
+    """A SUPERVISOR_OWNER value naming a daemon that is gone (a real process that has exited)."""
+    proc = subprocess.Popen(["true"])
+    created = psutil.Process(proc.pid).create_time()
+    proc.wait(10)
+    return f"{proc.pid}:{created}"
+
+
 def _leads_group(pid: int) -> bool:
     try:
         return os.getpgid(pid) == pid
@@ -416,3 +424,102 @@ def running(daemon: Daemon) -> Iterator[Daemon]:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+SHARED_SCRIPT = textwrap.dedent(
+    """
+    import json, os, socket, subprocess, sys, time
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", int(sys.argv[1])))
+    sock.listen(16)
+    # Fork after listen: the co-holder execs another program but keeps the listening socket.
+    coholder = subprocess.Popen(
+        [sys.executable, "-c", "import time\\nwhile True: time.sleep(60)", "coholder"],
+        pass_fds=[sock.fileno()],
+        env=json.loads(sys.argv[2]),
+        start_new_session=sys.argv[3] == "own-session",
+        stdin=subprocess.DEVNULL,
+    )
+    print("listening", os.getpid(), coholder.pid, flush=True)
+    coholder.wait()
+    while True:
+        time.sleep(60)
+    """
+)
+
+
+class SharedHolder:
+    """A process of ours listening on a port whose socket a second process shares (fork after
+    listen). `env` is the leader's environment on top of ours (minus SUPERVISOR_*), and
+    `coholder_env` the co-holder's (default: none of SUPERVISOR_*: a foreign program)."""
+
+    def __init__(
+        self,
+        port: int,
+        *,
+        env: Mapping[str, str] | None = None,
+        coholder_env: Mapping[str, str] | None = None,
+        coholder_own_session: bool = False,
+    ) -> None:
+        self.coholder_pid = 0
+        self.create_times: dict[int, float] = {}
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR_")}
+        session = "own-session" if coholder_own_session else "leader-group"
+        self.proc = subprocess.Popen(
+            [PYTHON, "-c", SHARED_SCRIPT, str(port), json.dumps({**clean, **(coholder_env or {})}),
+             session],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env={**clean, **(env or {})},
+            start_new_session=True,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        line = _readline(self.proc.stdout, 10.0)
+        if not line.startswith(b"listening"):
+            self.stop()
+            raise RuntimeError(f"shared holder failed to listen on {port}: {line!r}")
+        self.pid = int(line.split()[1])
+        self.coholder_pid = int(line.split()[2])
+        self.create_times = {
+            pid: psutil.Process(pid).create_time() for pid in (self.pid, self.coholder_pid)
+        }
+
+    def untouched(self) -> bool:
+        """Both processes still run, the same ones (pid and create time)."""
+        for pid, created in self.create_times.items():
+            try:
+                proc = psutil.Process(pid)
+                if proc.create_time() != created or proc.status() == psutil.STATUS_ZOMBIE:
+                    return False
+            except psutil.Error:
+                return False
+        return self.proc.poll() is None
+
+    def stop_coholder(self) -> None:
+        """SIGKILL the co-holder (the leader, its parent, reaps it at once)."""
+        if not self.coholder_pid:
+            return
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(self.coholder_pid)
+            if proc.create_time() == self.create_times[self.coholder_pid]:
+                proc.kill()
+        wait_until(lambda: pid_gone(self.coholder_pid), 10.0, "the co-holder gone")
+
+    def stop(self) -> None:
+        """Both at once (one group, unless the co-holder has its own session): a daemon waiting
+        on the port must not see the leader alone and reclaim it."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(AssertionError):
+            self.stop_coholder()
+        self.proc.wait(10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+    def __enter__(self) -> SharedHolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -89,9 +89,19 @@ class _Target:
                 os.kill(self.pid, sig)
 
     def _send_to_members(self, sig: int) -> None:
-        """The group, one verified process at a time (no pidfd group signals here)."""
+        """The group, one verified process at a time (no pidfd group signals here).
+
+        Listed first, the leader checked after: a leader that has not exited by then held its
+        pid (the group id) through the whole listing, so everything listed is in *its* group.
+        Once it has exited it may have been reaped (it is not our child) and its number taken
+        by a stranger that called setsid(): then the "group" is the stranger's, and nothing is
+        sent.
+        """
+        members = procs.group_members(self.pid)
+        if self.exited():
+            return
         self._send_to_leader(sig)
-        for pid in procs.group_members(self.pid):
+        for pid in members:
             if pid == self.pid:
                 continue
             created = procs.create_time(pid)

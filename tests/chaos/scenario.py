@@ -1,8 +1,9 @@
 """A seeded, randomized fault-injection scenario against a real daemon, and its invariants.
 
 The driver injects one fault per step (SIGKILL of a sidecar, a grandchild or the daemon itself,
-SIGSTOP/SIGCONT, ports grabbed by foreign and live holders, SIGHUP with valid and invalid
-configs, SIGUSR1 storms, SIGTERM during startup), then waits until the daemon settles - by
+SIGSTOP/SIGCONT, ports grabbed by foreign and live holders and by a tagged orphan sharing its
+socket with a foreign co-holder, SIGHUP with valid and invalid configs (among them two sidecars
+on one port), SIGUSR1 storms, SIGTERM during startup), then waits until the daemon settles - by
 SIGUSR2 handshakes, never by sleeping - and checks the invariants listed in docs/reliability.md.
 Every step is written to an event log that is printed with the seed when anything fails.
 """
@@ -13,6 +14,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import threading
@@ -28,8 +30,10 @@ from tests.support import (
     Daemon,
     Holder,
     LogTimeout,
+    SharedHolder,
     demo_sidecar,
     free_port,
+    gone_owner_tag,
     render_config,
     wait_until,
 )
@@ -57,12 +61,24 @@ class InvariantViolation(AssertionError):
 
 @dataclass
 class Grab:
-    """A port of one sidecar held by a process the scenario started (foreign or live)."""
+    """A port of one sidecar held by processes the scenario started (foreign, live, shared)."""
 
-    holder: Holder
+    holder: Holder | SharedHolder
     sidecar: str
-    kind: str  # "foreign" | "live"
+    kind: str  # "foreign" | "live" | "shared" (a tagged orphan and a foreign co-holder)
     release_at_step: int
+
+    @property
+    def waits_on(self) -> int:
+        """The pid a waiting sidecar names: the foreign co-holder of a shared socket."""
+        if isinstance(self.holder, SharedHolder):
+            return self.holder.coholder_pid
+        return self.holder.pid
+
+    def expected_verdicts(self) -> dict[int, str]:
+        if isinstance(self.holder, SharedHolder):
+            return {self.holder.pid: "orphan", self.holder.coholder_pid: "foreign"}
+        return {self.holder.pid: self.kind}
 
 
 @dataclass
@@ -92,9 +108,11 @@ class Stats:
     stops: int = 0
     foreign_grabs: int = 0
     live_grabs: int = 0
+    shared_grabs: int = 0
     grabs_lost: int = 0
     reloads_valid: int = 0
     reloads_invalid: int = 0
+    reloads_duplicate_port: int = 0
     usr1_storms: int = 0
     usr1_sent: int = 0
     invariant_checks: int = 0
@@ -383,11 +401,18 @@ class Scenario:
     def grab(self, name: str) -> None:
         if name in self.grabs:
             return
-        kind = self.rng.choice(["foreign", "live"])
+        kind = self.rng.choice(["foreign", "live", "shared"])
         port = self.ports[name]
         flags = ("-", f"--port {port}") if kind == "live" else ()
+        holder: Holder | SharedHolder
         try:
-            holder = Holder(port, "127.0.0.1", *flags)
+            if kind == "shared":
+                # Reclaimable alone (tagged, its daemon gone), but its socket is shared with a
+                # foreign program: nobody may be killed, the sidecar waits.
+                env = {"SUPERVISOR_SIDECAR": name, "SUPERVISOR_OWNER": gone_owner_tag()}
+                holder = SharedHolder(port, env=env)
+            else:
+                holder = Holder(port, "127.0.0.1", *flags)
         except RuntimeError:
             self.stats.grabs_lost += 1
             self.note(f"  {kind} holder lost the race for {name}'s port {port}")
@@ -398,9 +423,14 @@ class Scenario:
         self.all_holders.append(grab)
         if kind == "live":
             self.stats.live_grabs += 1
+        elif kind == "shared":
+            self.stats.shared_grabs += 1
         else:
             self.stats.foreign_grabs += 1
-        self.note(f"  {kind} holder pid {holder.pid} holds {name}'s port {port}")
+        self.note(
+            f"  {kind} holder pid {holder.pid} (waited on: {grab.waits_on}) "
+            f"holds {name}'s port {port}"
+        )
 
     def release(self, name: str) -> None:
         grab = self.grabs.pop(name)
@@ -423,15 +453,27 @@ class Scenario:
         self.note(f"  SIGHUP valid: present {sorted(self.present)}, generations {self.generation}")
         daemon.wait_for("config_reloaded", count=before + 1, timeout=SETTLE_TIMEOUT_S)
 
+    def duplicate_port_config(self) -> str:
+        """The running config with a second sidecar moved onto the first one's port."""
+        entries = self.entries()
+        entries[-1]["port"] = entries[0]["port"]
+        return render_config(entries, {"shutdown_timeout": 15.0})
+
     def reload_invalid(self) -> None:
         inc = self.require_incarnation()
         before_doc = self.handshake(inc)
         before = len(inc.daemon.find("config_invalid"))
-        self.config.write_text(self.rng.choice(INVALID_CONFIGS))
+        # Every other invalid reload (the first one included) puts two sidecars on one port.
+        duplicate = self.stats.reloads_invalid % 2 == 0
+        text = self.duplicate_port_config() if duplicate else self.rng.choice(INVALID_CONFIGS)
+        self.config.write_text(text)
         inc.daemon.signal(signal.SIGHUP)
         self.stats.reloads_invalid += 1
-        self.note("  SIGHUP with an invalid config")
-        inc.daemon.wait_for("config_invalid", count=before + 1, timeout=HANDSHAKE_TIMEOUT_S)
+        self.stats.reloads_duplicate_port += duplicate
+        self.note(f"  SIGHUP with an invalid config{' (duplicate port)' if duplicate else ''}")
+        event = inc.daemon.wait_for("config_invalid", count=before + 1, timeout=HANDSHAKE_TIMEOUT_S)
+        if duplicate and "is already used by sidecar" not in json.dumps(event):
+            self.fail(f"a duplicate port was rejected for another reason: {event}")
         after_doc = self.handshake(inc)
         self.write_config()
         if _ready_pids(before_doc) != _ready_pids(after_doc):
@@ -525,7 +567,7 @@ class Scenario:
             if record["state"] != self.expected_state(name):
                 return False
             grab = self.grabs.get(name)
-            if grab is not None and str(grab.holder.pid) not in str(record["reason"]):
+            if grab is not None and not re.search(rf"pid {grab.waits_on}\b", str(record["reason"])):
                 return False
         return True
 
@@ -705,15 +747,21 @@ class Scenario:
             self.fail(f"daemon RSS grew {base[1] / 2**20:.1f} -> {rss / 2**20:.1f} MiB")
 
     def check_holders(self) -> None:
-        """1. no foreign or live holder was ever signalled, and each was classified as such."""
+        """1. no process outside a sidecar's own current child tree is ever signalled: no
+        foreign, live or shared-socket holder (both processes), and each was classified as
+        such (a shared socket: the tagged leader an orphan, its co-holder foreign)."""
         daemon = self.current.daemon if self.current else None
         for grab in self.grabs.values():
             if not grab.holder.untouched():
                 self.fail(f"{grab.kind} holder pid {grab.holder.pid} ({grab.sidecar}) signalled")
-            found = daemon.find("reconcile_holder_found", pid=grab.holder.pid) if daemon else []
-            verdicts = {event["verdict"] for event in found}
-            if verdicts - {grab.kind}:
-                self.fail(f"{grab.kind} holder pid {grab.holder.pid} classified {verdicts}")
+            for pid, expected in grab.expected_verdicts().items():
+                found = daemon.find("reconcile_holder_found", pid=pid) if daemon else []
+                verdicts = {event["verdict"] for event in found}
+                if verdicts - {expected}:
+                    self.fail(f"{grab.kind} holder pid {pid} classified {verdicts}")
+            if daemon is not None and grab.kind == "shared":
+                for event in daemon.find("orphan_killed", pid=grab.holder.pid):
+                    self.fail(f"the tagged co-holder pid {grab.holder.pid} was killed: {event}")
 
     def check_sampler(self) -> None:
         if self._sampler_violations:

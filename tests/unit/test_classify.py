@@ -30,6 +30,38 @@ BASE = Evidence(
 )
 
 CASES: list[tuple[str, Evidence, Verdict]] = [
+    # Rule 0: a current child of this daemon (or in its session) is never an orphan, whatever
+    # else the facts say: another sidecar's ready child carries this very daemon's owner tag.
+    (
+        "rule 0: another sidecar's child tagged with this daemon",
+        replace(BASE, owner_state=OwnerState.SELF, current_sidecar="other"),
+        Verdict.LIVE,
+    ),
+    (
+        "rule 0: this sidecar's own current child",
+        replace(BASE, owner_state=OwnerState.SELF, current_sidecar=NAME),
+        Verdict.LIVE,
+    ),
+    (
+        "rule 0: owner gone and ppid 1",
+        replace(BASE, owner_state=OwnerState.GONE, ppid=1, current_sidecar="other"),
+        Verdict.LIVE,
+    ),
+    (
+        "rule 0: no tag, ppid 1",
+        replace(BASE, sidecar_tag=None, ppid=1, current_sidecar="other"),
+        Verdict.LIVE,
+    ),
+    (
+        "rule 0: neither marker nor tag (a session member that rewrote its argv)",
+        replace(BASE, command="nginx: worker", sidecar_tag=None, current_sidecar="other"),
+        Verdict.LIVE,
+    ),
+    (
+        "rule 0: with a pid file match",
+        replace(BASE, owner_state=OwnerState.SELF, pidfile_match=True, current_sidecar="other"),
+        Verdict.LIVE,
+    ),
     # Rule 1: another uid, or no pid.
     ("other uid", replace(BASE, uid=0, owner_state=OwnerState.GONE), Verdict.FOREIGN),
     ("unknown uid", replace(BASE, uid=None, owner_state=OwnerState.GONE), Verdict.FOREIGN),
@@ -83,6 +115,34 @@ def test_classify_truth_table(evidence: Evidence, expected: Verdict) -> None:
     result = classify(evidence, name=NAME, marker=MARKER, our_uid=UID)
     assert result.verdict is expected
     assert result.reason
+
+
+@pytest.mark.parametrize(
+    "evidence",
+    [e for label, e, _ in CASES if label.startswith("rule 0")],
+    ids=[label for label, _, _ in CASES if label.startswith("rule 0")],
+)
+def test_rule_0_reports_the_sidecar_and_says_why(evidence: Evidence) -> None:
+    result = classify(evidence, name=NAME, marker=MARKER, our_uid=UID)
+    assert result.current_sidecar == evidence.current_sidecar
+    assert repr(evidence.current_sidecar) in result.reason
+    assert "this very daemon" in result.reason
+
+
+def test_without_rule_0_no_verdict_carries_a_current_sidecar() -> None:
+    for _, evidence, _ in CASES:
+        if evidence.current_sidecar is None:
+            result = classify(evidence, name=NAME, marker=MARKER, our_uid=UID)
+            assert result.current_sidecar is None
+
+
+def test_rule_0_is_what_keeps_a_current_child_from_being_an_orphan() -> None:
+    # The incident: sidecar b's preflight found sidecar a's ready child (same port), read an owner
+    # tag naming this very daemon and killed it as an orphan, 22 times in 6 s.
+    incident = replace(BASE, owner_state=OwnerState.SELF)
+    assert classify(incident, name=NAME, marker=MARKER, our_uid=UID).verdict is Verdict.ORPHAN
+    guarded = replace(incident, current_sidecar="a")
+    assert classify(guarded, name=NAME, marker=MARKER, our_uid=UID).verdict is Verdict.LIVE
 
 
 def test_empty_marker_matches_no_command() -> None:

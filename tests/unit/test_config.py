@@ -107,6 +107,18 @@ BAD_CONFIGS = [
         SIDECAR + SIDECAR,
         'sidecar[1].name: duplicate name "agent" (also sidecar[0])',
     ),
+    bad(
+        "port-duplicate",
+        PORTED + '[[sidecar]]\nname = "other"\ncommand = ["x"]\nport = 47820\n',
+        'sidecar[1].port: 47820 is already used by sidecar "agent"',
+    ),
+    bad(
+        "port-duplicate-third-names-the-first",
+        PORTED
+        + '[[sidecar]]\nname = "b"\ncommand = ["x"]\nport = 47821\n'
+        + '[[sidecar]]\nname = "c"\ncommand = ["x"]\nport = 47820\n',
+        'sidecar[2].port: 47820 is already used by sidecar "agent"',
+    ),
     bad("command-missing", '[[sidecar]]\nname = "a"\n', "sidecar[0].command: is required"),
     bad(
         "command-empty",
@@ -404,6 +416,7 @@ SUBPROCESS_IDS = [
     "invalid-toml-line-3",
     "port-string",
     "reclaim-consent-command-missing",
+    "port-duplicate",
 ]
 
 
