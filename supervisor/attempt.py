@@ -143,7 +143,7 @@ class Attempt:
                     await self._stop_child(child)
                 await recorded.wait()
                 chores = self.chores
-                if chores is not None and not chores.cancel_scope.cancel_called:
+                if chores is not None:
                     # Off the respawn path: the session scan may take a few ms.
                     chores.start_soon(self._forget_spawn, child)
                 else:

@@ -253,7 +253,10 @@ class Daemon:
         self.log.info("daemon_stopped", pid=self.pid)
 
     async def _start_all(self) -> None:
-        await sweep.sweep(
+        # What earlier daemons left holding no port is reclaimed alongside the first launches:
+        # it is in nobody's way, and a leftover that ignores SIGTERM must not hold them up.
+        self._group().start_soon(
+            sweep.sweep,
             self.runtime.ledger,
             self.previous,
             {s.name: s for s in self.cfg.sidecars},

@@ -95,6 +95,8 @@ class Sidecar:
 
     async def stop(self) -> None:
         """Stop gracefully (idempotent); returns once the child and its group are gone."""
+        if self.attempt is not None:
+            self.attempt.chores = None  # its bookkeeping now happens before it returns
         if self._scope is not None:
             self._scope.cancel()
         await self._finished.wait()
