@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from supervisor import config, exitwatch, logs, notify, paths, procs, signals, status
+from supervisor import config, exitwatch, logs, notify, paths, procs, registry, signals, status
 from supervisor.config import Config, LogFormat, LogLevel, SidecarConfig
+from supervisor.control.actions import SidecarActions
+from supervisor.control.events import EventHub
+from supervisor.control.server import ControlServer
 from supervisor.errors import StateDirError, SupervisorError
 from supervisor.notify import Notifier
 from supervisor.reconcile import sweep
@@ -83,6 +87,17 @@ def _run(cfg: Config, config_path: Path, state: StateDir, args: RunOptions) -> N
         state.remove(PID_NAME)
 
 
+def _exclusive(method: Callable[[Daemon], Awaitable[None]]) -> Callable[[Daemon], Awaitable[None]]:
+    """Reload, restart-all and the control socket's actions take turns (Daemon.ops_lock)."""
+
+    @functools.wraps(method)
+    async def exclusive(self: Daemon) -> None:
+        async with self.ops_lock:
+            await method(self)
+
+    return exclusive
+
+
 class Daemon:
     def __init__(
         self,
@@ -114,6 +129,9 @@ class Daemon:
         self._tg: anyio.abc.TaskGroup | None = None
         self._last_summary = ""
         self.status = StatusWriter(state, self.status_document, self.log)
+        self.ops_lock = anyio.Lock()  # one change of the sidecar set at a time (_exclusive)
+        self.events = EventHub()
+        self.control = self._control_server()
         stdin_tty = False
         with contextlib.suppress(OSError, ValueError, AttributeError):
             stdin_tty = os.isatty(0)
@@ -139,10 +157,14 @@ class Daemon:
     # -- status --------------------------------------------------------------------------------
 
     def status_document(self) -> dict[str, object]:
-        return status.document(self.pid_record(), [s.record() for s in self.sidecars.values()])
+        return status.document(
+            {**self.pid_record(), "state_dir": str(self.state.path)},
+            [s.record() for s in self.sidecars.values()],
+        )
 
-    def _sidecar_changed(self, _sidecar: Sidecar) -> None:
+    def _sidecar_changed(self, sidecar: Sidecar) -> None:
         self.status.changed()
+        self.events.sidecar_changed(sidecar)
         if self.notifier.enabled:
             line = status.summary_line([s.record() for s in self.sidecars.values()])
             if line != self._last_summary:
@@ -163,6 +185,38 @@ class Daemon:
             self.sidecars[cfg.name] = sidecar
         await self._group().start(_run_sidecar, sidecar, interactive)
         return sidecar
+
+    # -- the control socket (control/) ---------------------------------------------------------
+
+    def _control_server(self) -> ControlServer:
+        actions = SidecarActions(
+            sidecars=lambda: self.sidecars,
+            document=self.status_document,
+            launch=lambda sidecar: self._group().start(_run_sidecar, sidecar, True),
+            lock=self.ops_lock,
+            stopping=lambda: self.shutting_down,
+        )
+        return ControlServer(
+            self.state,
+            actions,
+            self.events,
+            self.log,
+            on_listening=self._register,
+            on_closed=lambda: registry.unregister(self.state.path, self.pid),
+        )
+
+    def _register(self) -> None:
+        """In the per-user registry, so that commands find us without --state-dir."""
+        try:
+            registry.register(
+                self.state.path,
+                self.pid,
+                self.create_time,
+                str(self.config_path),
+                status.iso_utc(self.started_at),
+            )
+        except registry.RegistryError as exc:
+            self.log.warning("registry_unavailable", path=str(exc.path), error=exc.reason)
 
     async def _stop_all(self, sidecars: list[Sidecar]) -> None:
         async with anyio.create_task_group() as tg:
@@ -193,6 +247,7 @@ class Daemon:
                     )
                 for cfg in self.cfg.sidecars:
                     await self._start(cfg, interactive=True)
+                await tg.start(self.control.serve)
                 await self.status.write_now()
                 self.notifier.ready()
                 if self.exit_with_parent:
@@ -226,6 +281,7 @@ class Daemon:
     async def _shutdown(self, reason: str, commands: MemoryObjectReceiveStream[int]) -> None:
         self.shutting_down = True
         self.log.info("daemon_stopping", reason=reason)
+        self.events.daemon_event("daemon_stopping", reason=reason)
         self.notifier.stopping()
         sidecars = list(self.sidecars.values())
         async with anyio.create_task_group() as tg:
@@ -263,6 +319,7 @@ class Daemon:
         doc = await self.status.write_now()
         self.log.info("status_dumped", status=doc)
 
+    @_exclusive
     async def _reload(self) -> None:
         self.notifier.reloading()
         try:
@@ -308,6 +365,7 @@ class Daemon:
                 detail="the state dir cannot change while the daemon runs; restart it",
             )
 
+    @_exclusive
     async def _restart_all(self) -> None:
         sidecars = list(self.sidecars.values())
         await self._stop_all(sidecars)

@@ -1,4 +1,4 @@
-"""Process identity (pid + create time) without importing psutil on Linux.
+"""Process identity (pid + create time, what it runs) without importing psutil on Linux.
 
 `supervisor status` must start fast, and psutil alone costs ~30 ms to import. The formula is
 psutil's own (boot time + start ticks / CLK_TCK), so both give the very same float.
@@ -52,3 +52,33 @@ def is_alive(pid: int, created: float) -> bool:
         return False
     started = int(fields[19]) / os.sysconf("SC_CLK_TCK") + boot
     return same_create_time(started, created)
+
+
+def _is_supervisor_run(argv: list[str]) -> bool:
+    """`.../supervisor run ...` or `python [opts] -m supervisor run ...` (never supervisord)."""
+    for i, arg in enumerate(argv[:-1]):
+        if os.path.basename(arg) == "supervisor" or arg == "-msupervisor":
+            return argv[i + 1] == "run"
+    return False
+
+
+def is_supervisor_run(pid: int) -> bool:
+    """True if `pid` is a `supervisor run` of our (effective) uid."""
+    if sys.platform != "linux":
+        from supervisor import procs
+
+        facts = procs.facts(pid, with_environ=False)
+        return (
+            facts is not None
+            and facts.uid == os.getuid()
+            and _is_supervisor_run(list(facts.cmdline))
+        )
+    try:
+        if os.stat(f"/proc/{pid}").st_uid != os.geteuid():
+            return False
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            raw = cmdline.read()
+    except OSError:
+        return False
+    argv = [os.fsdecode(part) for part in raw.split(b"\0") if part]
+    return _is_supervisor_run(argv)

@@ -1,12 +1,37 @@
-"""Controlling a running daemon: finding it, reading its status, signalling it."""
+"""Controlling a running daemon: finding it, signalling it, and its control socket.
+
+`client` is what commands use (light: no anyio, no psutil on Linux); `server`, `actions` and
+`events` run inside the daemon; `protocol` is the pure message format between them.
+"""
 
 from supervisor.control.client import (
+    REPLY_TIMEOUT_S,
+    Connection,
     RunningDaemon,
+    discover,
     find_daemon,
     read_status,
     resolve_state_dir,
+    running,
     send,
     stop,
+    the_daemon,
+    wait_ready,
 )
+from supervisor.control.protocol import Command
 
-__all__ = ["RunningDaemon", "find_daemon", "read_status", "resolve_state_dir", "send", "stop"]
+__all__ = [
+    "REPLY_TIMEOUT_S",
+    "Command",
+    "Connection",
+    "RunningDaemon",
+    "discover",
+    "find_daemon",
+    "read_status",
+    "resolve_state_dir",
+    "running",
+    "send",
+    "stop",
+    "the_daemon",
+    "wait_ready",
+]

@@ -1,0 +1,91 @@
+"""The event hub: every sidecar state change, encoded once, handed to each subscriber.
+
+Publishing never waits: a subscriber's `deliver` only queues (and drops its own connection
+when its queue is full), so a client that stops reading cannot slow supervision down.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from supervisor.control import protocol
+
+
+class Observed(Protocol):
+    """What the hub reads of a sidecar (supervisor.sidecar.Sidecar)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def record(self) -> dict[str, object]: ...
+
+    def details(self) -> protocol.Details: ...
+
+
+class Subscriber(Protocol):
+    @property
+    def names(self) -> frozenset[str] | None:
+        """The sidecars it follows; None for all of them."""
+
+    def deliver(self, data: bytes) -> None:
+        """Queue one encoded event; never blocks."""
+
+
+class EventHub:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._subscribers: dict[int, Subscriber] = {}
+        self._seen: dict[str, tuple[object, object]] = {}  # name -> (state, pid) last published
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers[id(subscriber)] = subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.pop(id(subscriber), None)
+
+    def sidecar_changed(self, sidecar: Observed) -> None:
+        """Called on every change the daemon hears of; publishes state (and pid) changes."""
+        record = sidecar.record()
+        state, pid = record.get("state"), record.get("pid")
+        previous = self._seen.get(sidecar.name)
+        self._seen[sidecar.name] = (state, pid)
+        if previous is not None and previous[0] == state:
+            if state != "starting" or pid is None or previous[1] == pid:
+                return  # nothing a client follows changed (e.g. the attempt count was reset)
+            kind = "spawned"
+        else:
+            kind = str(state)
+        if not self._subscribers:
+            return
+        event = protocol.sidecar_event(kind, record, sidecar.details(), self._clock())
+        self._publish(sidecar.name, protocol.encode(event))
+
+    def daemon_event(self, kind: str, **fields: object) -> None:
+        if self._subscribers:
+            self._publish(
+                None, protocol.encode(protocol.daemon_event(kind, self._clock(), **fields))
+            )
+
+    def _publish(self, name: str | None, data: bytes) -> None:
+        # A copy: delivering may drop a subscriber, which unsubscribes it.
+        for subscriber in list(self._subscribers.values()):
+            names = subscriber.names
+            if name is None or names is None or name in names:
+                subscriber.deliver(data)
+
+
+def status_of(doc: Mapping[str, object], names: frozenset[str] | None) -> dict[str, object]:
+    """The status document, with only `names`' sidecars when given."""
+    sidecars = doc.get("sidecars")
+    if names is None or not isinstance(sidecars, list):
+        return dict(doc)
+    return {
+        **doc,
+        "sidecars": [s for s in sidecars if isinstance(s, Mapping) and s.get("name") in names],
+    }

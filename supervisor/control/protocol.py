@@ -1,0 +1,230 @@
+"""The control protocol (pure): JSON lines on `control.sock`, requests, replies, events.
+
+A request is one line `{"id": ..., "cmd": ..., "names": [...]}`; its reply echoes the id with
+`"ok": true, "result": ...` or `"ok": false, "error": {"code", "message"}`. After `subscribe`
+the connection also carries events `{"event": ..., "sidecar": ..., ...}` (no `id`). See
+docs/control.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+PROTOCOL_VERSION = 1
+MAX_REQUEST_BYTES = 64 * 1024  # one request line, newline excluded
+MAX_NAMES = 1024
+OUTPUT_LINES = 20  # recent child output lines carried by `failed` and `exited` events
+OUTPUT_LINE_CAP = 1024  # characters kept of each of those lines
+
+RequestId = str | int | float | None
+
+
+class Command(StrEnum):
+    STATUS = "status"
+    START = "start"
+    STOP = "stop"
+    RESTART = "restart"
+    SUBSCRIBE = "subscribe"
+
+
+# Commands that act on sidecars: names are required (the CLI's `stop`/`restart` without names
+# signal the daemon instead, and never reach the socket).
+ACTIONS = frozenset({Command.START, Command.STOP, Command.RESTART})
+
+
+class ErrorCode(StrEnum):
+    BAD_REQUEST = "bad_request"  # not JSON, not an object, a field of the wrong type or unknown
+    TOO_LARGE = "too_large"  # the line exceeds MAX_REQUEST_BYTES
+    UNKNOWN_COMMAND = "unknown_command"
+    UNKNOWN_SIDECAR = "unknown_sidecar"  # nothing was done
+    SHUTTING_DOWN = "shutting_down"  # the daemon is stopping: no launches any more
+    BUSY = "busy"  # too many connections; retry later
+    FORBIDDEN = "forbidden"  # the peer is not of our uid
+    INTERNAL = "internal"  # a bug in the daemon (logged); nothing is known to have changed
+
+
+class ProtocolError(Exception):
+    """A request that gets an error reply instead of a result."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        request_id: RequestId = None,
+        **extra: object,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.extra = extra  # more fields of the error object (unknown_sidecar: names, known)
+
+    def reply(self, request_id: RequestId = None) -> dict[str, object]:
+        """The error reply, to `request_id` (default: the id the failed parse could read)."""
+        return error_reply(
+            self.request_id if request_id is None else request_id,
+            self.code,
+            self.message,
+            **self.extra,
+        )
+
+
+@dataclass(frozen=True)
+class Request:
+    id: RequestId
+    cmd: Command
+    names: tuple[str, ...]
+
+
+_KEYS = frozenset({"id", "cmd", "names"})
+
+
+def parse_request(line: bytes) -> Request:
+    """One request line (without its newline); ProtocolError if it is not a valid request."""
+    if len(line) > MAX_REQUEST_BYTES:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"a request line is at most {MAX_REQUEST_BYTES}")
+    try:
+        doc = json.loads(line)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "not a JSON object") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "not a JSON object")
+    request_id = doc.get("id")
+    if isinstance(request_id, bool) or not isinstance(request_id, str | int | float | None):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "id: must be a string, a number or null")
+    unknown = sorted(str(key) for key in doc.keys() - _KEYS)
+    if unknown:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f"unknown key {unknown[0]!r} (known: cmd, id, names)", request_id
+        )
+    cmd = doc.get("cmd")
+    if not isinstance(cmd, str):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "cmd: must be a string", request_id)
+    try:
+        command = Command(cmd)
+    except ValueError:
+        known = ", ".join(c.value for c in Command)
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_COMMAND, f"unknown cmd {cmd[:64]!r} (known: {known})", request_id
+        ) from None
+    names = doc.get("names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "names: must be a list of strings", request_id)
+    if len(names) > MAX_NAMES:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"names: at most {MAX_NAMES}", request_id)
+    if command in ACTIONS and not names:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f"{command}: names must list at least one sidecar", request_id
+        )
+    return Request(id=request_id, cmd=command, names=tuple(dict.fromkeys(names)))
+
+
+def request(request_id: RequestId, cmd: Command, names: Sequence[str] = ()) -> dict[str, object]:
+    doc: dict[str, object] = {"id": request_id, "cmd": cmd.value}
+    if names:
+        doc["names"] = list(names)
+    return doc
+
+
+def ok_reply(request_id: RequestId, result: object) -> dict[str, object]:
+    return {"id": request_id, "ok": True, "result": result}
+
+
+def error_reply(
+    request_id: RequestId, code: ErrorCode, message: str, **extra: object
+) -> dict[str, object]:
+    error: dict[str, object] = {"code": code.value, "message": message, **extra}
+    return {"id": request_id, "ok": False, "error": error}
+
+
+def encode(message: Mapping[str, object]) -> bytes:
+    """One line of compact JSON (non-ASCII escaped, so a line is pure ASCII)."""
+    return json.dumps(message, separators=(",", ":"), default=str).encode() + b"\n"
+
+
+def unknown_names(names: Sequence[str], known: Sequence[str]) -> ProtocolError | None:
+    """The error for names that are not configured (None when every name is known)."""
+    missing = [n for n in names if n not in known]
+    if not missing:
+        return None
+    listed = ", ".join(repr(n[:64]) for n in missing[:10])
+    configured = ", ".join(known) if known else "none"
+    return ProtocolError(
+        ErrorCode.UNKNOWN_SIDECAR,
+        f"no sidecar named {listed} (configured: {configured}); nothing was done",
+        names=missing,
+        known=list(known),
+    )
+
+
+# -- events -----------------------------------------------------------------------------------
+
+
+def iso_utc_ms(epoch_s: float) -> str:
+    """ISO 8601 UTC to the millisecond: 2026-01-01T00:00:00.000Z (a backoff is often < 1 s)."""
+    stamp = dt.datetime.fromtimestamp(epoch_s, dt.UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
+@dataclass(frozen=True)
+class Details:
+    """What a sidecar knows beyond its status record, for the event of its current state."""
+
+    holder_pid: int | None = None  # waiting: who holds the port
+    verdict: str | None = None  # waiting: foreign / live / ...
+    attempt: int = 0  # backoff: the restart number about to happen
+    max_attempts: int = 0
+    delay_s: float | None = None  # backoff: how long until the next attempt
+    next_attempt_at: float | None = None  # backoff: epoch seconds of the next attempt
+    output: tuple[str, ...] = ()  # the latest lines of the child's output, oldest first
+
+
+def sidecar_event(
+    kind: str, record: Mapping[str, object], details: Details, now_s: float
+) -> dict[str, object]:
+    """The event for a sidecar that has just entered state `kind` (or `spawned` a child)."""
+    event: dict[str, object] = {
+        "event": kind,
+        "sidecar": record.get("name"),
+        "state": record.get("state"),
+        "pid": record.get("pid"),
+        "at": iso_utc_ms(now_s),
+    }
+    match kind:
+        case "ready":
+            event["url"] = record.get("url")
+        case "waiting":
+            event.update(
+                port=record.get("port"),
+                holder_pid=details.holder_pid,
+                verdict=details.verdict,
+                reason=record.get("reason"),
+            )
+        case "backoff":
+            event.update(
+                attempt=details.attempt,
+                max_attempts=details.max_attempts,
+                delay_s=details.delay_s,
+                next_attempt_at=(
+                    iso_utc_ms(details.next_attempt_at)
+                    if details.next_attempt_at is not None
+                    else None
+                ),
+                reason=record.get("reason"),
+                last_exit=record.get("last_exit"),
+            )
+        case "failed" | "exited":
+            event.update(
+                reason=record.get("reason"),
+                last_exit=record.get("last_exit"),
+                output=list(details.output),
+            )
+    return event
+
+
+def daemon_event(kind: str, now_s: float, **fields: object) -> dict[str, object]:
+    return {"event": kind, "sidecar": None, "at": iso_utc_ms(now_s), **fields}
