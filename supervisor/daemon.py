@@ -215,8 +215,8 @@ class Daemon:
                 str(self.config_path),
                 status.iso_utc(self.started_at),
             )
-        except registry.RegistryError as exc:
-            self.log.warning("registry_unavailable", path=str(exc.path), error=exc.reason)
+        except SupervisorError as exc:  # findable only by its state dir then; nothing worse
+            self.log.warning("registry_unavailable", error=exc.message)
 
     async def _stop_all(self, sidecars: list[Sidecar]) -> None:
         async with anyio.create_task_group() as tg:

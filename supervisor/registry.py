@@ -12,6 +12,7 @@ parent that others cannot replace it in. It is held open and used through its fd
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
@@ -69,12 +70,18 @@ def _check_parent(folder: Path) -> None:
 def open_folder(*, create: bool) -> StateDir:
     """The registry folder, held open; FileNotFoundError if it does not exist (and not `create`)."""
     folder = paths.runtime_dir()
+    if create:
+        # A fallback like <tmp>/runtime-<uid> may not exist yet: ours, private, one level only.
+        with contextlib.suppress(OSError):  # if that fails, the checks below say why
+            os.mkdir(folder.parent, 0o700)
     try:
         if stat.S_ISLNK(os.lstat(folder).st_mode):
             raise RegistryError(folder, "it is a symbolic link")
     except FileNotFoundError:
         if not create:
             raise
+    except OSError as exc:
+        raise RegistryError(folder, exc.strerror or str(exc)) from None
     _check_parent(folder)
     try:
         return StateDir.open(folder, create=create)

@@ -154,9 +154,9 @@ class ControlServer:
             task_status.started()
             return
         try:
-            self.log.info("control_listening", path=path)
             if self._on_listening is not None:
                 await anyio.to_thread.run_sync(self._on_listening)  # an fsync: off the loop
+            self.log.info("control_listening", path=path)
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 task_status.started()
@@ -355,4 +355,9 @@ def _too_large() -> ProtocolError:
 def _refuse(sock: socket.socket, code: ErrorCode, message: str) -> None:
     with contextlib.suppress(OSError):
         sock.send(protocol.encode(protocol.error_reply(None, code, message)))
+        # What it already sent is read away: closing with unread data would reset the
+        # connection, and a client may see the reset before the reply.
+        for _ in range(16):
+            if not sock.recv(READ_CHUNK):
+                break
     sock.close()
