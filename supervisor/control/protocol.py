@@ -11,8 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 PROTOCOL_VERSION = 1
 MAX_REQUEST_BYTES = 64 * 1024  # one request line, newline excluded
@@ -73,8 +73,7 @@ class ProtocolError(Exception):
         )
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):  # NamedTuple, not a dataclass: `supervisor status` imports this
     id: RequestId
     cmd: Command
     names: tuple[str, ...]
@@ -170,8 +169,7 @@ def iso_utc_ms(epoch_s: float) -> str:
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
 
 
-@dataclass(frozen=True)
-class Details:
+class Details(NamedTuple):
     """What a sidecar knows beyond its status record, for the event of its current state."""
 
     holder_pid: int | None = None  # waiting: who holds the port
