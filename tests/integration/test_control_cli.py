@@ -415,25 +415,36 @@ def test_stale_and_foreign_registry_entries_are_ignored(tmp_path: Path) -> None:
     dead_entry.write_text(
         json.dumps({"pid": gone.pid, "create_time": gone_time, "state_dir": str(dead_state)})
     )
-    # ... and a live process that is not a supervisor (this very test), with a state dir whose
-    # supervisor.pid names it.
-    me = psutil.Process()
-    fake_state = tmp_path / "fake"
-    fake_state.mkdir(mode=0o700)
-    record = {"pid": me.pid, "create_time": me.create_time(), "state_dir": str(fake_state)}
-    (fake_state / "supervisor.pid").write_text(json.dumps(record))
-    fake_entry = folder / registry.entry_name(fake_state)
-    fake_entry.write_text(json.dumps(record))
-    (folder / "daemon-garbage.json").write_text("{not json")
+    # ... and a live process of ours that is not a supervisor, with a state dir whose
+    # supervisor.pid names it (pid and create time right): it must never be signalled.
+    sleeper = subprocess.Popen([PYTHON, "-c", "import time; time.sleep(120)"])
+    try:
+        sleeping = psutil.Process(sleeper.pid)
+        fake_state = tmp_path / "fake"
+        fake_state.mkdir(mode=0o700)
+        record = {
+            "pid": sleeper.pid,
+            "create_time": sleeping.create_time(),
+            "state_dir": str(fake_state),
+        }
+        (fake_state / "supervisor.pid").write_text(json.dumps(record))
+        fake_entry = folder / registry.entry_name(fake_state)
+        fake_entry.write_text(json.dumps(record))
+        (folder / "daemon-garbage.json").write_text("{not json")
 
-    result = cli("status", env=env)
-    assert result.returncode == 3, result.stdout
-    one_line(result.stderr)
-    assert not dead_entry.exists()  # provably stale: removed
-    assert fake_entry.exists()  # alive: not ours to remove, just not a daemon
-    for command in (["stop"], ["restart", "web"]):
-        assert cli(*command, env=env).returncode == 3
-    assert me.is_running()
+        result = cli("status", env=env)
+        assert result.returncode == 3, result.stdout
+        one_line(result.stderr)
+        assert not dead_entry.exists()  # provably stale: removed
+        assert fake_entry.exists()  # alive: not ours to remove, just not a daemon
+        for command in (["stop"], ["restart"], ["reload"], ["restart", "web"]):
+            assert cli(*command, env=env).returncode == 3, command
+            named = cli(*command, "--state-dir", str(fake_state), env=env)
+            assert named.returncode == 3, (command, named.stderr)
+        assert sleeping.is_running() and sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
     # With a real daemon beside them, it is the one found.
     state = tmp_path / "state"
