@@ -523,7 +523,10 @@ NOBODY_CLIENT = textwrap.dedent(
     import json, os, socket, sys
     sock = socket.socket(socket.AF_UNIX)
     sock.connect(sys.argv[1])
-    sock.sendall(b'{"id": 1, "cmd": "stop", "names": ["web"]}\\n')
+    try:
+        sock.sendall(b'{"id": 1, "cmd": "stop", "names": ["web"]}\\n')
+    except OSError:  # refused and closed already: the refusal is waiting to be read
+        pass
     data = b""
     while True:
         try:
