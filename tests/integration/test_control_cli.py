@@ -502,3 +502,49 @@ def test_without_xdg_runtime_dir_the_registry_falls_back_to_a_private_folder(
         assert json.loads(shown.stdout)["supervisor"]["pid"] == daemon.pid
         assert daemon.stop() == 0
     assert list(folder.glob("daemon-*.json")) == []
+
+
+def test_start_and_restart_of_one_sidecar_are_interactive_launches(tmp_path: Path) -> None:
+    """A live instance holds web's port: consent is asked at each per-sidecar start/restart
+    (through the daemon's consent command), never at its crash restarts or waiting."""
+    port, marker = free_port(), "live-instance-of-web"
+    flag, proof = tmp_path / "granted", tmp_path / "asked"
+    consent = ["sh", "-c", f'echo "$SUPERVISOR_HOLDER_PID" >> {proof}; test -e {flag}']
+    config = tmp_path / "supervisor.toml"
+    config.write_text(
+        render_config(
+            [
+                demo_sidecar(
+                    "web",
+                    port,
+                    marker=marker,
+                    reclaim={"consent": "command", "consent_command": consent},
+                ),
+                demo_sidecar("api", free_port()),
+            ]
+        )
+    )
+    state = tmp_path / "state"
+    sd = ("--state-dir", str(state))
+    with Holder(port, "127.0.0.1", "-", marker) as holder, Daemon(config, state) as daemon:
+        api = daemon.wait_for("sidecar_ready", sidecar="api")["pid"]
+        daemon.wait_for("consent_declined", pid=holder.pid)  # the boot launch asked
+        daemon.wait_for("sidecar_waiting", sidecar="web", verdict="live")
+        daemon.wait_for("control_listening")
+
+        assert cli("start", "web", *sd).returncode == 0  # waiting: relaunched, asked again
+        daemon.wait_for("consent_declined", pid=holder.pid, count=2)
+        daemon.wait_for("sidecar_waiting", sidecar="web", count=2)
+        assert holder.untouched()
+
+        flag.touch()
+        restarted = cli("restart", "web", *sd)
+        assert restarted.returncode == 0, restarted.stderr
+        daemon.wait_for("consent_granted", pid=holder.pid)
+        daemon.wait_for("live_holder_killed", pid=holder.pid)
+        ready = daemon.wait_for("sidecar_ready", sidecar="web")
+        assert not holder.alive()
+        assert proof.read_text().split() == [str(holder.pid)] * 3
+        assert all(e["interactive"] for e in daemon.find("sidecar_spawned", sidecar="web"))
+        assert current_pids(state) == {"web": ready["pid"], "api": api}
+        assert daemon.stop() == 0
