@@ -13,7 +13,7 @@ import errno
 import os
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Protocol
 
 import anyio
@@ -46,7 +46,11 @@ class Handler(Protocol):
 
 
 class Client:
-    """One connection: a bounded outbox drained by its writer task."""
+    """One connection and its bounded outbox.
+
+    Data is sent at once when the socket takes it (the usual case: no task, no loop turn); only
+    what the socket does not take waits in the outbox, for a writer task that exists only then.
+    """
 
     def __init__(self, sock: socket.socket, pid: int | None) -> None:
         self.sock = sock
@@ -54,9 +58,10 @@ class Client:
         self.names: frozenset[str] | None = None
         self.scope = anyio.CancelScope()
         self.dropped: str | None = None
+        self.spawn: Callable[[Callable[[], Coroutine[object, object, None]]], object] | None = None
         self._queue: deque[bytes] = deque()
         self._queued = 0
-        self._wake = anyio.Event()
+        self._writing = False
         self._emptied = anyio.Event()
         self._sent = 0  # of the head of the queue
 
@@ -64,18 +69,28 @@ class Client:
         self.deliver(protocol.encode(message))
 
     def deliver(self, data: bytes) -> None:
-        if self.dropped is not None:
+        if self.dropped is not None or self.scope.cancel_called:
             return
         if self._queued + len(data) > OUTBOX_BYTES:
             self.drop("it is not reading: its outgoing queue is full")
             return
         self._queue.append(data)
         self._queued += len(data)
-        self._wake.set()
+        if self._writing:
+            return  # the writer sends it once the socket takes more
+        if not self._send_some():
+            self.scope.cancel()  # it went away
+        elif self._queue and self.spawn is not None:
+            self._writing = True
+            self.spawn(self._write)
 
     def drop(self, reason: str) -> None:
         self.dropped = reason
         self.scope.cancel()
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue
 
     async def drained(self) -> None:
         """Return once everything queued so far was sent."""
@@ -83,16 +98,16 @@ class Client:
             self._emptied = anyio.Event()
             await self._emptied.wait()
 
-    async def write(self) -> None:
-        """Send queued data until the peer goes away."""
-        while True:
-            while not self._queue:
-                self._wake = anyio.Event()
-                await self._wake.wait()
-            if not self._send_some():
-                return
-            if self._queue:
+    async def _write(self) -> None:
+        """Send the rest of the outbox as the socket takes it."""
+        try:
+            while self._queue:
                 await anyio.wait_writable(self.sock)
+                if not self._send_some():
+                    self.scope.cancel()
+                    return
+        finally:
+            self._writing = False
 
     def _send_some(self) -> bool:
         """Send what the socket takes now; False once the peer is gone."""
@@ -172,11 +187,17 @@ class ControlServer:
     # -- connections ---------------------------------------------------------------------------
 
     async def _accept(self, listener: socket.socket, tg: anyio.abc.TaskGroup) -> None:
+        ready = False  # the backlog may hold more: accept until it is empty, then wait
         while True:
-            await anyio.wait_readable(listener)
+            if not ready:
+                await anyio.wait_readable(listener)
+            ready = True
             try:
                 sock, _ = listener.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            except (BlockingIOError, InterruptedError):
+                ready = False
+                continue
+            except ConnectionAbortedError:
                 continue
             except OSError as exc:
                 if not self._accept_failing:  # once per streak: a shortage lasts
@@ -184,6 +205,7 @@ class ControlServer:
                 self._accept_failing = True
                 if exc.errno in _ACCEPT_SHORTAGE:
                     await anyio.sleep(ACCEPT_RETRY_S)
+                ready = False
                 continue
             self._accept_failing = False
             sock.setblocking(False)
@@ -191,6 +213,7 @@ class ControlServer:
             if client is not None:
                 self._clients.add(client)
                 tg.start_soon(self._run_client, client)
+            await anyio.lowlevel.checkpoint()  # a flood of connections shares the loop
 
     def _admit(self, sock: socket.socket) -> Client | None:
         """A Client for an accepted socket of our uid; otherwise an error line and close."""
@@ -215,19 +238,16 @@ class ControlServer:
         try:
             with client.scope:
                 async with anyio.create_task_group() as tg:
-
-                    async def write() -> None:
-                        await client.write()
-                        tg.cancel_scope.cancel()
-
-                    tg.start_soon(write)
+                    client.spawn = tg.start_soon
                     await self._read(client)
-                    # EOF: the client may have only shut down its writing side; it still gets
-                    # the replies queued for it (bounded: it may also never read them).
-                    with anyio.move_on_after(HALF_CLOSE_FLUSH_S):
-                        await client.drained()
+                    if not client.idle:
+                        # EOF: the client may have shut down only its writing side; it still
+                        # gets its replies (bounded: it may also never read them).
+                        with anyio.move_on_after(HALF_CLOSE_FLUSH_S):
+                            await client.drained()
                     tg.cancel_scope.cancel()
         finally:
+            client.spawn = None
             self.hub.unsubscribe(client)
             self._clients.discard(client)
             if client.dropped is not None:
@@ -267,7 +287,8 @@ class ControlServer:
                     continue
                 if line.strip():
                     await self._handle(client, line)
-                await anyio.lowlevel.checkpoint()  # a burst of requests shares the loop
+                if b"\n" in pending:
+                    await anyio.lowlevel.checkpoint()  # a burst of requests shares the loop
 
     # -- requests ------------------------------------------------------------------------------
 
