@@ -97,9 +97,8 @@ def _ask(
 
 def _cmd_status(args: argparse.Namespace) -> int:
     import json
-    import time
 
-    from supervisor import control, status
+    from supervisor import control
     from supervisor.errors import SeveralRunningError
 
     daemons = control.running(args.config, args.state_dir)
@@ -112,6 +111,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         _out(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))
     else:
+        import time
+
+        from supervisor import status
+
         now = time.time()
         _out("\n\n".join(status.render_table(doc, now) for doc in docs if isinstance(doc, dict)))
     return EXIT_OK

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -59,6 +58,8 @@ class StateDirError(SupervisorError):
 
 def command(*args: str | Path) -> str:
     """A command line the user can paste as printed (every argument shell-quoted)."""
+    import shlex  # errors are rare: quick commands need not import it
+
     return shlex.join(["supervisor", *(str(a) for a in args)])
 
 

@@ -15,7 +15,7 @@ from structlog.typing import FilteringBoundLogger
 from supervisor import children, exitwatch, logs, net, status
 from supervisor.attempt import Attempt, read_recorded_pid
 from supervisor.config import SidecarConfig
-from supervisor.control import protocol
+from supervisor.control import events
 from supervisor.lifecycle import Event, State, decide_after_exit, next_state
 from supervisor.reconcile.preflight import Action, Context, Outcome, preflight
 from supervisor.runtime import Runtime
@@ -48,7 +48,7 @@ class Sidecar:
         # the child's latest output lines.
         self.holder: tuple[int | None, str | None] = (None, None)
         self.next_attempt: tuple[float, float] | None = None  # (delay_s, due at epoch s)
-        self.recent_output: deque[str] = deque(maxlen=protocol.OUTPUT_LINES)
+        self.recent_output: deque[str] = deque(maxlen=events.OUTPUT_LINES)
         self._scope: anyio.CancelScope | None = None
         self._finished = anyio.Event()
         self._finished.set()
@@ -222,7 +222,7 @@ class Sidecar:
         self.last_exit = last_exit
 
     def output(self, line: str) -> None:
-        self.recent_output.append(line[: protocol.OUTPUT_LINE_CAP])
+        self.recent_output.append(line[: events.OUTPUT_LINE_CAP])
 
     def _settle_stopped(self) -> None:
         """After the supervision task ends: a cancelled sidecar rests in `stopped`."""
@@ -262,9 +262,9 @@ class Sidecar:
             "reason": self.reason,
         }
 
-    def details(self) -> protocol.Details:
+    def details(self) -> events.Details:
         """What the control API's event for the current state carries beyond `record()`."""
-        return protocol.Details(
+        return events.Details(
             holder_pid=self.holder[0],
             verdict=self.holder[1],
             attempt=self.attempts,

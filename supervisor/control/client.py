@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from supervisor import paths, proctime, registry
+from supervisor import paths, proctime
 from supervisor.control import protocol, unixsock
 from supervisor.control.protocol import Command, ErrorCode
 from supervisor.errors import (
@@ -94,6 +94,8 @@ def find_daemon(state_dir: Path, config_arg: str | None = None) -> RunningDaemon
 
 def discover() -> list[RunningDaemon]:
     """The running daemons of the per-user registry, verified; stale entries are removed."""
+    from supervisor import registry  # not needed when the state dir is named
+
     found = []
     for entry in registry.entries():
         if not proctime.is_alive(entry.pid, entry.create_time):

@@ -1,4 +1,5 @@
-"""The event hub: every sidecar state change, encoded once, handed to each subscriber.
+"""Events: what each one carries, and the hub that hands every sidecar state change, encoded
+once, to each subscriber.
 
 Publishing never waits: a subscriber's `deliver` only queues (and drops its own connection
 when its queue is full), so a client that stops reading cannot slow supervision down.
@@ -6,11 +7,80 @@ when its queue is full), so a client that stops reading cannot slow supervision 
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from supervisor.control import protocol
+
+OUTPUT_LINES = 20  # recent child output lines carried by `failed` and `exited` events
+OUTPUT_LINE_CAP = 1024  # characters kept of each of those lines
+
+
+def iso_utc_ms(epoch_s: float) -> str:
+    """ISO 8601 UTC to the millisecond: 2026-01-01T00:00:00.000Z (a backoff is often < 1 s)."""
+    stamp = dt.datetime.fromtimestamp(epoch_s, dt.UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
+class Details(NamedTuple):
+    """What a sidecar knows beyond its status record, for the event of its current state."""
+
+    holder_pid: int | None = None  # waiting: who holds the port
+    verdict: str | None = None  # waiting: foreign / live / ...
+    attempt: int = 0  # backoff: the restart number about to happen
+    max_attempts: int = 0
+    delay_s: float | None = None  # backoff: how long until the next attempt
+    next_attempt_at: float | None = None  # backoff: epoch seconds of the next attempt
+    output: tuple[str, ...] = ()  # the latest lines of the child's output, oldest first
+
+
+def sidecar_event(
+    kind: str, record: Mapping[str, object], details: Details, now_s: float
+) -> dict[str, object]:
+    """The event for a sidecar that has just entered state `kind` (or `spawned` a child)."""
+    event: dict[str, object] = {
+        "event": kind,
+        "sidecar": record.get("name"),
+        "state": record.get("state"),
+        "pid": record.get("pid"),
+        "at": iso_utc_ms(now_s),
+    }
+    match kind:
+        case "ready":
+            event["url"] = record.get("url")
+        case "waiting":
+            event.update(
+                port=record.get("port"),
+                holder_pid=details.holder_pid,
+                verdict=details.verdict,
+                reason=record.get("reason"),
+            )
+        case "backoff":
+            event.update(
+                attempt=details.attempt,
+                max_attempts=details.max_attempts,
+                delay_s=details.delay_s,
+                next_attempt_at=(
+                    iso_utc_ms(details.next_attempt_at)
+                    if details.next_attempt_at is not None
+                    else None
+                ),
+                reason=record.get("reason"),
+                last_exit=record.get("last_exit"),
+            )
+        case "failed" | "exited":
+            event.update(
+                reason=record.get("reason"),
+                last_exit=record.get("last_exit"),
+                output=list(details.output),
+            )
+    return event
+
+
+def daemon_event(kind: str, now_s: float, **fields: object) -> dict[str, object]:
+    return {"event": kind, "sidecar": None, "at": iso_utc_ms(now_s), **fields}
 
 
 class Observed(Protocol):
@@ -21,7 +91,7 @@ class Observed(Protocol):
 
     def record(self) -> dict[str, object]: ...
 
-    def details(self) -> protocol.Details: ...
+    def details(self) -> Details: ...
 
 
 class Subscriber(Protocol):
@@ -63,14 +133,12 @@ class EventHub:
             kind = str(state)
         if not self._subscribers:
             return
-        event = protocol.sidecar_event(kind, record, sidecar.details(), self._clock())
+        event = sidecar_event(kind, record, sidecar.details(), self._clock())
         self._publish(sidecar.name, protocol.encode(event))
 
     def daemon_event(self, kind: str, **fields: object) -> None:
         if self._subscribers:
-            self._publish(
-                None, protocol.encode(protocol.daemon_event(kind, self._clock(), **fields))
-            )
+            self._publish(None, protocol.encode(daemon_event(kind, self._clock(), **fields)))
 
     def _publish(self, name: str | None, data: bytes) -> None:
         # A copy: delivering may drop a subscriber, which unsubscribes it.

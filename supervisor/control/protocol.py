@@ -2,13 +2,12 @@
 
 A request is one line `{"id": ..., "cmd": ..., "names": [...]}`; its reply echoes the id with
 `"ok": true, "result": ...` or `"ok": false, "error": {"code", "message"}`. After `subscribe`
-the connection also carries events `{"event": ..., "sidecar": ..., ...}` (no `id`). See
-docs/control.md.
+the connection also carries events `{"event": ..., "sidecar": ..., ...}` (no `id`; built in
+events.py, which commands never import). See docs/control.md.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
@@ -17,8 +16,6 @@ from typing import NamedTuple
 PROTOCOL_VERSION = 1
 MAX_REQUEST_BYTES = 64 * 1024  # one request line, newline excluded
 MAX_NAMES = 1024
-OUTPUT_LINES = 20  # recent child output lines carried by `failed` and `exited` events
-OUTPUT_LINE_CAP = 1024  # characters kept of each of those lines
 
 RequestId = str | int | float | None
 
@@ -158,71 +155,3 @@ def unknown_names(names: Sequence[str], known: Sequence[str]) -> ProtocolError |
         names=missing,
         known=list(known),
     )
-
-
-# -- events -----------------------------------------------------------------------------------
-
-
-def iso_utc_ms(epoch_s: float) -> str:
-    """ISO 8601 UTC to the millisecond: 2026-01-01T00:00:00.000Z (a backoff is often < 1 s)."""
-    stamp = dt.datetime.fromtimestamp(epoch_s, dt.UTC)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
-
-
-class Details(NamedTuple):
-    """What a sidecar knows beyond its status record, for the event of its current state."""
-
-    holder_pid: int | None = None  # waiting: who holds the port
-    verdict: str | None = None  # waiting: foreign / live / ...
-    attempt: int = 0  # backoff: the restart number about to happen
-    max_attempts: int = 0
-    delay_s: float | None = None  # backoff: how long until the next attempt
-    next_attempt_at: float | None = None  # backoff: epoch seconds of the next attempt
-    output: tuple[str, ...] = ()  # the latest lines of the child's output, oldest first
-
-
-def sidecar_event(
-    kind: str, record: Mapping[str, object], details: Details, now_s: float
-) -> dict[str, object]:
-    """The event for a sidecar that has just entered state `kind` (or `spawned` a child)."""
-    event: dict[str, object] = {
-        "event": kind,
-        "sidecar": record.get("name"),
-        "state": record.get("state"),
-        "pid": record.get("pid"),
-        "at": iso_utc_ms(now_s),
-    }
-    match kind:
-        case "ready":
-            event["url"] = record.get("url")
-        case "waiting":
-            event.update(
-                port=record.get("port"),
-                holder_pid=details.holder_pid,
-                verdict=details.verdict,
-                reason=record.get("reason"),
-            )
-        case "backoff":
-            event.update(
-                attempt=details.attempt,
-                max_attempts=details.max_attempts,
-                delay_s=details.delay_s,
-                next_attempt_at=(
-                    iso_utc_ms(details.next_attempt_at)
-                    if details.next_attempt_at is not None
-                    else None
-                ),
-                reason=record.get("reason"),
-                last_exit=record.get("last_exit"),
-            )
-        case "failed" | "exited":
-            event.update(
-                reason=record.get("reason"),
-                last_exit=record.get("last_exit"),
-                output=list(details.output),
-            )
-    return event
-
-
-def daemon_event(kind: str, now_s: float, **fields: object) -> dict[str, object]:
-    return {"event": kind, "sidecar": None, "at": iso_utc_ms(now_s), **fields}

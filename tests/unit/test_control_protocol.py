@@ -117,7 +117,7 @@ RECORD = {
 def test_sidecar_events_carry_the_fields_of_their_kind(
     kind: str, fields: dict[str, object]
 ) -> None:
-    details = protocol.Details(
+    details = events.Details(
         holder_pid=99,
         verdict="foreign",
         attempt=2,
@@ -126,15 +126,15 @@ def test_sidecar_events_carry_the_fields_of_their_kind(
         next_attempt_at=1767225602.0,
         output=("one", "two"),
     )
-    event = protocol.sidecar_event(kind, RECORD, details, 1767225600.0)
+    event = events.sidecar_event(kind, RECORD, details, 1767225600.0)
     base = {"event": kind, "sidecar": "web", "state": "ready", "pid": 12}
     assert event == {**base, "at": "2026-01-01T00:00:00.000Z", **fields}
     assert json.loads(protocol.encode(event)) == event
 
 
 def test_iso_utc_ms() -> None:
-    assert protocol.iso_utc_ms(0.0) == "1970-01-01T00:00:00.000Z"
-    assert protocol.iso_utc_ms(1.2345) == "1970-01-01T00:00:01.234Z"
+    assert events.iso_utc_ms(0.0) == "1970-01-01T00:00:00.000Z"
+    assert events.iso_utc_ms(1.2345) == "1970-01-01T00:00:01.234Z"
 
 
 def sidecar(probe: ProbeKind, host: str = "127.0.0.1", port: int | None = 8080) -> SidecarConfig:
@@ -175,8 +175,8 @@ class FakeSidecar:
     def record(self) -> dict[str, object]:
         return {"name": self.name, "state": self.state, "pid": self.pid, "url": None}
 
-    def details(self) -> protocol.Details:
-        return protocol.Details()
+    def details(self) -> events.Details:
+        return events.Details()
 
 
 class Inbox:
