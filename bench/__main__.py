@@ -19,6 +19,7 @@ BENCHMARKS = {
     "scale": "bench.scale",
     "cli": "bench.cli",
     "handoff": "bench.handoff",
+    "control": "bench.control",
 }
 
 

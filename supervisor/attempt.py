@@ -53,6 +53,9 @@ class AttemptHost(Protocol):
 
     def ended(self, reason: str | None, last_exit: dict[str, object]) -> None: ...
 
+    def output(self, line: str) -> None:
+        """One line of the child's output (the latest are kept for the control API)."""
+
 
 class Attempt:
     def __init__(
@@ -214,7 +217,7 @@ class Attempt:
             self.log.error("pidfile_write_failed", path=str(self._pidfile_path), error=str(exc))
         elapsed_ms = round((time.monotonic() - spawned) * 1000, 1)
         self.host.ready(child)
-        self.log.info("sidecar_ready", pid=child.pid, elapsed_ms=elapsed_ms)
+        self.log.info("sidecar_ready", pid=child.pid, elapsed_ms=elapsed_ms, url=self.config.url)
 
     async def _hold_ready(self, child: children.Child) -> None:
         with anyio.move_on_after(self.config.restart.reset_after_s):
@@ -360,6 +363,7 @@ class Attempt:
             self.log.info("pidfile_removed", path=self._pidfile_path)
 
     def _output(self, stream: str, line: str, truncated: bool) -> None:
+        self.host.output(line)
         if truncated:
             self.output_log.info("child_output", stream=stream, line=line, truncated=True)
         else:

@@ -88,25 +88,84 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _running(args: argparse.Namespace) -> control.RunningDaemon:
+    """The one daemon this command addresses (exit 2 when the registry lists several)."""
     from supervisor import control
 
-    return control.find_daemon(control.resolve_state_dir(args.config, args.state_dir))
+    return control.the_daemon(args.config, args.state_dir)
+
+
+def _ask(
+    conn: control.Connection,
+    cmd: control.Command,
+    names: Sequence[str],
+    timeout_s: float | None,
+) -> object:
+    try:
+        return conn.request(cmd, names, timeout_s=timeout_s)
+    except TimeoutError:
+        from supervisor.errors import NoAnswerError
+
+        raise NoAnswerError(conn.daemon.state_dir, conn.daemon.pid, cmd, timeout_s or 0.0) from None
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
     import json
-    import time
 
-    from supervisor import control, status
+    from supervisor import control
+    from supervisor.errors import SeveralRunningError
 
-    doc = control.read_status(_running(args))
-    _out(json.dumps(doc, indent=2) if args.json else status.render_table(doc, time.time()))
+    daemons = control.running(args.config, args.state_dir)
+    if len(daemons) > 1 and args.names:
+        raise SeveralRunningError([d.state_dir for d in daemons])
+    docs = []
+    for daemon in daemons:
+        with control.Connection.open(daemon) as conn:
+            docs.append(_ask(conn, control.Command.STATUS, args.names, control.REPLY_TIMEOUT_S))
+    if args.json:
+        _out(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))
+    else:
+        import time
+
+        from supervisor import status
+
+        now = time.time()
+        _out("\n\n".join(status.render_table(doc, now) for doc in docs if isinstance(doc, dict)))
     return EXIT_OK
+
+
+def _act(args: argparse.Namespace, cmd: control.Command, timeout_s: float | None) -> int:
+    """start / stop / restart NAME...: one line per sidecar."""
+    from supervisor import control
+
+    with control.Connection.open(_running(args)) as conn:
+        results = _ask(conn, cmd, args.names, timeout_s)
+    for result in results if isinstance(results, list) else []:
+        if isinstance(result, dict):
+            pid = f", pid {result['pid']}" if isinstance(result.get("pid"), int) else ""
+            _out(
+                f"{result.get('name')}: {result.get('action')} "
+                f"(was {result.get('was')}, now {result.get('state')}{pid})"
+            )
+    return EXIT_OK
+
+
+def _cmd_start(args: argparse.Namespace) -> int:
+    from supervisor import control
+
+    return _act(args, control.Command.START, control.REPLY_TIMEOUT_S)
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
     from supervisor import control
 
+    if args.names:
+        from supervisor.errors import NoAnswerError, StillStoppingError
+
+        try:
+            # A stop answers once the sidecars are gone: that may take their stop.timeout.
+            return _act(args, control.Command.STOP, args.wait)
+        except NoAnswerError:
+            raise StillStoppingError(args.names, args.wait or 0.0) from None
     control.stop(_running(args), args.wait)
     return EXIT_OK
 
@@ -126,7 +185,44 @@ def _cmd_restart(args: argparse.Namespace) -> int:
 
     from supervisor import control
 
+    if args.names:
+        return _act(args, control.Command.RESTART, None)
     control.send(_running(args), signal.SIGUSR1)
+    return EXIT_OK
+
+
+def _cmd_wait(args: argparse.Namespace) -> int:
+    from supervisor import control
+    from supervisor.errors import command
+
+    daemon = _running(args)
+
+    def stopped(names: list[str]) -> None:
+        verb = "is" if len(names) == 1 else "are"
+        start = command("start", "--state-dir", daemon.state_dir, *names)
+        _fail(f'note: {", ".join(names)} {verb} stopped; waiting until started ("{start}")')
+
+    with control.Connection.open(daemon) as conn:
+        ready = control.wait_ready(conn, args.names, args.timeout, on_stopped=stopped)
+    for record in ready:
+        url = f" {record['url']}" if record.get("url") else ""
+        _out(f"{record.get('name')}: ready{url}")
+    return EXIT_OK
+
+
+def _cmd_events(args: argparse.Namespace) -> int:
+    import json
+
+    from supervisor import control, status
+
+    with control.Connection.open(_running(args)) as conn:
+        _ask(conn, control.Command.SUBSCRIBE, (), control.REPLY_TIMEOUT_S)
+        try:
+            for event in conn.events():
+                line = json.dumps(event) if args.json else status.render_event(event)
+                print(line, flush=True)  # a pipe (| grep) sees each event as it happens
+        except KeyboardInterrupt:
+            pass  # the normal way to stop following
     return EXIT_OK
 
 
@@ -286,17 +382,35 @@ def build_parser() -> argparse.ArgumentParser:
         "<user config dir>/supervisor.toml, where every command looks)",
     )
 
-    status = command("status", _cmd_status, "show the daemon and its sidecars")
-    status.add_argument("--json", action="store_true", help="print status.json")
-    config_opt(status)
-    state_opt(status)
+    def names_opt(p: argparse.ArgumentParser, what: str, *, required: bool = False) -> None:
+        p.add_argument("names", nargs="+" if required else "*", metavar="NAME", help=what)
 
-    stop = command("stop", _cmd_stop, "stop the running daemon (SIGTERM)")
+    def daemon_opts(p: argparse.ArgumentParser) -> None:
+        config_opt(p)
+        p.add_argument(
+            "--state-dir",
+            metavar="DIR",
+            help="the daemon's state dir (default: $SUPERVISOR_STATE_DIR, the state dir of -c, "
+            "the one running daemon, then the config's or the user state dir)",
+        )
+
+    status = command("status", _cmd_status, "show the daemon and its sidecars")
+    names_opt(status, "only these sidecars")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    daemon_opts(status)
+
+    start = command("start", _cmd_start, "start sidecars of the running daemon")
+    names_opt(start, "the sidecars to start (an interactive launch)", required=True)
+    daemon_opts(start)
+
+    stop = command(
+        "stop", _cmd_stop, "stop the running daemon (SIGTERM), or only the sidecars named"
+    )
+    names_opt(stop, "stop only these sidecars (they stay configured, in state stopped)")
     stop.add_argument(
         "--wait", type=_positive_float, metavar="S", help="wait up to S seconds until it is gone"
     )
-    config_opt(stop)
-    state_opt(stop)
+    daemon_opts(stop)
 
     reload = command("reload", _cmd_reload, "reload the config of the running daemon (SIGHUP)")
     reload.add_argument(
@@ -305,13 +419,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="return only once the daemon has applied the new config (exit 0) or rejected it "
         "(exit 2, with the error)",
     )
-    config_opt(reload)
-    state_opt(reload)
+    daemon_opts(reload)
+
     restart = command(
-        "restart", _cmd_restart, "restart every sidecar of the running daemon (SIGUSR1)"
+        "restart",
+        _cmd_restart,
+        "restart every sidecar of the running daemon (SIGUSR1), or only the sidecars named",
     )
-    config_opt(restart)
-    state_opt(restart)
+    names_opt(restart, "restart only these sidecars (an interactive launch)")
+    daemon_opts(restart)
+
+    wait = command("wait", _cmd_wait, "wait until sidecars of the running daemon are ready")
+    names_opt(wait, "the sidecars to wait for (default: all)")
+    wait.add_argument(
+        "--timeout", type=_positive_float, metavar="S", help="give up after S seconds (exit 4)"
+    )
+    daemon_opts(wait)
+
+    events = command("events", _cmd_events, "follow the running daemon's state changes")
+    events.add_argument("--json", action="store_true", help="one JSON object per line")
+    daemon_opts(events)
 
     port = command("port", _cmd_port, "diagnose who holds a TCP port (read-only)")
     port.add_argument("port", type=_port, metavar="PORT", help="the TCP port (1..65535)")

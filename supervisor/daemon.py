@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import time
@@ -22,10 +23,14 @@ from supervisor import (
     procs,
     proctime,
     reaper,
+    registry,
     signals,
     status,
 )
 from supervisor.config import Config, LogFormat, LogLevel, SidecarConfig
+from supervisor.control.actions import SidecarActions
+from supervisor.control.events import EventHub
+from supervisor.control.server import ControlServer
 from supervisor.errors import ForeignProcError, StateDirError, SupervisorError
 from supervisor.ledger import Ledger
 from supervisor.notify import Notifier
@@ -107,6 +112,17 @@ def _run(cfg: Config, config_path: Path, state: StateDir, args: RunOptions) -> N
             state.remove(PID_NAME)
 
 
+def _exclusive(method: Callable[[Daemon], Awaitable[None]]) -> Callable[[Daemon], Awaitable[None]]:
+    """Reload, restart-all and the control socket's actions take turns (Daemon.ops_lock)."""
+
+    @functools.wraps(method)
+    async def exclusive(self: Daemon) -> None:
+        async with self.ops_lock:
+            await method(self)
+
+    return exclusive
+
+
 class Daemon:
     def __init__(
         self,
@@ -146,6 +162,9 @@ class Daemon:
         self._tg: anyio.abc.TaskGroup | None = None
         self._last_summary = ""
         self.status = StatusWriter(state, self.status_document, self.log)
+        self.ops_lock = anyio.Lock()  # one change of the sidecar set at a time (_exclusive)
+        self.events = EventHub()
+        self.control = self._control_server()
         stdin_tty = False
         with contextlib.suppress(OSError, ValueError, AttributeError):
             stdin_tty = os.isatty(0)
@@ -186,12 +205,13 @@ class Daemon:
         return sessions
 
     def status_document(self) -> dict[str, object]:
-        daemon = self.pid_record()
+        daemon = {**self.pid_record(), "state_dir": str(self.state.path)}
         daemon["reload"] = {"received": self._reloads_received, **self._last_reload}
         return status.document(daemon, [s.record() for s in self.sidecars.values()])
 
-    def _sidecar_changed(self, _sidecar: Sidecar) -> None:
+    def _sidecar_changed(self, sidecar: Sidecar) -> None:
         self.status.changed()
+        self.events.sidecar_changed(sidecar)
         if self.notifier.enabled:
             line = status.summary_line([s.record() for s in self.sidecars.values()])
             if line != self._last_summary:
@@ -212,6 +232,38 @@ class Daemon:
             self.sidecars[cfg.name] = sidecar
         await self._group().start(_run_sidecar, sidecar, interactive)
         return sidecar
+
+    # -- the control socket (control/) ---------------------------------------------------------
+
+    def _control_server(self) -> ControlServer:
+        actions = SidecarActions(
+            sidecars=lambda: self.sidecars,
+            document=self.status_document,
+            launch=lambda sidecar: self._group().start(_run_sidecar, sidecar, True),
+            lock=self.ops_lock,
+            stopping=lambda: self.shutting_down,
+        )
+        return ControlServer(
+            self.state,
+            actions,
+            self.events,
+            self.log,
+            on_listening=self._register,
+            on_closed=lambda: registry.unregister(self.state.path, self.pid),
+        )
+
+    def _register(self) -> None:
+        """In the per-user registry, so that commands find us without --state-dir."""
+        try:
+            registry.register(
+                self.state.path,
+                self.pid,
+                self.create_time,
+                str(self.config_path),
+                status.iso_utc(self.started_at),
+            )
+        except SupervisorError as exc:  # findable only by its state dir then; nothing worse
+            self.log.warning("registry_unavailable", error=exc.message)
 
     async def _stop_all(self, sidecars: list[Sidecar]) -> None:
         async with anyio.create_task_group() as tg:
@@ -243,6 +295,7 @@ class Daemon:
                 if interval:
                     tg.start_soon(_watchdog, self.notifier, interval)
                 await self._operation(self._start_all)
+                await tg.start(self.control.serve)
                 if self._stop_reason is None:
                     await self.status.write_now()
                     tg.start_soon(self._announce_ready, list(self.sidecars.values()))
@@ -362,6 +415,7 @@ class Daemon:
                     tg.start_soon(sidecar.stop)
                 self.notifier.stopping()
                 self.log.info("daemon_stopping", reason=reason)
+                self.events.daemon_event("daemon_stopping", reason=reason)
                 with anyio.move_on_after(self.cfg.supervisor.shutdown_timeout_s) as bound:
                     await _all_finished(sidecars)
                 if bound.cancelled_caught:
@@ -385,6 +439,7 @@ class Daemon:
         doc = await self.status.write_now()
         self.log.info("status_dumped", status=doc)
 
+    @_exclusive
     async def _reload(self) -> None:
         """SIGHUP. Done (and READY=1 again) once the sidecars it started reached an outcome;
         the result goes into status.json for `supervisor reload --wait`."""
@@ -445,6 +500,7 @@ class Daemon:
                 detail="the state dir cannot change while the daemon runs; restart it",
             )
 
+    @_exclusive
     async def _restart_all(self) -> None:
         sidecars = list(self.sidecars.values())
         await self._stop_all(sidecars)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3
+EXIT_TIMEOUT = 4
 EXIT_PORT_HELD = 10
 EXIT_LOCKED = 75
 
@@ -73,6 +74,13 @@ class StateDirError(SupervisorError):
         super().__init__(f"state dir {path} is unusable: {reason}; {remedy}")
 
 
+def command(*args: str | Path) -> str:
+    """A command line the user can paste as printed (every argument shell-quoted)."""
+    import shlex  # errors are rare: quick commands need not import it
+
+    return shlex.join(["supervisor", *(str(a) for a in args)])
+
+
 class AlreadyRunningError(SupervisorError):
     """Another daemon holds the state dir lock."""
 
@@ -84,7 +92,9 @@ class AlreadyRunningError(SupervisorError):
         who = f"pid {pid}" if pid is not None else "pid unknown"
         super().__init__(
             f"another supervisor ({who}) is running for {state_dir}; "
-            'stop it with "supervisor stop" or use --state-dir'
+            f'see it with "{command("status", "--state-dir", state_dir)}", '
+            f'stop it with "{command("stop", "--state-dir", state_dir)}", '
+            "or run this one with another --state-dir"
         )
 
 
@@ -93,10 +103,126 @@ class NotRunningError(SupervisorError):
 
     exit_code = EXIT_NOT_RUNNING
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(
+        self, state_dir: Path, config: Path | None = None, *, config_exists: bool = True
+    ) -> None:
         self.state_dir = state_dir
+        self.config = config
+        with_config: list[str | Path] = ["-c", config] if config is not None else []
+        run = command("run", *with_config, "--state-dir", state_dir)
+        if config is not None and not config_exists:
+            fix = (
+                f"there is no config at {config} either: write one (config/example.toml "
+                f'documents every key), then start it with "{run}"'
+            )
+        else:
+            fix = f'start one with "{run}"'
+        super().__init__(f"no supervisor is running for {state_dir}; {fix}")
+
+
+class SeveralRunningError(SupervisorError):
+    """No state dir was given and more than one daemon runs."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, state_dirs: Sequence[Path]) -> None:
+        self.state_dirs = tuple(state_dirs)
+        listed = ", ".join(str(d) for d in self.state_dirs)
         super().__init__(
-            f'no supervisor is running for {state_dir}; start one with "supervisor run"'
+            f"{len(self.state_dirs)} supervisors are running ({listed}); "
+            f'choose one with --state-dir, e.g. "{command("status", "--state-dir", state_dirs[0])}"'
+        )
+
+
+class UnknownSidecarError(SupervisorError):
+    """A name that the running daemon's config does not have."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, names: Sequence[str], known: Sequence[str], state_dir: Path) -> None:
+        self.names = tuple(names)
+        self.known = tuple(known)
+        listed = ", ".join(repr(n) for n in self.names)
+        configured = ", ".join(self.known) if self.known else "none"
+        super().__init__(
+            f"no sidecar named {listed} in the supervisor of {state_dir} (configured: "
+            f"{configured}); nothing was done"
+        )
+
+
+class ControlError(SupervisorError):
+    """The control socket failed us: no answer, a lost connection, an error reply."""
+
+    exit_code = EXIT_INTERNAL
+
+    def __init__(self, state_dir: Path, what: str, remedy: str = "") -> None:
+        self.state_dir = state_dir
+        self.what = what
+        fix = remedy or (
+            "check the daemon's log, or retry; "
+            f'"{command("status", "--state-dir", state_dir)}" shows its state'
+        )
+        super().__init__(f"{what}; {fix}")
+
+
+class NoAnswerError(ControlError):
+    """The daemon did not answer a request in time."""
+
+    def __init__(self, state_dir: Path, pid: int, cmd: str, timeout_s: float) -> None:
+        self.pid = pid
+        self.timeout_s = timeout_s
+        super().__init__(
+            state_dir, f"the supervisor (pid {pid}) did not answer {cmd} within {timeout_s:g}s"
+        )
+
+
+class StillStoppingError(SupervisorError):
+    """`stop NAME --wait S`: the sidecars were not stopped in time (they are still stopping)."""
+
+    exit_code = EXIT_INTERNAL
+
+    def __init__(self, names: Sequence[str], waited_s: float) -> None:
+        self.names = tuple(names)
+        self.waited_s = waited_s
+        super().__init__(
+            f"{', '.join(self.names)} still stopping after {waited_s:g}s (the daemon goes on: "
+            "stop.timeout, then SIGKILL); wait longer or check its log"
+        )
+
+
+class WaitTimeoutError(SupervisorError):
+    """`supervisor wait --timeout S`: not everything was ready in time."""
+
+    exit_code = EXIT_TIMEOUT
+
+    def __init__(self, waited_s: float, pending: Mapping[str, str], state_dir: Path) -> None:
+        self.waited_s = waited_s
+        self.pending = dict(pending)
+        listed = ", ".join(f"{name} ({state})" for name, state in self.pending.items())
+        what = (
+            f"not ready after {waited_s:g}s: {listed}"
+            if listed
+            else (f"no answer from the supervisor within {waited_s:g}s")
+        )
+        super().__init__(
+            f"{what}; wait longer, or see why with "
+            f'"{command("status", "--state-dir", state_dir, *self.pending)}"'
+        )
+
+
+class SidecarDownError(SupervisorError):
+    """`supervisor wait`: a sidecar ended up `failed` or `exited`; it will not become ready."""
+
+    exit_code = EXIT_INTERNAL
+
+    def __init__(self, name: str, state: str, reason: str | None, state_dir: Path) -> None:
+        self.name = name
+        self.state = state
+        self.reason = reason
+        why = f": {reason}" if reason else ""
+        super().__init__(
+            f"sidecar {name!r} is {state}{why}; fix it, then "
+            f'"{command("restart", "--state-dir", state_dir, name)}"'
         )
 
 

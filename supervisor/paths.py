@@ -1,4 +1,5 @@
-"""Where the config and the state live (the only importer of platformdirs)."""
+"""Where the config, the state and the registry of running daemons live (the only importer of
+platformdirs)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from supervisor.errors import PathError
 APP_NAME = "sidecar-supervisor"
 CONFIG_ENV = "SUPERVISOR_CONFIG"
 STATE_DIR_ENV = "SUPERVISOR_STATE_DIR"
+RUNTIME_DIR_ENV = "SUPERVISOR_RUNTIME_DIR"
 
 
 def _expand(source: str, value: str) -> Path:
@@ -46,3 +48,31 @@ def state_dir(
     import platformdirs
 
     return Path(platformdirs.user_state_dir(APP_NAME))
+
+
+def runtime_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """The folder of the per-user registry of running daemons.
+
+    `$SUPERVISOR_RUNTIME_DIR`, else the user runtime dir: `$XDG_RUNTIME_DIR/sidecar-supervisor`
+    on Linux. Where that is unset or unsafe (root in a container often has no /run/user/0),
+    platformdirs falls back to `runtime-<uid>` in the temp dir, checked to be ours; we only
+    silence its warning (commands must print nothing but their answer).
+    """
+    if environ.get(RUNTIME_DIR_ENV):
+        return _expand(f"${RUNTIME_DIR_ENV}", environ[RUNTIME_DIR_ENV])
+    import warnings
+
+    import platformdirs
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            found = Path(platformdirs.user_runtime_dir(APP_NAME))
+        except OSError:  # its temp fallback is not ours (a planted link, another owner)
+            found = None
+    if found is None or not found.parent.is_dir():
+        # platformdirs < 4.13 answers /run/user/<uid>/... even when that does not exist.
+        import tempfile
+
+        found = Path(tempfile.gettempdir()) / f"runtime-{os.getuid()}" / APP_NAME
+    return found

@@ -1,4 +1,4 @@
-"""Process identity (pid + create time) without importing psutil on Linux.
+"""Process identity (pid + create time, what it runs) without importing psutil on Linux.
 
 `supervisor status` must start fast, and psutil alone costs ~30 ms to import. The formula is
 psutil's own (boot time + start ticks / CLK_TCK), so both give the very same float.
@@ -95,3 +95,13 @@ def is_alive(pid: int, created: float) -> bool:
         return False
     started = int(fields[19]) / os.sysconf("SC_CLK_TCK") + boot
     return same_create_time(started, created)
+
+
+def is_supervisor_run(pid: int) -> bool:
+    """True if `pid` is a `supervisor run` (tags.is_supervisor_daemon) of our uid."""
+    from supervisor import tags  # pure and light
+
+    if owner_uid(pid) != os.getuid():
+        return False
+    argv = cmdline(pid)
+    return argv is not None and tags.is_supervisor_daemon(argv)

@@ -7,6 +7,7 @@ exit through a pidfd, probe handshakes) and bounded. One launch of the child is 
 from __future__ import annotations
 
 import time
+from collections import deque
 
 import anyio
 from structlog.typing import FilteringBoundLogger
@@ -14,6 +15,7 @@ from structlog.typing import FilteringBoundLogger
 from supervisor import children, exitwatch, inherit, logs, net, proctime, status
 from supervisor.attempt import Attempt, read_recorded_pid
 from supervisor.config import SidecarConfig
+from supervisor.control import events
 from supervisor.lifecycle import Event, State, decide_after_exit, next_state
 from supervisor.reconcile.preflight import Action, Context, Outcome, preflight
 from supervisor.runtime import Runtime
@@ -46,6 +48,11 @@ class Sidecar:
         self.attempt: Attempt | None = None
         self._chores: anyio.abc.TaskGroup | None = None
         self.abandoned = False  # a child of it outlived SIGKILL (left unreaped)
+        # For the control API's events: who holds the port, when the next attempt is due, and
+        # the child's latest output lines.
+        self.holder: tuple[int | None, str | None] = (None, None)
+        self.next_attempt: tuple[float, float] | None = None  # (delay_s, due at epoch s)
+        self.recent_output: deque[str] = deque(maxlen=events.OUTPUT_LINES)
         self._scope: anyio.CancelScope | None = None
         self._finished = anyio.Event()
         self._finished.set()
@@ -104,6 +111,11 @@ class Sidecar:
             self._transition(Event.STOP)
             self._transition(Event.STOPPED)
 
+    @property
+    def active(self) -> bool:
+        """Its supervision task runs (it may be starting, ready, in backoff or waiting)."""
+        return not self._finished.is_set()
+
     def reset_attempts(self) -> None:
         self.attempts = 0
 
@@ -119,12 +131,14 @@ class Sidecar:
             self._transition(Event.LAUNCH, reason=None)
             outcome = await self._preflight(interactive)
             if outcome.action is Action.WAIT:
+                verdict = outcome.verdict.value if outcome.verdict else None
+                self.holder = (outcome.holder_pid, verdict)
                 self._transition(Event.WAIT, reason=outcome.reason)
                 self.log.info(
                     "sidecar_waiting",
                     port=self.config.port,
                     holder_pid=outcome.holder_pid,
-                    verdict=outcome.verdict.value if outcome.verdict else None,
+                    verdict=verdict,
                     reason=outcome.reason,
                 )
                 await self._wait_for_port(outcome)
@@ -164,6 +178,7 @@ class Sidecar:
                         max_attempts=self.config.restart.max_attempts,
                         delay_s=decision.delay_s,
                     )
+                    self.next_attempt = (decision.delay_s, time.time() + decision.delay_s)
                     self._transition(Event.RETRY, reason=self.reason)
                     await anyio.sleep(decision.delay_s)
                     interactive = False
@@ -242,6 +257,9 @@ class Sidecar:
         self.reason = reason
         self.last_exit = last_exit
 
+    def output(self, line: str) -> None:
+        self.recent_output.append(line[: events.OUTPUT_LINE_CAP])
+
     def _settle_stopped(self) -> None:
         """After the supervision task ends: a cancelled sidecar rests in `stopped`."""
         if self.state in (State.FAILED, State.EXITED, State.STOPPED):
@@ -274,12 +292,25 @@ class Sidecar:
             # Known once ready (see Child.create_time); never read here before.
             "create_time": ready_child.create_time if ready_child else None,
             "port": self.config.port,
+            "url": self.config.url,
             "attempts": self.attempts,
             "restarts": self.restarts,
             "since": status.iso_utc(self.since),
             "last_exit": self.last_exit,
             "reason": self.reason,
         }
+
+    def details(self) -> events.Details:
+        """What the control API's event for the current state carries beyond `record()`."""
+        return events.Details(
+            holder_pid=self.holder[0],
+            verdict=self.holder[1],
+            attempt=self.attempts,
+            max_attempts=self.config.restart.max_attempts,
+            delay_s=self.next_attempt[0] if self.next_attempt else None,
+            next_attempt_at=self.next_attempt[1] if self.next_attempt else None,
+            output=tuple(self.recent_output),
+        )
 
 
 async def wait_for_port(port: int, outcome: Outcome, log: FilteringBoundLogger) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 
+from supervisor.show import printable
+
 
 def iso_utc(epoch_s: float) -> str:
     """ISO 8601 UTC with a Z suffix, to the second: 2026-01-01T00:00:00Z."""
@@ -67,7 +69,10 @@ def render_table(doc: Mapping[str, object], now_s: float) -> str:
     if isinstance(daemon, Mapping):
         started = parse_iso(daemon.get("started_at"))
         up = _duration(now_s - started) if started is not None else "?"
-        lines.append(f"supervisor pid {daemon.get('pid')}, up {up}, config {daemon.get('config')}")
+        where = f", state dir {daemon['state_dir']}" if daemon.get("state_dir") else ""
+        lines.append(
+            f"supervisor pid {daemon.get('pid')}, up {up}, config {daemon.get('config')}{where}"
+        )
     header = ("NAME", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "LAST EXIT", "REASON")
     rows: list[tuple[str, ...]] = [header]
     for sidecar in sidecars if isinstance(sidecars, list) else []:
@@ -96,3 +101,32 @@ def render_table(doc: Mapping[str, object], now_s: float) -> str:
         cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]
         lines.append("  ".join([*cells, row[-1]]).rstrip())
     return "\n".join(lines)
+
+
+def render_event(event: Mapping[str, object]) -> str:
+    """One line for `supervisor events`: when, who, what, and the fields that matter for it."""
+    kind = event.get("event")
+    parts = [str(event.get("at")), str(event.get("sidecar") or "supervisor"), str(kind)]
+    if isinstance(event.get("pid"), int):
+        parts.append(f"pid {event['pid']}")
+    match kind:
+        case "ready":
+            parts.append(str(event.get("url") or ""))
+        case "waiting":
+            parts.append(
+                f"port {event.get('port')} held by pid {event.get('holder_pid') or '?'} "
+                f"({event.get('verdict') or 'unknown'})"
+            )
+        case "backoff":
+            parts.append(
+                f"restart {event.get('attempt')}/{event.get('max_attempts')} "
+                f"in {event.get('delay_s')}s"
+            )
+        case "failed" | "exited":
+            parts.append(str(event.get("reason") or ""))
+            output = event.get("output")
+            if isinstance(output, list) and output:
+                parts.append(f"last output: {str(output[-1])[:200]}")
+        case "daemon_stopping":
+            parts.append(str(event.get("reason") or ""))
+    return printable("  ".join(p for p in parts if p))

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 
 import psutil
@@ -24,6 +25,12 @@ def _become_subreaper() -> None:
 
 
 _become_subreaper()
+
+# The per-user registry of running daemons (supervisor/registry.py): this session's daemons and
+# commands use a private one, so a developer's own daemon (or another session's) is never found,
+# and ours never appear in theirs. Tests of discovery set their own.
+_REGISTRY = tempfile.TemporaryDirectory(prefix="supervisor-test-runtime-")
+os.environ["SUPERVISOR_RUNTIME_DIR"] = _REGISTRY.name
 
 
 @pytest.fixture

@@ -523,3 +523,100 @@ class SharedHolder:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+class ControlClient:
+    """A raw JSON-lines client of a daemon's `control.sock`: the wire format, not our client.
+
+    Connects through the state dir's fd (`/proc/self/fd/N/control.sock` on Linux), so a long
+    tmp path does not matter. Replies are matched by id; events that arrive meanwhile are kept.
+    """
+
+    def __init__(self, state_dir: Path, timeout: float = 15.0) -> None:
+        self.timeout = timeout
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            where = f"/proc/self/fd/{fd}" if sys.platform == "linux" else str(state_dir)
+            self.sock.connect(f"{where}/control.sock")
+        except BaseException:
+            self.sock.close()
+            raise
+        finally:
+            os.close(fd)
+        self._buffer = b""
+        self.events: list[Event] = []
+        self._next_id = 0
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send(self, message: Mapping[str, object]) -> None:
+        self.send_raw(json.dumps(message).encode() + b"\n")
+
+    def message(self, timeout: float | None = None) -> Event | None:
+        """The next line as JSON; None at EOF."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("no message from the daemon in time")
+            self.sock.settimeout(remaining)
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                return None
+            self._buffer += data
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        parsed: Event = json.loads(line)
+        return parsed
+
+    def request(self, cmd: str, names: Sequence[str] | None = None, **extra: object) -> Event:
+        """Send a request; its reply (events that arrive first are kept in `events`)."""
+        self._next_id += 1
+        message: dict[str, object] = {"id": self._next_id, "cmd": cmd, **extra}
+        if names is not None:
+            message["names"] = list(names)
+        self.send(message)
+        return self.reply(self._next_id)
+
+    def reply(self, request_id: object) -> Event:
+        while True:
+            got = self.message()
+            if got is None:
+                raise AssertionError("the daemon closed the connection before replying")
+            if "event" in got and "id" not in got:
+                self.events.append(got)
+            elif got.get("id") == request_id:
+                return got
+
+    def wait_event(self, event: str, timeout: float = 15.0, **fields: object) -> Event:
+        """The first (kept or new) event named `event` with `fields`; earlier ones are consumed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while self.events:
+                candidate = self.events.pop(0)
+                if _matches(candidate, event, fields):
+                    return candidate
+            got = self.message(max(0.0, deadline - time.monotonic()))
+            if got is None:
+                raise AssertionError(f"connection closed before {event} {fields}")
+            if "event" in got:
+                self.events.append(got)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def sidecar_pids(client: ControlClient) -> dict[str, object]:
+    """name -> pid, from a status request on the socket."""
+    reply = client.request("status")
+    assert reply["ok"], reply
+    return {s["name"]: s["pid"] for s in reply["result"]["sidecars"]}

@@ -118,6 +118,16 @@ class SidecarConfig:
     def reconciles(self) -> bool:
         return self.port is not None and self.reclaim.enabled
 
+    @property
+    def url(self) -> str | None:
+        """Where it serves: `http://host:port/path` for an http probe, else `tcp://host:port`."""
+        if self.port is None:
+            return None
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        if self.ready.probe is ProbeKind.HTTP:
+            return f"http://{host}:{self.port}{self.ready.path}"
+        return f"tcp://{host}:{self.port}"
+
 
 @dataclass(frozen=True)
 class DaemonConfig:

@@ -1,22 +1,43 @@
-"""Addressing the running daemon from a command: find it, read its status, signal it.
+"""Addressing the running daemon from a command: find it, signal it, talk to its control socket.
 
-The daemon is found through `<state_dir>/supervisor.pid`, verified by pid *and* create time: a
-stale file or a recycled pid means "not running" (exit 3).
+The daemon is found through `<state_dir>/supervisor.pid`, verified by pid *and* create time *and*
+that the process is a `supervisor run` of our uid: a stale file, a recycled or foreign pid means
+"not running" (exit 3). Without a state dir from -c, --state-dir or $SUPERVISOR_STATE_DIR, the
+per-user registry lists the running daemons. Stays psutil- and anyio-free on Linux: commands
+must start fast.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import signal
+import socket
 import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from supervisor import paths, proctime, tags
-from supervisor.errors import ConfigError, NotRunningError, StillRunningError
+from supervisor import paths, proctime
+from supervisor.control import protocol, unixsock
+from supervisor.control.protocol import Command, ErrorCode
+from supervisor.errors import (
+    ConfigError,
+    ControlError,
+    NotRunningError,
+    SeveralRunningError,
+    StillRunningError,
+    SupervisorError,
+    UnknownSidecarError,
+)
 from supervisor.statedir import PID_NAME, STATUS_NAME, StateDir, float_field, int_field
 
 STOP_POLL_MAX_S = 0.05
+CONNECT_WAIT_S = 10.0  # a daemon that is starting binds its socket within this
+REPLY_TIMEOUT_S = 30.0  # a start/stop/restart answers once its stops are done
+MAX_LINE_BYTES = 16 << 20  # a status of many sidecars is big, but not this big
 
 
 class RunningDaemon(NamedTuple):
@@ -48,12 +69,21 @@ def _read(state_dir: Path, name: str) -> dict[str, object] | None:
         return None
 
 
-def find_daemon(state_dir: Path) -> RunningDaemon:
+def not_running(state_dir: Path, config_arg: str | None = None) -> NotRunningError:
+    """The error, with a `supervisor run` hint that names the config it would need."""
+    try:
+        config = paths.config_path(config_arg)
+    except SupervisorError:
+        return NotRunningError(state_dir)
+    return NotRunningError(state_dir, config, config_exists=config.is_file())
+
+
+def find_daemon(state_dir: Path, config_arg: str | None = None) -> RunningDaemon:
     record = _read(state_dir, PID_NAME)
     pid = int_field(record, "pid")
     created = float_field(record, "create_time")
     if pid is None or created is None or not is_our_daemon(pid, created):
-        raise NotRunningError(state_dir)
+        raise not_running(state_dir, config_arg)
     return RunningDaemon(pid=pid, create_time=created, state_dir=state_dir)
 
 
@@ -63,12 +93,48 @@ def is_our_daemon(pid: int, created: float) -> bool:
     A forged or stale supervisor.pid must never get a stranger signalled: a recycled pid fails
     the create time, another program fails the command line, another user's process the uid.
     """
-    if not proctime.is_alive(pid, created):
-        return False
-    if proctime.owner_uid(pid) != os.getuid():
-        return False
-    argv = proctime.cmdline(pid)
-    return argv is not None and tags.is_supervisor_daemon(argv)
+    return proctime.is_alive(pid, created) and proctime.is_supervisor_run(pid)
+
+
+def discover() -> list[RunningDaemon]:
+    """The running daemons of the per-user registry, verified; stale entries are removed."""
+    from supervisor import registry  # not needed when the state dir is named
+
+    found = []
+    for entry in registry.entries():
+        if not proctime.is_alive(entry.pid, entry.create_time):
+            registry.remove(entry)
+            continue
+        try:
+            daemon = find_daemon(entry.state_dir)
+        except (SupervisorError, OSError):
+            continue  # alive, but its state dir says otherwise (or is unusable): skip it
+        if daemon.pid == entry.pid:
+            found.append(daemon)
+    return sorted(found, key=lambda d: str(d.state_dir))
+
+
+def explicit(config_arg: str | None, state_dir_arg: str | None) -> bool:
+    """A state dir was named (-c, --state-dir, $SUPERVISOR_STATE_DIR): no discovery."""
+    return bool(config_arg or state_dir_arg or os.environ.get(paths.STATE_DIR_ENV))
+
+
+def running(config_arg: str | None, state_dir_arg: str | None) -> list[RunningDaemon]:
+    """The daemon(s) a command addresses: the named one, else those of the registry (when there
+    are some), else the one of the configured or default state dir. Raises NotRunningError."""
+    if not explicit(config_arg, state_dir_arg):
+        daemons = discover()
+        if daemons:
+            return daemons
+    return [find_daemon(resolve_state_dir(config_arg, state_dir_arg), config_arg)]
+
+
+def the_daemon(config_arg: str | None, state_dir_arg: str | None) -> RunningDaemon:
+    """Exactly one daemon; SeveralRunningError (exit 2) if the registry lists more."""
+    daemons = running(config_arg, state_dir_arg)
+    if len(daemons) > 1:
+        raise SeveralRunningError([d.state_dir for d in daemons])
+    return daemons[0]
 
 
 def read_status(daemon: RunningDaemon) -> dict[str, object]:
@@ -134,3 +200,247 @@ def _reload_record(daemon: RunningDaemon) -> dict[str, object]:
     supervisor = read_status(daemon).get("supervisor")
     record = supervisor.get("reload") if isinstance(supervisor, dict) else None
     return record if isinstance(record, dict) else {}
+# -- the control socket ---------------------------------------------------------------------------
+
+
+class Connection:
+    """A blocking JSON-lines connection to a daemon's control.sock."""
+
+    def __init__(self, daemon: RunningDaemon, sock: socket.socket) -> None:
+        self.daemon = daemon
+        self._sock = sock
+        self._buffer = bytearray()
+        self._events: deque[dict[str, object]] = deque()  # arrived while awaiting a reply
+        self._next_id = 1
+        self._eof = False
+
+    @classmethod
+    def open(cls, daemon: RunningDaemon, wait_s: float = CONNECT_WAIT_S) -> Connection:
+        """Connect; while the daemon lives but does not listen yet (it is starting), retry."""
+        deadline = time.monotonic() + wait_s
+        delay = 0.005
+        while True:
+            try:
+                sock = _connect(daemon)
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                if not proctime.is_alive(daemon.pid, daemon.create_time):
+                    raise NotRunningError(daemon.state_dir) from None
+                if time.monotonic() >= deadline:
+                    raise ControlError(
+                        daemon.state_dir,
+                        f"the supervisor (pid {daemon.pid}) does not accept connections on "
+                        f"{daemon.state_dir / unixsock.SOCKET_NAME}: {exc.strerror}",
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+                continue
+            except OSError as exc:
+                raise ControlError(
+                    daemon.state_dir,
+                    f"cannot connect to {daemon.state_dir / unixsock.SOCKET_NAME}: "
+                    f"{exc.strerror or exc}",
+                ) from None
+            return cls(daemon, sock)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(
+        self,
+        cmd: Command,
+        names: Sequence[str] = (),
+        timeout_s: float | None = REPLY_TIMEOUT_S,
+    ) -> object:
+        """Send a request and return its result; its error as the matching SupervisorError."""
+        request_id = self._next_id
+        self._next_id += 1
+        self._sock.settimeout(timeout_s)
+        try:
+            self._sock.sendall(protocol.encode(protocol.request(request_id, cmd, names)))
+        except OSError as exc:
+            raise self._lost(exc) from None
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            message = self._receive(deadline)
+            if message is None:
+                raise NotRunningError(self.daemon.state_dir)  # it closed: it is exiting
+            if "event" in message and "id" not in message:
+                self._events.append(message)
+                continue
+            if message.get("id") != request_id:
+                continue
+            if message.get("ok") is True:
+                return message.get("result")
+            raise self._error(message.get("error"))
+
+    def events(self, deadline: float | None = None) -> Iterator[dict[str, object]]:
+        """Events in order until the daemon closes the connection (TimeoutError at `deadline`,
+        a time.monotonic() instant)."""
+        while self._events:
+            yield self._events.popleft()
+        while True:
+            message = self._receive(deadline)
+            if message is None:
+                return
+            if "event" in message:
+                yield message
+
+    def _receive(self, deadline: float | None) -> dict[str, object] | None:
+        """The next JSON object line; None at EOF."""
+        while True:
+            newline = self._buffer.find(b"\n")
+            if newline >= 0:
+                line = bytes(self._buffer[:newline])
+                del self._buffer[: newline + 1]
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(message, dict):
+                    return message
+                continue
+            if self._eof:
+                return None
+            if len(self._buffer) > MAX_LINE_BYTES:
+                raise ControlError(self.daemon.state_dir, "the daemon sent an oversized line")
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                self._sock.settimeout(remaining)
+            else:
+                self._sock.settimeout(None)
+            try:
+                data = self._sock.recv(1 << 16)
+            except TimeoutError:
+                raise
+            except OSError as exc:
+                if exc.errno in (errno.ECONNRESET, errno.EPIPE):
+                    data = b""
+                else:
+                    raise self._lost(exc) from None
+            if not data:
+                self._eof = True
+            self._buffer += data
+
+    def _lost(self, exc: OSError) -> Exception:
+        if exc.errno in (errno.EPIPE, errno.ECONNRESET):
+            return NotRunningError(self.daemon.state_dir)
+        return ControlError(
+            self.daemon.state_dir, f"the control connection failed: {exc.strerror or exc}"
+        )
+
+    def _error(self, error: object) -> Exception:
+        fields = error if isinstance(error, dict) else {}
+        code = fields.get("code")
+        message = str(fields.get("message", "no message"))
+        state_dir = self.daemon.state_dir
+        if code == ErrorCode.UNKNOWN_SIDECAR:
+            return UnknownSidecarError(
+                _strings(fields.get("names")), _strings(fields.get("known")), state_dir
+            )
+        if code == ErrorCode.SHUTTING_DOWN:
+            return NotRunningError(state_dir)
+        return ControlError(state_dir, f"the supervisor refused the request ({code}): {message}")
+
+
+def _strings(value: object) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def _connect(daemon: RunningDaemon) -> socket.socket:
+    fd = os.open(daemon.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        sock = unixsock.connect(fd, str(daemon.state_dir), timeout_s=REPLY_TIMEOUT_S)
+    finally:
+        os.close(fd)
+    try:
+        pid, uid = unixsock.peer_credentials(sock)
+    except OSError:
+        pid, uid = None, None
+    # Only the verified daemon itself may answer (the folder is ours, but be certain).
+    if uid != os.geteuid() or (pid is not None and pid != daemon.pid):
+        sock.close()
+        raise ControlError(
+            daemon.state_dir,
+            f"{daemon.state_dir / unixsock.SOCKET_NAME} is served by pid {pid} (uid {uid}), "
+            f"not by the supervisor (pid {daemon.pid})",
+            "stop whatever serves it",
+        )
+    return sock
+
+
+# -- waiting --------------------------------------------------------------------------------------
+
+DOWN = frozenset({"failed", "exited"})
+
+
+def _sidecars(doc: object) -> list[dict[str, object]]:
+    sidecars = doc.get("sidecars") if isinstance(doc, dict) else None
+    return [s for s in sidecars if isinstance(s, dict)] if isinstance(sidecars, list) else []
+
+
+def wait_ready(
+    conn: Connection,
+    names: Sequence[str],
+    timeout_s: float | None,
+    on_stopped: Callable[[list[str]], None] | None = None,
+) -> list[dict[str, object]]:
+    """Block until each of `names` (default: every sidecar) is ready; their records, in order.
+
+    SidecarDownError as soon as one is `failed` or `exited`; WaitTimeoutError after
+    `timeout_s`; NotRunningError if the daemon exits meanwhile. The subscription's snapshot and
+    the events after it leave no gap in which a change could be missed.
+    """
+    from supervisor.errors import SidecarDownError, WaitTimeoutError
+
+    started = time.monotonic()
+    deadline = None if timeout_s is None else started + timeout_s
+    try:
+        snapshot = _sidecars(conn.request(Command.SUBSCRIBE, names, timeout_s=timeout_s))
+    except TimeoutError:
+        raise WaitTimeoutError(timeout_s or 0.0, {}, conn.daemon.state_dir) from None
+    records = {str(s.get("name")): s for s in snapshot}
+    wanted = list(names) if names else list(records)
+    stopped = [n for n in wanted if records.get(n, {}).get("state") == "stopped"]
+    if stopped and on_stopped is not None:
+        on_stopped(stopped)  # it stays so until someone starts it: worth saying
+
+    def check() -> bool:
+        for name in wanted:
+            record = records.get(name, {})
+            state = str(record.get("state"))
+            if state in DOWN:
+                reason = record.get("reason")
+                raise SidecarDownError(
+                    name, state, str(reason) if reason else None, conn.daemon.state_dir
+                )
+        return all(records.get(name, {}).get("state") == "ready" for name in wanted)
+
+    if check():
+        return [records[name] for name in wanted]
+    try:
+        for event in conn.events(deadline):
+            name = event.get("sidecar")
+            if not isinstance(name, str) or name not in records:
+                continue
+            records[name] = {
+                **records[name],
+                **{k: event[k] for k in ("state", "pid", "url", "reason") if k in event},
+            }
+            if check():
+                return [records[name] for name in wanted]
+    except TimeoutError:
+        pending = {
+            name: str(records.get(name, {}).get("state"))
+            for name in wanted
+            if records.get(name, {}).get("state") != "ready"
+        }
+        raise WaitTimeoutError(timeout_s or 0.0, pending, conn.daemon.state_dir) from None
+    raise NotRunningError(conn.daemon.state_dir)

@@ -203,6 +203,7 @@ async def test_command_gets_the_holder_in_its_environment(tmp_path: Path) -> Non
     assert facts.pop("own_session") is True
     facts.pop("SUPERVISOR_CONFIG", None)  # inherited from whoever runs the tests
     facts.pop("SUPERVISOR_STATE_DIR", None)
+    facts.pop("SUPERVISOR_RUNTIME_DIR", None)  # the session's private registry (conftest.py)
     assert facts == {
         "SUPERVISOR_SIDECAR": "agent-monitor",
         "SUPERVISOR_PORT": "47821",

@@ -70,9 +70,9 @@ def tree(pid: int) -> list[int]:
 def listeners_of(port: int) -> set[int]:
     found = set()
     for conn in psutil.net_connections(kind="tcp"):
-        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
-            if conn.pid is not None:
-                found.add(conn.pid)
+        listening = conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port
+        if listening and conn.pid is not None:
+            found.add(conn.pid)
     return found
 
 

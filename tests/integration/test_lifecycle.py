@@ -17,6 +17,7 @@ from tests.support import (
     pid_gone,
     read_json,
     render_config,
+    wait_until,
 )
 
 
@@ -159,8 +160,14 @@ def test_on_failure_policy_with_clean_exit_goes_to_exited(tmp_path: Path) -> Non
     )
     with start(tmp_path, [sidecar]) as daemon:
         daemon.wait_for("sidecar_exited", code=0)
-        dump = daemon.dump_status()
-        assert dump["status"]["sidecars"][0]["state"] == "exited"
+        # The state follows the exit once its output is drained: status.json tells when.
+        status_file = tmp_path / "state" / "status.json"
+        wait_until(
+            lambda: status_file.exists()
+            and read_json(status_file)["sidecars"][0]["state"] == "exited",
+            10.0,
+            "the sidecar to rest in exited",
+        )
         assert not daemon.find("restart_scheduled")
         assert len(daemon.find("sidecar_spawned")) == 1
         assert daemon.stop() == 0

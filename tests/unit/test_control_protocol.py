@@ -1,0 +1,293 @@
+"""The control protocol's pure parts: request parsing, replies, events, urls, hints."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from supervisor import errors, status, tags
+from supervisor.config import ProbeKind, ReadyConfig, SidecarConfig
+from supervisor.control import events, protocol
+from supervisor.control.protocol import Command, ErrorCode, ProtocolError
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b'{"cmd": "status"}', protocol.Request(None, Command.STATUS, ())),
+        (b'{"id": 7, "cmd": "status", "names": ["a"]}',
+         protocol.Request(7, Command.STATUS, ("a",))),
+        (b'{"id": "x", "cmd": "subscribe"}', protocol.Request("x", Command.SUBSCRIBE, ())),
+        (b'{"id": 1.5, "cmd": "start", "names": ["a", "b", "a"]}',
+         protocol.Request(1.5, Command.START, ("a", "b"))),
+        (b'{"id": null, "cmd": "stop", "names": ["a"]}',
+         protocol.Request(None, Command.STOP, ("a",))),
+        (b'  {"cmd": "restart", "names": ["a"]}  ',
+         protocol.Request(None, Command.RESTART, ("a",))),
+    ],
+)  # fmt: skip
+def test_valid_requests(line: bytes, expected: protocol.Request) -> None:
+    assert protocol.parse_request(line) == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "code", "request_id"),
+    [
+        (b"", ErrorCode.BAD_REQUEST, None),
+        (b"nope", ErrorCode.BAD_REQUEST, None),
+        (b'"status"', ErrorCode.BAD_REQUEST, None),
+        (b"[]", ErrorCode.BAD_REQUEST, None),
+        (b"[" * 10000, ErrorCode.BAD_REQUEST, None),
+        (b'{"id": true, "cmd": "status"}', ErrorCode.BAD_REQUEST, None),
+        (b'{"id": [1], "cmd": "status"}', ErrorCode.BAD_REQUEST, None),
+        (b'{"id": 3}', ErrorCode.BAD_REQUEST, 3),
+        (b'{"id": 3, "cmd": "Status"}', ErrorCode.UNKNOWN_COMMAND, 3),
+        (b'{"id": 3, "cmd": "status", "extra": 1}', ErrorCode.BAD_REQUEST, 3),
+        (b'{"id": 3, "cmd": "status", "names": "a"}', ErrorCode.BAD_REQUEST, 3),
+        (b'{"id": 3, "cmd": "status", "names": [null]}', ErrorCode.BAD_REQUEST, 3),
+        (b'{"id": 3, "cmd": "stop"}', ErrorCode.BAD_REQUEST, 3),
+        (b'{"id": 3, "cmd": "start", "names": []}', ErrorCode.BAD_REQUEST, 3),
+        (b'{"id": 3, "cmd": "status", "names": ' + json.dumps(["a"] * 1025).encode() + b"}",
+         ErrorCode.BAD_REQUEST, 3),
+        (b" " * (protocol.MAX_REQUEST_BYTES + 1), ErrorCode.TOO_LARGE, None),
+        (b"\xff\xfe", ErrorCode.BAD_REQUEST, None),
+    ],
+)  # fmt: skip
+def test_invalid_requests(line: bytes, code: ErrorCode, request_id: object) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        protocol.parse_request(line)
+    assert caught.value.code is code
+    reply = caught.value.reply()
+    assert reply["ok"] is False and reply["id"] == request_id
+    error = reply["error"]
+    assert isinstance(error, dict) and error["code"] == code.value and error["message"]
+
+
+def test_replies_and_encoding() -> None:
+    assert json.loads(protocol.encode(protocol.ok_reply(1, {"a": "é"}))) == {
+        "id": 1,
+        "ok": True,
+        "result": {"a": "é"},
+    }
+    line = protocol.encode(protocol.error_reply("x", ErrorCode.BUSY, "later"))
+    assert line.endswith(b"\n") and line.count(b"\n") == 1 and line.isascii()
+    assert protocol.request(1, Command.STOP, ["a"]) == {"id": 1, "cmd": "stop", "names": ["a"]}
+    assert protocol.request(2, Command.STATUS) == {"id": 2, "cmd": "status"}
+
+
+def test_unknown_names_lists_them_and_the_known_ones() -> None:
+    assert protocol.unknown_names(["a"], ["a", "b"]) is None
+    error = protocol.unknown_names(["a", "zz", "yy"], ["a", "b"])
+    assert error is not None and error.code is ErrorCode.UNKNOWN_SIDECAR
+    assert error.reply(4)["error"] == {
+        "code": "unknown_sidecar",
+        "message": "no sidecar named 'zz', 'yy' (configured: a, b); nothing was done",
+        "names": ["zz", "yy"],
+        "known": ["a", "b"],
+    }
+
+
+RECORD = {
+    "name": "web", "state": "ready", "pid": 12, "port": 8080, "url": "tcp://127.0.0.1:8080",
+    "reason": "exited with code 1", "last_exit": {"code": 1, "signal": None, "at": "t"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields"),
+    [
+        ("ready", {"url": "tcp://127.0.0.1:8080"}),
+        ("waiting", {"port": 8080, "holder_pid": 99, "verdict": "foreign",
+                     "reason": "exited with code 1"}),
+        ("backoff", {"attempt": 2, "max_attempts": 5, "delay_s": 2.0,
+                     "next_attempt_at": "2026-01-01T00:00:02.000Z", "reason": "exited with code 1",
+                     "last_exit": RECORD["last_exit"]}),
+        ("failed", {"reason": "exited with code 1", "last_exit": RECORD["last_exit"],
+                    "output": ["one", "two"]}),
+        ("exited", {"reason": "exited with code 1", "last_exit": RECORD["last_exit"],
+                    "output": ["one", "two"]}),
+        ("stopped", {}),
+        ("spawned", {}),
+    ],
+)  # fmt: skip
+def test_sidecar_events_carry_the_fields_of_their_kind(
+    kind: str, fields: dict[str, object]
+) -> None:
+    details = events.Details(
+        holder_pid=99,
+        verdict="foreign",
+        attempt=2,
+        max_attempts=5,
+        delay_s=2.0,
+        next_attempt_at=1767225602.0,
+        output=("one", "two"),
+    )
+    event = events.sidecar_event(kind, RECORD, details, 1767225600.0)
+    base = {"event": kind, "sidecar": "web", "state": "ready", "pid": 12}
+    assert event == {**base, "at": "2026-01-01T00:00:00.000Z", **fields}
+    assert json.loads(protocol.encode(event)) == event
+
+
+def test_iso_utc_ms() -> None:
+    assert events.iso_utc_ms(0.0) == "1970-01-01T00:00:00.000Z"
+    assert events.iso_utc_ms(1.2345) == "1970-01-01T00:00:01.234Z"
+
+
+def sidecar(probe: ProbeKind, host: str = "127.0.0.1", port: int | None = 8080) -> SidecarConfig:
+    return SidecarConfig(
+        name="web",
+        command=("x",),
+        marker="x",
+        ready=ReadyConfig(probe=probe, path="/health"),
+        port=port,
+        host=host,
+    )
+
+
+@pytest.mark.parametrize(
+    ("config", "url"),
+    [
+        (sidecar(ProbeKind.HTTP), "http://127.0.0.1:8080/health"),
+        (sidecar(ProbeKind.TCP), "tcp://127.0.0.1:8080"),
+        (sidecar(ProbeKind.NONE), "tcp://127.0.0.1:8080"),
+        (sidecar(ProbeKind.HTTP, "::1"), "http://[::1]:8080/health"),
+        (sidecar(ProbeKind.TCP, "fe80::1%eth0"), "tcp://[fe80::1%eth0]:8080"),
+        (sidecar(ProbeKind.TCP, "localhost"), "tcp://localhost:8080"),
+        (sidecar(ProbeKind.NONE, port=None), None),
+    ],
+)
+def test_url(config: SidecarConfig, url: str | None) -> None:
+    assert config.url == url
+
+
+class FakeSidecar:
+    """A stand-in for the hub's reading side only (the hub itself is pure bookkeeping)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.state = "stopped"
+        self.pid: int | None = None
+
+    def record(self) -> dict[str, object]:
+        return {"name": self.name, "state": self.state, "pid": self.pid, "url": None}
+
+    def details(self) -> events.Details:
+        return events.Details()
+
+
+class Inbox:
+    def __init__(self, names: frozenset[str] | None) -> None:
+        self.names = names
+        self.got: list[dict[str, object]] = []
+
+    def deliver(self, data: bytes) -> None:
+        self.got.append(json.loads(data))
+
+
+def test_hub_publishes_state_and_spawn_changes_once_to_matching_subscribers() -> None:
+    hub = events.EventHub(clock=lambda: 0.0)
+    everything, only_web = Inbox(None), Inbox(frozenset({"web"}))
+    hub.subscribe(everything)
+    hub.subscribe(only_web)
+    web, api = FakeSidecar("web"), FakeSidecar("api")
+    steps = [
+        (web, "starting", None),
+        (web, "starting", None),  # e.g. the attempt count changed: nothing to publish
+        (web, "starting", 5),  # the child is spawned
+        (api, "starting", None),
+        (web, "ready", 5),
+        (web, "ready", 5),
+    ]
+    for item, state, pid in steps:
+        item.state, item.pid = state, pid
+        hub.sidecar_changed(item)
+    hub.daemon_event("daemon_stopping", reason="SIGTERM")
+    kinds = [(e["sidecar"], e["event"]) for e in everything.got]
+    assert kinds == [
+        ("web", "starting"), ("web", "spawned"), ("api", "starting"), ("web", "ready"),
+        (None, "daemon_stopping"),
+    ]  # fmt: skip
+    assert [(e["sidecar"], e["event"]) for e in only_web.got] == [
+        ("web", "starting"), ("web", "spawned"), ("web", "ready"), (None, "daemon_stopping"),
+    ]  # fmt: skip
+    hub.unsubscribe(everything)
+    web.state = "stopping"
+    hub.sidecar_changed(web)
+    assert len(everything.got) == 5 and only_web.got[-1]["event"] == "stopping"
+
+
+def test_status_of_filters_sidecars() -> None:
+    doc = {"supervisor": {"pid": 1}, "sidecars": [{"name": "a"}, {"name": "b"}]}
+    assert events.status_of(doc, None) == doc
+    assert events.status_of(doc, frozenset({"b"}))["sidecars"] == [{"name": "b"}]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["/venv/bin/supervisor", "run", "-c", "x"], True),
+        (["/usr/bin/python3", "-m", "supervisor", "run"], True),
+        (["python", "-P", "-m", "supervisor", "run", "--log-format", "json"], True),
+        (["python", "-msupervisor", "run"], True),
+        (["/venv/bin/supervisor", "status"], False),
+        (["supervisord", "-n", "-c", "run"], False),
+        (["python", "-m", "supervisor.demo", "--port", "1"], False),
+        (["python", "/x/supervisor/demo.py", "run"], False),
+        (["supervisor"], False),
+        ([], False),
+    ],
+)
+def test_is_supervisor_run(argv: list[str], expected: bool) -> None:
+    assert tags.is_supervisor_daemon(argv) is expected
+
+
+def test_render_event_is_one_escaped_line() -> None:
+    line = status.render_event(
+        {
+            "event": "failed", "sidecar": "web", "pid": None, "at": "T",
+            "reason": "gave up", "output": ["\x1b[31mboom\nagain"],
+        }
+    )  # fmt: skip
+    assert line == "T  web  failed  gave up  last output: \\x1b[31mboom\\nagain"
+    ready = status.render_event(
+        {"event": "ready", "sidecar": "web", "pid": 3, "at": "T", "url": "tcp://h:1"}
+    )
+    assert ready == "T  web  ready  pid 3  tcp://h:1"
+    stopping = {"event": "daemon_stopping", "sidecar": None, "at": "T", "reason": "SIGTERM"}
+    assert status.render_event(stopping) == "T  supervisor  daemon_stopping  SIGTERM"
+
+
+SPACED = Path("/Users/me/Library/Application Support/app state")
+
+
+@pytest.mark.parametrize(
+    ("error", "hints"),
+    [
+        (errors.AlreadyRunningError(SPACED, 12),
+         [["status", "--state-dir", str(SPACED)], ["stop", "--state-dir", str(SPACED)]]),
+        (errors.NotRunningError(SPACED, Path("/c f/s.toml")),
+         [["run", "-c", "/c f/s.toml", "--state-dir", str(SPACED)]]),
+        (errors.SeveralRunningError([SPACED, Path("/c")]),
+         [["status", "--state-dir", str(SPACED)]]),
+        (errors.WaitTimeoutError(1.0, {"web": "waiting"}, SPACED),
+         [["status", "--state-dir", str(SPACED), "web"]]),
+        (errors.SidecarDownError("web", "failed", "gave up", SPACED),
+         [["restart", "--state-dir", str(SPACED), "web"]]),
+    ],
+)  # fmt: skip
+def test_hints_are_commands_that_work_as_printed(
+    error: errors.SupervisorError, hints: list[list[str]]
+) -> None:
+    found = [shlex.split(q) for q in re.findall(r'"(supervisor [^"]*)"', error.message)]
+    assert found == [["supervisor", *hint] for hint in hints]
+
+
+@pytest.mark.parametrize("arg", ["it's", 'a "b"', "$HOME", "x;y", "a\\b", "é ü"])
+def test_command_quotes_anything(arg: str) -> None:
+    assert shlex.split(errors.command("status", "--state-dir", arg)) == [
+        "supervisor", "status", "--state-dir", arg,
+    ]  # fmt: skip
