@@ -15,6 +15,7 @@ from supervisor import children, exitwatch, logs, net, status
 from supervisor.attempt import Attempt, read_recorded_pid
 from supervisor.config import SidecarConfig
 from supervisor.lifecycle import Event, State, decide_after_exit, next_state
+from supervisor.outputlog import OutputLog
 from supervisor.reconcile.preflight import Action, Context, Outcome, preflight
 from supervisor.runtime import Runtime
 
@@ -42,6 +43,7 @@ class Sidecar:
         self.reason: str | None = None
         self.last_exit: dict[str, object] | None = None
         self.attempt: Attempt | None = None
+        self._output_log: OutputLog | None = None
         self._scope: anyio.CancelScope | None = None
         self._finished = anyio.Event()
         self._finished.set()
@@ -60,12 +62,17 @@ class Sidecar:
     ) -> None:
         """Supervise until stopped (cancelled) or until a terminal state (failed, exited)."""
         self._finished = anyio.Event()
+        # output.log spans the restarts of one run; its file is opened with the first line.
+        self._output_log = OutputLog.open(self.rt.state, self.config, self.log)
         try:
             with anyio.CancelScope() as scope:
                 self._scope = scope
                 task_status.started()
                 await self._supervise(interactive and self.rt.interactive_allowed)
         finally:
+            if self._output_log is not None:
+                await self._output_log.aclose()  # shielded and bounded
+                self._output_log = None
             self._settle_stopped()
             self._scope = None
             self._finished.set()
@@ -109,7 +116,9 @@ class Sidecar:
                 self.log.error("sidecar_start_failed", reason=outcome.reason)
                 self._transition(Event.GIVE_UP, reason=outcome.reason)
                 return
-            self.attempt = Attempt(self.config, self.rt, host=self, log=self.log)
+            self.attempt = Attempt(
+                self.config, self.rt, host=self, log=self.log, output_log=self._output_log
+            )
             try:
                 exit_info = await self.attempt.run(attempt=self.attempts, interactive=interactive)
             finally:
