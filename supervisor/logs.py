@@ -9,6 +9,7 @@ from typing import TextIO
 import structlog
 
 from supervisor.config import LogFormat, LogLevel
+from supervisor.logfile import LogFile
 
 _LEVELS = {
     LogLevel.DEBUG: logging.DEBUG,
@@ -35,11 +36,14 @@ def configure(
     log_format: LogFormat = LogFormat.AUTO,
     level: LogLevel = LogLevel.INFO,
     stream: TextIO | None = None,
+    log_file: LogFile | None = None,
 ) -> None:
-    """Configure structlog globally; safe to call again (a reload may change the level)."""
-    out = stream if stream is not None else sys.stderr
+    """Configure structlog globally; safe to call again (a reload may change the level).
+
+    With `log_file`, events go there instead of `stream`, always as JSON lines."""
+    out = log_file.stream if log_file is not None else stream if stream is not None else sys.stderr
     renderer: structlog.types.Processor
-    if uses_json(log_format, out):
+    if log_file is not None or uses_json(log_format, out):
         renderer = structlog.processors.JSONRenderer()
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=False)
