@@ -22,7 +22,8 @@ from collections.abc import Callable, Sequence
 FILE_MODE = 0o600
 DEFAULT_MAX_PENDING_BYTES = 1 << 20
 
-_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+# Read too: whether the file ends mid-line (see `_torn`) is read back at open.
+_OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 GapLine = Callable[[int, str | None], bytes]  # (lines lost, the write error if any) -> a line
 
@@ -54,6 +55,7 @@ class RotatingFile:
         self._dir_fd: int | None = os.dup(dir_fd)
         self._fd: int | None = None
         self._size = 0
+        self._torn = False  # the file ends in a line cut short by a failed write
 
     def backup_name(self, n: int) -> str:
         return f"{self.name}.{n}"
@@ -81,6 +83,8 @@ class RotatingFile:
             raise
         self._fd = fd
         self._size = info.st_size
+        # A line cut short before (a full disk, a crash) is ended before ours.
+        self._torn = info.st_size > 0 and os.pread(fd, 1, info.st_size - 1) != b"\n"
 
     def append(self, lines: Sequence[bytes]) -> None:
         """Append `lines` (each ends with a newline), rotating between lines as needed.
@@ -101,7 +105,9 @@ class RotatingFile:
                     self._rotate()
                     rotated = True
                     continue
-                self._write_all(chunk)
+                done, error = self._write(chunk)
+                if error is not None:
+                    raise PartialWrite(written + _whole_lines(lines[written:end], done), error)
                 written = end
                 rotated = False
         except PartialWrite:
@@ -124,15 +130,26 @@ class RotatingFile:
             end += 1
         return b"".join(lines[start:end]), end
 
-    def _write_all(self, data: bytes) -> None:
+    def _write(self, data: bytes) -> tuple[int, OSError | None]:
+        """Write `data`: (bytes of it written, the error that stopped it or None)."""
         fd = self._fd
         if fd is None:
-            raise OSError(errno.EBADF, f"{self.name} is not open")
-        view = memoryview(data)
-        while view:
-            count = os.write(fd, view)
-            self._size += count
-            view = view[count:]
+            return 0, OSError(errno.EBADF, f"{self.name} is not open")
+        # The last write stopped mid-line (a full disk): end that line before the next one.
+        prefix = b"\n" if self._torn else b""
+        payload = memoryview(prefix + data)
+        done = 0
+        try:
+            while done < len(payload):
+                count = os.write(fd, payload[done:])
+                done += count
+                self._size += count
+        except OSError as exc:
+            if done:
+                self._torn = payload[done - 1] != ord("\n")
+            return max(0, done - len(prefix)), exc
+        self._torn = False
+        return len(data), None
 
     def _reopen_if_removed(self) -> None:
         # Someone deleted the file (to free space, say): writing on into the unlinked inode would
@@ -175,12 +192,24 @@ class RotatingFile:
             os.close(fd)
 
 
+def _whole_lines(lines: Sequence[bytes], size: int) -> int:
+    """How many of `lines` fit entirely into their first `size` bytes."""
+    count = 0
+    for line in lines:
+        size -= len(line)
+        if size < 0:
+            break
+        count += 1
+    return count
+
+
 class LineWriter:
     """Whole lines for a `RotatingFile`, written by a thread of its own; `put` never blocks.
 
     At most `max_pending_bytes` wait in memory (plus one batch being written); beyond that a
     line is dropped and counted, as are lines a failing write loses. `dropped` only grows; the
-    caller reports it. The thread starts with the first line.
+    caller reports it. Where lines went missing the file gets `gap_line(count, error)`, in
+    place. The thread starts with the first line.
     """
 
     def __init__(
@@ -195,29 +224,34 @@ class LineWriter:
         self._gap_line = gap_line
         self._max_pending = max_pending_bytes
         self._thread_name = thread_name
-        self._cond = threading.Condition(threading.Lock())
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # the thread waits on it for lines
+        self._flushed = threading.Condition(lock)  # `flush` waits on it for the thread
+        self._queued = 0  # lines accepted by `put`; a line's number is the count before it
+        self._handled = 0  # ... of which the thread has written or lost
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._waiting = False  # the thread sleeps on _cond and needs a notify
         self._closing = False
         self._thread: threading.Thread | None = None
-        self._unmarked = 0  # lost since the last gap line
+        self._unmarked = 0  # lost and not yet marked by a gap line ...
+        self._gap_at: int | None = None  # ... the first of them before accepted line number N
         self.dropped = 0
         self.error: str | None = None  # the last write error, until a write succeeds again
 
     def put(self, line: bytes) -> bool:
         """Queue one line (ending with a newline); False if it was dropped."""
         with self._cond:
-            if self._closing or self._pending_bytes + len(line) > self._max_pending:
-                self.dropped += 1
-                self._unmarked += 1
-                return False
-            if self._thread is None and not self._start():
-                self.dropped += 1
-                self._unmarked += 1
+            if (
+                self._closing
+                or self._pending_bytes + len(line) > self._max_pending
+                or (self._thread is None and not self._start())
+            ):
+                self._lose(1, self._queued)
                 return False
             self._pending.append(line)
             self._pending_bytes += len(line)
+            self._queued += 1
             if self._waiting:
                 self._cond.notify()
         return True
@@ -230,6 +264,14 @@ class LineWriter:
             return False
         self._thread = thread
         return True
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait (at most `timeout_s`) until every line put so far is written or counted lost.
+
+        Blocks: call it from a worker thread."""
+        with self._cond:
+            target = self._queued
+            return self._flushed.wait_for(lambda: self._handled >= target, timeout_s)
 
     def close(self, timeout_s: float) -> bool:
         """Write what is queued (waiting at most `timeout_s`), stop the thread, close the file.
@@ -257,35 +299,52 @@ class LineWriter:
                     self._waiting = False
                     batch, self._pending = self._pending, []
                     self._pending_bytes = 0
+                    first = self._handled
                     done = self._closing
-                if batch:
-                    self._write(batch)
+                if batch or (done and self._unmarked):
+                    self._write(batch, first, final=done)
+                with self._cond:
+                    self._handled += len(batch)
+                    self._flushed.notify_all()
                 if done:
                     return
         finally:
             self.file.close()
 
-    def _write(self, batch: list[bytes]) -> None:
+    def _write(self, batch: list[bytes], first: int, *, final: bool) -> None:
+        """Append `batch` (lines number `first`...), with a gap line where lines went missing."""
         with self._cond:
-            unmarked = self._unmarked
-        if unmarked and self._gap_line is not None:
-            try:
-                self.file.append([self._gap_line(unmarked, self.error)])
-            except PartialWrite as exc:
-                self.error = exc.error.strerror or str(exc.error)
-                self._lost(len(batch))
-                return
+            unmarked, gap_at = self._unmarked, self._gap_at
+        lines = batch
+        mark = None  # the gap line's index in `lines`
+        if unmarked and self._gap_line is not None and gap_at is not None:
+            cut = min(max(gap_at - first, 0), len(batch))
+            if cut < len(batch) or final:  # else the gap is after this batch: a later one marks it
+                mark = cut
+                lines = [*batch[:cut], self._gap_line(unmarked, self.error), *batch[cut:]]
+        try:
+            self.file.append(lines)
+            written = len(lines)
+            failure = None
+        except PartialWrite as exc:
+            written = exc.written
+            failure = exc
+        if mark is not None and written > mark:
             with self._cond:
                 self._unmarked -= unmarked
-        try:
-            self.file.append(batch)
-        except PartialWrite as exc:
-            self.error = exc.error.strerror or str(exc.error)
-            self._lost(len(batch) - exc.written)
-            return
-        self.error = None
+                if not self._unmarked:
+                    self._gap_at = None
+            written -= 1
+        if failure is not None:
+            self.error = failure.error.strerror or str(failure.error)
+            with self._cond:
+                self._lose(len(batch) - written, first + len(batch))
+        else:
+            self.error = None
 
-    def _lost(self, count: int) -> None:
-        with self._cond:
-            self.dropped += count
-            self._unmarked += count
+    def _lose(self, count: int, before: int) -> None:
+        """`count` lines are lost just before accepted line number `before` (lock held)."""
+        self.dropped += count
+        self._unmarked += count
+        if self._gap_at is None or before < self._gap_at:
+            self._gap_at = before

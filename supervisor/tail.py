@@ -200,18 +200,16 @@ class OutputReader:
             self._identity = _identity(os.fstat(self._fd))
             self._offset = 0
         data = self._read_on()
-        if data:
-            return data
         try:
             current = _identity(os.stat(OUTPUT_NAME, dir_fd=folder, follow_symlinks=False))
         except OSError:
-            return b""  # between a rotation's rename and the new file: next time
-        if current == self._identity:
-            if os.fstat(self._fd).st_size < self._offset:  # truncated in place
-                self._offset = 0
-                return self._read_on()
-            return b""
-        return self._rotated(folder)
+            return data  # between a rotation's rename and the new file: next time
+        if current != self._identity:
+            return data + self._rotated(folder)
+        if os.fstat(self._fd).st_size < self._offset:  # truncated in place
+            self._offset = 0
+            return data + self._read_on()
+        return data
 
     def _read_on(self) -> bytes:
         if self._fd is None:
