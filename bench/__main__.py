@@ -18,6 +18,7 @@ BENCHMARKS = {
     "idle": "bench.idle",
     "scale": "bench.scale",
     "cli": "bench.cli",
+    "output": "bench.output",
 }
 
 

@@ -17,10 +17,12 @@ import errno
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 FILE_MODE = 0o600
 DEFAULT_MAX_PENDING_BYTES = 1 << 20
+COALESCE_S = 0.002
 
 # Read too: whether the file ends mid-line (see `_torn`) is read back at open.
 _OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -297,6 +299,11 @@ class LineWriter:
                         self._waiting = True
                         self._cond.wait()
                     self._waiting = False
+                if not self._closing:
+                    # Woken by a line: let its neighbours join it. A batch a few ms long, not a
+                    # wake-up, a GIL hand-over and a write per line of a chatty child.
+                    time.sleep(COALESCE_S)
+                with self._cond:
                     batch, self._pending = self._pending, []
                     self._pending_bytes = 0
                     first = self._handled
