@@ -161,34 +161,25 @@ def test_a_tcp_check_restarts_a_server_whose_port_closed(tmp_path: Path) -> None
         assert daemon.stop() == 0
 
 
-HANGING_CHECK = """
-import os, sys, time
-with open(sys.argv[1], "a") as pids:
-    child = os.fork()
-    if child == 0:
-        time.sleep(3600)  # a grandchild in the check's process group
-        os._exit(0)
-    pids.write(f"{os.getpid()} {child}\\n")
-print("checking...", flush=True)
-time.sleep(3600)
-"""
+# The checks are sh scripts: they start in a millisecond even on a loaded machine, so their
+# timeouts can be short without a slow start ever looking like a failure.
+# A check that hangs, with a grandchild in its process group (sh without job control).
+HANGING_CHECK = 'sleep 3600 & echo "$$ $!" >> "$0"; echo checking...; wait'
 
 
 def test_an_exec_check_that_hangs_is_killed_with_its_group(tmp_path: Path) -> None:
-    check = tmp_path / "check.py"
-    check.write_text(textwrap.dedent(HANGING_CHECK))
     pids = tmp_path / "check.pids"
     health = {
         "probe": "exec",
-        "command": [PYTHON, str(check), str(pids)],
+        "command": ["sh", "-c", HANGING_CHECK, str(pids)],
         "interval": 1.0,
-        "timeout": 0.5,
+        "timeout": 1.0,
         "failures": 3,
     }
     with start(tmp_path, [demo_sidecar("web", free_port(), health=health)]) as daemon:
         daemon.wait_for("sidecar_ready")
         failed = daemon.wait_for("health_check_failed", failures=1)
-        assert "no result within 0.5s; killed it and its process group" in failed["reason"]
+        assert "no result within 1s; killed it and its process group" in failed["reason"]
         assert failed["reason"].endswith(": checking...")  # its last words
         (line,) = pids.read_text().splitlines()
         check_pid, grandchild = (int(word) for word in line.split())
@@ -199,25 +190,16 @@ def test_an_exec_check_that_hangs_is_killed_with_its_group(tmp_path: Path) -> No
         assert daemon.stop() == 0
 
 
-FLAPPING_CHECK = """
-import os, sys
-flag = sys.argv[1]
-if os.path.exists(flag):  # every other check fails
-    os.unlink(flag)
-    print("down this time", flush=True)
-    sys.exit(1)
-open(flag, "w").close()
-"""
+# Every other check fails.
+FLAPPING_CHECK = 'if [ -e "$0" ]; then rm "$0"; echo "down this time"; exit 1; fi; : > "$0"'
 
 
 def test_a_flapping_check_under_the_threshold_restarts_nothing(tmp_path: Path) -> None:
-    check = tmp_path / "check.py"
-    check.write_text(textwrap.dedent(FLAPPING_CHECK))
     health = {
         "probe": "exec",
-        "command": [PYTHON, str(check), str(tmp_path / "flag")],
-        "interval": 0.3,
-        "timeout": 0.3,
+        "command": ["sh", "-c", FLAPPING_CHECK, str(tmp_path / "flag")],
+        "interval": 0.5,
+        "timeout": 0.5,
         "failures": 2,
     }
     with start(tmp_path, [demo_sidecar("web", free_port(), health=health)]) as daemon:
@@ -254,22 +236,15 @@ def test_an_unhealthy_sidecar_under_policy_never_is_left_exited(tmp_path: Path) 
         assert daemon.stop() == 0
 
 
-SLOW_CHECK = """
-import os, sys, time
-with open(sys.argv[1], "a") as pids:
-    pids.write(f"{os.getpid()}\\n")
-time.sleep(3600)
-"""
+SLOW_CHECK = 'echo "$$" >> "$0"; exec sleep 3600'
 
 
 @pytest.mark.parametrize("how", ["shutdown", "restart"])
 def test_a_stop_or_restart_cancels_a_running_check_first(tmp_path: Path, how: str) -> None:
-    check = tmp_path / "check.py"
-    check.write_text(textwrap.dedent(SLOW_CHECK))
     pids = tmp_path / "check.pids"
     health = {
         "probe": "exec",
-        "command": [PYTHON, str(check), str(pids)],
+        "command": ["sh", "-c", SLOW_CHECK, str(pids)],
         "interval": 2.0,
         "timeout": 2.0,  # the stop comes long before it
     }
