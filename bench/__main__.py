@@ -20,6 +20,7 @@ BENCHMARKS = {
     "cli": "bench.cli",
     "handoff": "bench.handoff",
     "control": "bench.control",
+    "output": "bench.output",
 }
 
 

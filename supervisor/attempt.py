@@ -1,5 +1,9 @@
 """One attempt of a sidecar: spawn -> ready -> hold while ready -> end (exit, stop or failed start).
 
+While ready, the hold runs the health checks (health.py): `health.failures` failed checks in a
+row end the attempt as unhealthy (the child is stopped: stop signal, SIGKILL after
+`stop.timeout`), and the sidecar restarts it like a crash.
+
 The sidecar's loop (sidecar.py) runs one `Attempt` per launch and decides what comes next from
 the `ExitInfo` it returns; the attempt reports its milestones through `AttemptHost`.
 """
@@ -8,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import signal
 import time
 from typing import Protocol
 
@@ -16,6 +21,7 @@ from structlog.typing import FilteringBoundLogger
 
 from supervisor import (
     children,
+    health,
     inherit,
     ledger,
     logs,
@@ -31,11 +37,15 @@ from supervisor import (
 )
 from supervisor.config import SidecarConfig
 from supervisor.lifecycle import ExitInfo
+from supervisor.outputlog import OutputLog
 from supervisor.reconcile.kill import KillAborted, kill_process
 from supervisor.runtime import Runtime
 from supervisor.statedir import SIDECAR_PID_NAME, StateDir, int_field
 
 OUTPUT_DRAIN_S = 0.5
+# An exec health check's environment: the sidecar's (with its tags), plus these.
+HEALTH_PID_ENV = "SUPERVISOR_SIDECAR_PID"
+HEALTH_PORT_ENV = "SUPERVISOR_PORT"
 
 
 class AttemptHost(Protocol):
@@ -67,6 +77,7 @@ class Attempt:
         log: FilteringBoundLogger,
         chores: anyio.abc.TaskGroup | None = None,
         listen: inherit.ListenSocket | None = None,
+        output_log: OutputLog | None = None,
     ) -> None:
         self.config = config
         self.listen = listen  # the inherited socket (socket.inherit): fd 3 of the child
@@ -75,12 +86,14 @@ class Attempt:
         self.host = host
         self.log = log
         self.chores = chores  # the sidecar's: bookkeeping that need not hold up a restart
-        self.output_log = logs.get_output(sidecar=config.name)
+        self.output_events = logs.get_output(sidecar=config.name)
         self.child: children.Child | None = None
         self.ready_child: children.Child | None = None
         self.reason: str | None = None
         self._abandoned = False
         self._spawn: ledger.Spawn | None = None
+        self.output_log = output_log
+        self.unhealthy: str | None = None  # why, once the health checks gave up on the child
 
     @property
     def name(self) -> str:
@@ -158,6 +171,7 @@ class Attempt:
             signal=exit_status.signal if exit_status else None,
             failed_start=failed_start,
             daemonized=daemonized,
+            unhealthy=self.unhealthy is not None,
         )
 
     def kill_now(self) -> None:
@@ -220,17 +234,48 @@ class Attempt:
         self.log.info("sidecar_ready", pid=child.pid, elapsed_ms=elapsed_ms, url=self.config.url)
 
     async def _hold_ready(self, child: children.Child) -> None:
-        with anyio.move_on_after(self.config.restart.reset_after_s):
-            await child.wait_exit()
-            return
-        self.host.held()
-        await child.wait_exit()
+        """Until the child exits, or the health checks find it unhealthy (then it is stopped)."""
+        async with anyio.create_task_group() as hold:
+
+            async def until_exit() -> None:
+                await child.wait_exit()
+                hold.cancel_scope.cancel()
+
+            async def until_held() -> None:
+                await anyio.sleep(self.config.restart.reset_after_s)
+                self.host.held()
+
+            hold.start_soon(until_exit)
+            hold.start_soon(until_held)
+            if health.enabled(self.config):
+                hold.start_soon(self._watch_health, child, hold.cancel_scope)
+        if self.unhealthy is not None and child.status is None:
+            with anyio.CancelScope(shield=True):
+                # A stopped (SIGSTOP) child handles no stop signal until it is continued.
+                child.signal_group(signal.SIGCONT)
+                await child.stop(self.config.stop.signal, self.config.stop.timeout_s)
+
+    async def _watch_health(self, child: children.Child, hold: anyio.CancelScope) -> None:
+        env = tags.child_env(
+            self.rt.base_env, self.config.env, sidecar=self.name, owner=self.rt.owner_tag
+        )
+        env[HEALTH_PID_ENV] = str(child.pid)
+        if self.config.port is not None:
+            env[HEALTH_PORT_ENV] = str(self.config.port)
+        reason, failures = await health.watch(self.config, env, self.log)
+        if child.exited:
+            return  # it crashed meanwhile: an exit, not a hang
+        self.unhealthy = f"unhealthy: {failures} health checks failed in a row; last: {reason}"
+        self.log.warning("sidecar_unhealthy", pid=child.pid, failures=failures, reason=reason)
+        hold.cancel()
 
     def _child_ended(self, child: children.Child, failed_start: bool) -> None:
         """The leader exited: kill what is left of its group, reap, record the exit."""
         exit_status = child.finish()
         signal_name = show.signal_name(exit_status.signal)
-        if not failed_start:
+        if self.unhealthy is not None:
+            self.reason = self.unhealthy
+        elif not failed_start:
             self.reason = (
                 f"exited with code {exit_status.code}"
                 if exit_status.signal is None
@@ -363,11 +408,13 @@ class Attempt:
             self.log.info("pidfile_removed", path=self._pidfile_path)
 
     def _output(self, stream: str, line: str, truncated: bool) -> None:
+        if self.output_log is not None:
+            self.output_log.write(stream, line, truncated)
         self.host.output(line)
         if truncated:
-            self.output_log.info("child_output", stream=stream, line=line, truncated=True)
+            self.output_events.info("child_output", stream=stream, line=line, truncated=True)
         else:
-            self.output_log.info("child_output", stream=stream, line=line)
+            self.output_events.info("child_output", stream=stream, line=line)
 
 
 EXITED_EARLY = "exited before becoming ready"

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from supervisor import control, service
+    from supervisor.config import SidecarConfig
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -83,6 +84,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             log_level=args.log_level,
             exit_with_parent=bool(args.exit_with_parent),
             interactive=not args.non_interactive,
+            log_file=args.log_file,
         )
     )
 
@@ -226,6 +228,43 @@ def _cmd_events(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _configured_sidecars(config_arg: str | None) -> tuple[SidecarConfig, ...]:
+    """The config's sidecars; none when the default config is missing or broken (an explicit
+    -c that cannot be read is an error)."""
+    from supervisor import config, paths
+
+    try:
+        return config.load(paths.config_path(config_arg)).sidecars
+    except ConfigError:
+        if config_arg:
+            raise
+        return ()
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    import time
+
+    from supervisor import control, tail
+
+    configured = _configured_sidecars(args.config)
+    state_dir = control.resolve_state_dir(args.config, args.state_dir)
+    reader = tail.OutputReader.open(state_dir, args.name, configured)
+    out = sys.stdout.buffer
+    try:
+        out.write(b"".join(reader.last(args.lines)))
+        out.flush()
+        while args.follow:  # until interrupted (Ctrl-C: exit 130, quietly)
+            data = reader.follow()
+            if data:
+                out.write(data)
+                out.flush()
+            else:
+                time.sleep(tail.POLL_S)
+    finally:
+        reader.close()
+    return EXIT_OK
+
+
 def _cmd_port(args: argparse.Namespace) -> int:
     from supervisor.errors import EXIT_PORT_HELD
     from supervisor.reconcile import diagnose
@@ -295,6 +334,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _line_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of lines, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of lines >= 0, got {value}")
+    return value
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -355,6 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         choices=["debug", "info", "warning", "error"],
         help="the least severe level logged (default: the config's log_level, then info)",
+    )
+    run.add_argument(
+        "--log-file",
+        metavar="PATH",
+        help="write the log as JSON lines to PATH, rotated per log_max_bytes/log_backups, "
+        'instead of stderr ("" = stderr; default: the config\'s log_file)',
     )
     run.add_argument(
         "--exit-with-parent",
@@ -439,6 +494,25 @@ def build_parser() -> argparse.ArgumentParser:
     events = command("events", _cmd_events, "follow the running daemon's state changes")
     events.add_argument("--json", action="store_true", help="one JSON object per line")
     daemon_opts(events)
+
+    logs_cmd = command("logs", _cmd_logs, "show a sidecar's output (its output.log)")
+    logs_cmd.add_argument("name", metavar="NAME", help="the sidecar")
+    logs_cmd.add_argument(
+        "-n",
+        "--lines",
+        type=_line_count,
+        default=50,
+        metavar="N",
+        help="show the last N lines (default 50), from rotated files too",
+    )
+    logs_cmd.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="then print new lines as they are written, across rotation, until interrupted",
+    )
+    config_opt(logs_cmd)
+    state_opt(logs_cmd)
 
     port = command("port", _cmd_port, "diagnose who holds a TCP port (read-only)")
     port.add_argument("port", type=_port, metavar="PORT", help="the TCP port (1..65535)")

@@ -33,6 +33,7 @@ from supervisor.control.events import EventHub
 from supervisor.control.server import ControlServer
 from supervisor.errors import ForeignProcError, StateDirError, SupervisorError
 from supervisor.ledger import Ledger
+from supervisor.logfile import LogFile
 from supervisor.notify import Notifier
 from supervisor.reconcile import sweep
 from supervisor.reload import plan_reload
@@ -59,6 +60,7 @@ class RunOptions:
     log_level: str | None
     exit_with_parent: bool
     interactive: bool
+    log_file: str | None = None  # --log-file; "" = stderr whatever the config says
 
 
 def main(args: RunOptions) -> int:
@@ -79,11 +81,27 @@ def main(args: RunOptions) -> int:
         state.path = Path(os.path.realpath(state_path))
         logs.configure(log_format, log_level)
         with state.lock():
-            _run(cfg, config_path, state, args)
+            log_file = _open_log_file(cfg, args)
+            try:
+                logs.configure(log_format, log_level, log_file=log_file)
+                _run(cfg, config_path, state, args, log_file)
+            finally:
+                if log_file is not None:
+                    log_file.close()  # the last lines, bounded
     return 0
 
 
-def _run(cfg: Config, config_path: Path, state: StateDir, args: RunOptions) -> None:
+def _open_log_file(cfg: Config, args: RunOptions) -> LogFile | None:
+    path = cfg.supervisor.log_file if args.log_file is None else paths.log_file(args.log_file)
+    if path is None:
+        return None
+    daemon = cfg.supervisor
+    return LogFile.open(path, max_bytes=daemon.log_max_bytes, backups=daemon.log_backups)
+
+
+def _run(
+    cfg: Config, config_path: Path, state: StateDir, args: RunOptions, log_file: LogFile | None
+) -> None:
     me = os.getpid()
     # The orphans our sidecars leave become ours: a daemonizing command is seen for what it is.
     subreaper = reaper.become_subreaper()
@@ -97,6 +115,7 @@ def _run(cfg: Config, config_path: Path, state: StateDir, args: RunOptions) -> N
         interactive=args.interactive,
         log_overrides=(args.log_format, args.log_level),
         previous=sweep.previous_owner(state.read(PID_NAME)),
+        log_file=log_file,
     )
     daemon.subreaper = subreaper
     try:
@@ -136,6 +155,7 @@ class Daemon:
         interactive: bool,
         log_overrides: tuple[str | None, str | None],
         previous: OwnerTag | None = None,
+        log_file: LogFile | None = None,
     ) -> None:
         self.cfg = cfg
         self.config_path = config_path
@@ -146,6 +166,7 @@ class Daemon:
         self.exit_with_parent = exit_with_parent
         self.parent_pid = os.getppid()
         self.log_overrides = log_overrides
+        self.log_file = log_file
         self.previous = previous  # the daemon before us, if it exited uncleanly
         self.log = logs.get()
         self.notifier = Notifier.from_env()
@@ -492,13 +513,15 @@ class Daemon:
             logs.configure(
                 LogFormat(fmt_override) if fmt_override else new.supervisor.log_format,
                 LogLevel(level_override) if level_override else new.supervisor.log_level,
+                log_file=self.log_file,
             )
-        if new.supervisor.state_dir != self.cfg.supervisor.state_dir:
-            self.log.warning(
-                "config_setting_ignored",
-                key="supervisor.state_dir",
-                detail="the state dir cannot change while the daemon runs; restart it",
-            )
+        for key in ("state_dir", "log_file", "log_max_bytes", "log_backups"):
+            if getattr(new.supervisor, key) != getattr(self.cfg.supervisor, key):
+                self.log.warning(
+                    "config_setting_ignored",
+                    key=f"supervisor.{key}",
+                    detail=f"{key} cannot change while the daemon runs; restart it",
+                )
 
     @_exclusive
     async def _restart_all(self) -> None:

@@ -85,12 +85,17 @@ class ExitInfo:
     signal: int | None
     failed_start: bool  # never became ready (exited early, timed out, or could not spawn)
     daemonized: bool = False  # it exited and left a process of its own serving the port
+    unhealthy: bool = False  # stopped by us: `health.failures` consecutive checks failed
 
     @property
     def clean(self) -> bool:
         """A success for `on-failure`: exit 0 after readiness. A failed start never is, whatever
-        its code (a child stopped for missing `ready.timeout` may well exit 0 on SIGTERM)."""
-        return self.code == 0 and self.signal is None and not self.failed_start
+        its code (a child stopped for missing `ready.timeout` may well exit 0 on SIGTERM), and
+        neither is an unhealthy child we stopped: a hung server is a failure, like a crash, so
+        `always` and `on-failure` restart it and `never` leaves it exited."""
+        return (
+            self.code == 0 and self.signal is None and not self.failed_start and not self.unhealthy
+        )
 
 
 @dataclass(frozen=True)

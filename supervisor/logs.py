@@ -23,6 +23,7 @@ from typing import TextIO
 import structlog
 
 from supervisor.config import LogFormat, LogLevel
+from supervisor.logfile import LogFile
 
 _LEVELS = {
     LogLevel.DEBUG: logging.DEBUG,
@@ -223,14 +224,18 @@ def configure(
     log_format: LogFormat = LogFormat.AUTO,
     level: LogLevel = LogLevel.INFO,
     stream: TextIO | None = None,
+    log_file: LogFile | None = None,
 ) -> None:
     """Configure structlog globally; safe to call again (a reload may change the level).
 
-    Without `stream`, lines go to stderr through the bounded writer.
+    Without `stream`, lines go to stderr through the bounded writer; with `log_file`, to that
+    rotated file instead (its own bounded, counting writer), always as JSON lines.
     """
-    out: TextIO | LineWriter = stream if stream is not None else writer()
+    out: TextIO | LineWriter = (
+        log_file.stream if log_file is not None else stream if stream is not None else writer()
+    )
     renderer: structlog.types.Processor
-    if uses_json(log_format, out):
+    if log_file is not None or uses_json(log_format, out):
         renderer = structlog.processors.JSONRenderer()
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=use_colors(out))

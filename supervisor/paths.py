@@ -33,6 +33,11 @@ def config_path(cli_path: str | None, environ: Mapping[str, str] = os.environ) -
     return Path(platformdirs.user_config_dir(APP_NAME)) / "supervisor.toml"
 
 
+def log_file(cli_path: str) -> Path | None:
+    """`--log-file PATH` (absolute against the current directory); "" means stderr."""
+    return _expand("--log-file", cli_path) if cli_path else None
+
+
 def state_dir(
     cli_dir: str | None,
     configured: Path | None,

@@ -17,6 +17,7 @@ from supervisor.attempt import Attempt, read_recorded_pid
 from supervisor.config import SidecarConfig
 from supervisor.control import events
 from supervisor.lifecycle import Event, State, decide_after_exit, next_state
+from supervisor.outputlog import OutputLog
 from supervisor.reconcile.preflight import Action, Context, Outcome, preflight
 from supervisor.runtime import Runtime
 
@@ -53,6 +54,7 @@ class Sidecar:
         self.holder: tuple[int | None, str | None] = (None, None)
         self.next_attempt: tuple[float, float] | None = None  # (delay_s, due at epoch s)
         self.recent_output: deque[str] = deque(maxlen=events.OUTPUT_LINES)
+        self._output_log: OutputLog | None = None
         self._scope: anyio.CancelScope | None = None
         self._finished = anyio.Event()
         self._finished.set()
@@ -74,6 +76,8 @@ class Sidecar:
         """Supervise until stopped (cancelled) or until a terminal state (failed, exited)."""
         self._finished = anyio.Event()
         self._settled = anyio.Event()
+        # output.log spans the restarts of one run; its file is opened with the first line.
+        self._output_log = OutputLog.open(self.rt.state, self.config, self.log)
         try:
             with anyio.CancelScope() as scope:
                 self._scope = scope
@@ -83,6 +87,9 @@ class Sidecar:
                     await self._supervise(interactive and self.rt.interactive_allowed)
         finally:
             self._settled.set()
+            if self._output_log is not None:
+                await self._output_log.aclose()  # shielded and bounded
+                self._output_log = None
             self._settle_stopped()
             self._scope = None
             self._finished.set()
@@ -160,7 +167,13 @@ class Sidecar:
                     interactive = False
                     continue
             self.attempt = Attempt(
-                self.config, self.rt, host=self, log=self.log, chores=self._chores, listen=listen
+                self.config,
+                self.rt,
+                host=self,
+                log=self.log,
+                chores=self._chores,
+                listen=listen,
+                output_log=self._output_log,
             )
             try:
                 exit_info = await self.attempt.run(attempt=self.attempts, interactive=interactive)

@@ -10,15 +10,20 @@ from types import MappingProxyType
 
 from supervisor.config.fields import MISSING, Problems, Table, describe
 from supervisor.config.schema import (
+    DEFAULT_BACKUPS,
+    DEFAULT_MAX_BYTES,
     NAME_RE,
     Config,
     ConsentMode,
     DaemonConfig,
     ForeignAction,
+    HealthConfig,
+    HealthKind,
     LiveAction,
     LogFormat,
     LogLevel,
     OrphanAction,
+    OutputConfig,
     ProbeKind,
     ReadyConfig,
     ReclaimConfig,
@@ -29,6 +34,10 @@ from supervisor.config.schema import (
     StopConfig,
 )
 from supervisor.errors import ConfigError
+
+# Rotation limits: a file smaller than this is not a log; more backups than this is a typo.
+MIN_ROTATE_BYTES = 1024
+MAX_BACKUPS = 100
 
 
 def _signal(table: Table, name: str) -> signal.Signals:
@@ -45,9 +54,13 @@ def _signal(table: Table, name: str) -> signal.Signals:
     return table.typed(name, signal.SIGTERM, check, 'a signal name such as "SIGTERM"')
 
 
-def _path(table: Table, name: str, base_dir: Path | None) -> Path | None:
-    """An optional path key; `~` expands, relative paths resolve against the config's folder."""
-    value = table.string(name, "", nonempty=True)
+def _path(
+    table: Table, name: str, base_dir: Path | None, *, empty_is_unset: bool = False
+) -> Path | None:
+    """An optional path key; `~` expands, relative paths resolve against the config's folder.
+
+    With `empty_is_unset`, "" means "not set" (the documented default of `log_file`)."""
+    value = table.string(name, "", nonempty=not empty_is_unset)
     if not value:
         return None
     try:
@@ -68,9 +81,60 @@ def _daemon(table: Table, base_dir: Path | None) -> DaemonConfig:
         log_level=table.choice("log_level", LogLevel.INFO, LogLevel),
         exit_with_parent=table.boolean("exit_with_parent", False),
         shutdown_timeout_s=table.number("shutdown_timeout", 30.0, strict=True),
+        log_file=_path(table, "log_file", base_dir, empty_is_unset=True),
+        log_max_bytes=_rotate_bytes(table, "log_max_bytes"),
+        log_backups=_backups(table, "log_backups"),
     )
     table.finish()
     return result
+
+
+def _rotate_bytes(table: Table, name: str) -> int:
+    return table.integer(name, DEFAULT_MAX_BYTES, minimum=MIN_ROTATE_BYTES)
+
+
+def _backups(table: Table, name: str) -> int:
+    return table.integer(name, DEFAULT_BACKUPS, minimum=0, maximum=MAX_BACKUPS)
+
+
+def _health(table: Table, port: int | None) -> HealthConfig:
+    problems = table.problems
+    probe = table.choice("probe", HealthKind.NONE, HealthKind)
+    if probe in (HealthKind.TCP, HealthKind.HTTP) and port is None:
+        problems.add(table.path("probe"), f'"{probe}" needs a port; set port or probe = "none"')
+    path = table.string("path", "/", nonempty=True)
+    if not path.startswith("/"):
+        problems.add(table.path("path"), f'must start with "/", got {describe(path)}')
+    command = table.argv("command", required=False)
+    if probe is HealthKind.EXEC and not command:
+        problems.add(table.path("command"), 'is required when probe = "exec"')
+    health = HealthConfig(
+        probe=probe,
+        path=path,
+        command=command,
+        interval_s=table.number("interval", 10.0, strict=True),
+        timeout_s=table.number("timeout", 2.0, strict=True),
+        failures=table.integer("failures", 3, minimum=1),
+    )
+    # Checks never overlap, and the restart bound is interval * failures + timeout: a check
+    # must end before the next one is due.
+    if health.timeout_s > health.interval_s:
+        problems.add(
+            table.path("timeout"),
+            f"must be <= interval ({health.interval_s:g}), got {health.timeout_s:g}",
+        )
+    table.finish()
+    return health
+
+
+def _output(table: Table) -> OutputConfig:
+    output = OutputConfig(
+        file=table.boolean("file", True),
+        max_bytes=_rotate_bytes(table, "max_bytes"),
+        backups=_backups(table, "backups"),
+    )
+    table.finish()
+    return output
 
 
 def _env(table: Table, name: str) -> Mapping[str, str]:
@@ -166,6 +230,8 @@ def _sidecar(table: Table, base_dir: Path | None) -> SidecarConfig:
     if socket.inherit and port is None and "port" not in table.raw:
         problems.add(socket_t.path("inherit"), "needs a port; set port or inherit = false")
     socket_t.finish()
+    health = _health(table.sub("health"), port)
+    output = _output(table.sub("output"))
     table.finish()
     return SidecarConfig(
         name=name,
@@ -180,6 +246,8 @@ def _sidecar(table: Table, base_dir: Path | None) -> SidecarConfig:
         stop=stop,
         reclaim=reclaim,
         socket=socket,
+        health=health,
+        output=output,
     )
 
 

@@ -32,6 +32,13 @@ class ProbeKind(StrEnum):
     NONE = "none"
 
 
+class HealthKind(StrEnum):
+    NONE = "none"
+    TCP = "tcp"
+    HTTP = "http"
+    EXEC = "exec"
+
+
 class RestartPolicy(StrEnum):
     ALWAYS = "always"
     ON_FAILURE = "on-failure"
@@ -100,6 +107,29 @@ class SocketConfig:
 
 
 @dataclass(frozen=True)
+class HealthConfig:
+    """Liveness, checked only while ready; `failures` consecutive failures restart it."""
+
+    probe: HealthKind = HealthKind.NONE
+    path: str = "/"
+    command: tuple[str, ...] = ()
+    interval_s: float = 10.0
+    timeout_s: float = 2.0
+    failures: int = 3
+
+
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+DEFAULT_BACKUPS = 3
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    file: bool = True  # <state_dir>/<name>/output.log
+    max_bytes: int = DEFAULT_MAX_BYTES
+    backups: int = DEFAULT_BACKUPS
+
+
+@dataclass(frozen=True)
 class SidecarConfig:
     name: str
     command: tuple[str, ...]
@@ -113,6 +143,8 @@ class SidecarConfig:
     stop: StopConfig = StopConfig()
     reclaim: ReclaimConfig = ReclaimConfig()
     socket: SocketConfig = SocketConfig()
+    health: HealthConfig = HealthConfig()
+    output: OutputConfig = OutputConfig()
 
     @property
     def reconciles(self) -> bool:
@@ -136,6 +168,9 @@ class DaemonConfig:
     log_level: LogLevel = LogLevel.INFO
     exit_with_parent: bool = False
     shutdown_timeout_s: float = 30.0
+    log_file: Path | None = None  # the daemon's own log (JSON lines, rotated) instead of stderr
+    log_max_bytes: int = DEFAULT_MAX_BYTES
+    log_backups: int = DEFAULT_BACKUPS
 
 
 @dataclass(frozen=True)

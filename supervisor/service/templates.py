@@ -20,6 +20,11 @@ from supervisor.errors import EXIT_USAGE, SupervisorError
 UNIT_NAME = "sidecar-supervisor.service"
 LAUNCHD_LABEL = "io.github.sidecar-supervisor"
 LOG_DIR_NAME = "sidecar-supervisor"
+# Under launchd the daemon writes its JSON log itself (`--log-file`), rotated per the config's
+# log_max_bytes / log_backups; launchd's own StandardOutPath/StandardErrorPath, which nothing
+# rotates, only catch what comes before logging starts (a config error, a crash).
+LAUNCHD_LOG_NAME = "supervisor.log"
+LAUNCHD_OUTPUT_NAME = "supervisor.out.log"
 
 # The service manager must wait for the daemon's own bounded shutdown, plus time to exit.
 STOP_MARGIN_S = 15
@@ -66,7 +71,11 @@ class ServiceSpec:
     def log_dir(self) -> Path:
         return self.home / "Library" / "Logs" / LOG_DIR_NAME
 
-    def argv(self) -> tuple[str, ...]:
+    @property
+    def log_file(self) -> Path:
+        return self.log_dir / LAUNCHD_LOG_NAME
+
+    def argv(self, *extra: str) -> tuple[str, ...]:
         # `-P`: no current directory on sys.path, so a `supervisor/` folder where the service
         # starts (systemd: $HOME) cannot shadow this package (nor supervisord's of the same name).
         return (
@@ -79,6 +88,7 @@ class ServiceSpec:
             str(self.config),
             "--log-format",
             "json",
+            *extra,
         )
 
     def reload_argv(self) -> tuple[str, ...]:
@@ -199,7 +209,9 @@ _LAUNCHD_COMMENT = """\
     launchctl bootstrap gui/$(id -u) ~/Library/LaunchAgents/{label}.plist
   Stop and unload: launchctl bootout gui/$(id -u)/{label}
   Reload the config: launchctl kill HUP gui/$(id -u)/{label}
-  Logs (JSON lines): ~/Library/Logs/{log_dir}/
+  Logs (JSON lines): ~/Library/Logs/{log_dir}/{log}, written by the daemon itself and
+  rotated per the config's log_max_bytes / log_backups. Start-up errors and crashes, before
+  logging starts: ~/Library/Logs/{log_dir}/{out}
   ExitTimeOut is shutdown_timeout ({shutdown:g} s) + {margin} s.
   Agents start with a minimal PATH: give sidecar commands as absolute paths.
 -->
@@ -209,20 +221,22 @@ _LAUNCHD_COMMENT = """\
 def render_launchd(spec: ServiceSpec) -> str:
     agent: dict[str, object] = {
         "Label": LAUNCHD_LABEL,
-        "ProgramArguments": list(spec.argv()),
+        "ProgramArguments": list(spec.argv("--log-file", str(spec.log_file))),
         "RunAtLoad": True,
         "KeepAlive": {"SuccessfulExit": False},
         "ThrottleInterval": THROTTLE_INTERVAL_S,
         "ExitTimeOut": spec.stop_timeout_s,
         # Not "Background": that throttles the CPU and I/O of the sidecars users are waiting on.
         "ProcessType": "Standard",
-        "StandardOutPath": str(spec.log_dir / "supervisor.out.log"),
-        "StandardErrorPath": str(spec.log_dir / "supervisor.log"),
+        "StandardOutPath": str(spec.log_dir / LAUNCHD_OUTPUT_NAME),
+        "StandardErrorPath": str(spec.log_dir / LAUNCHD_OUTPUT_NAME),
     }
     text = plistlib.dumps(agent, sort_keys=False).decode("utf-8")
     comment = _LAUNCHD_COMMENT.format(
         label=LAUNCHD_LABEL,
         log_dir=LOG_DIR_NAME,
+        log=LAUNCHD_LOG_NAME,
+        out=LAUNCHD_OUTPUT_NAME,
         shutdown=spec.shutdown_timeout_s,
         margin=STOP_MARGIN_S,
     )

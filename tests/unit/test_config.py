@@ -17,6 +17,7 @@ from supervisor.config import (
     Config,
     ConsentMode,
     ForeignAction,
+    HealthKind,
     LiveAction,
     LogFormat,
     LogLevel,
@@ -339,6 +340,114 @@ BAD_CONFIGS = [
         PORTED + "[sidecar.reclaim]\nconsent_timeout = 0\n",
         "sidecar[0].reclaim.consent_timeout: must be a number > 0, got 0",
     ),
+    # [sidecar.health]
+    bad(
+        "health-unknown-key",
+        PORTED + "[sidecar.health]\nintervall = 5\n",
+        "sidecar[0].health.intervall: unknown key",
+    ),
+    bad(
+        "health-probe-enum",
+        PORTED + '[sidecar.health]\nprobe = "grpc"\n',
+        'sidecar[0].health.probe: must be one of "none" | "tcp" | "http" | "exec", got "grpc"',
+    ),
+    bad(
+        "health-http-without-port",
+        SIDECAR + '[sidecar.health]\nprobe = "http"\n',
+        'sidecar[0].health.probe: "http" needs a port; set port or probe = "none"',
+    ),
+    bad(
+        "health-tcp-without-port",
+        SIDECAR + '[sidecar.health]\nprobe = "tcp"\n',
+        'sidecar[0].health.probe: "tcp" needs a port',
+    ),
+    bad(
+        "health-exec-without-command",
+        SIDECAR + '[sidecar.health]\nprobe = "exec"\n',
+        'sidecar[0].health.command: is required when probe = "exec"',
+    ),
+    bad(
+        "health-command-string",
+        SIDECAR + '[sidecar.health]\nprobe = "exec"\ncommand = "curl -f x"\n',
+        'sidecar[0].health.command: must be a list of strings, got "curl -f x"',
+    ),
+    bad(
+        "health-path-relative",
+        PORTED + '[sidecar.health]\nprobe = "http"\npath = "health"\n',
+        'sidecar[0].health.path: must start with "/", got "health"',
+    ),
+    bad(
+        "health-interval-zero",
+        PORTED + "[sidecar.health]\ninterval = 0\n",
+        "sidecar[0].health.interval: must be a number > 0, got 0",
+    ),
+    bad(
+        "health-timeout-zero",
+        PORTED + "[sidecar.health]\ntimeout = 0\n",
+        "sidecar[0].health.timeout: must be a number > 0, got 0",
+    ),
+    bad(
+        "health-timeout-above-interval",
+        PORTED + "[sidecar.health]\ninterval = 1\ntimeout = 1.5\n",
+        "sidecar[0].health.timeout: must be <= interval (1), got 1.5",
+    ),
+    bad(
+        "health-failures-zero",
+        PORTED + "[sidecar.health]\nfailures = 0\n",
+        "sidecar[0].health.failures: must be an integer >= 1, got 0",
+    ),
+    bad(
+        "health-failures-float",
+        PORTED + "[sidecar.health]\nfailures = 2.5\n",
+        "sidecar[0].health.failures: must be an integer >= 1, got 2.5",
+    ),
+    # [sidecar.output]
+    bad(
+        "output-unknown-key",
+        SIDECAR + "[sidecar.output]\nmax_size = 5\n",
+        "sidecar[0].output.max_size: unknown key",
+    ),
+    bad(
+        "output-file-string",
+        SIDECAR + '[sidecar.output]\nfile = "yes"\n',
+        'sidecar[0].output.file: must be true or false, got "yes"',
+    ),
+    bad(
+        "output-max-bytes-tiny",
+        SIDECAR + "[sidecar.output]\nmax_bytes = 100\n",
+        "sidecar[0].output.max_bytes: must be an integer >= 1024, got 100",
+    ),
+    bad(
+        "output-max-bytes-string",
+        SIDECAR + '[sidecar.output]\nmax_bytes = "10M"\n',
+        'sidecar[0].output.max_bytes: must be an integer >= 1024, got "10M"',
+    ),
+    bad(
+        "output-backups-negative",
+        SIDECAR + "[sidecar.output]\nbackups = -1\n",
+        "sidecar[0].output.backups: must be an integer 0..100, got -1",
+    ),
+    bad(
+        "output-backups-huge",
+        SIDECAR + "[sidecar.output]\nbackups = 1000000\n",
+        "sidecar[0].output.backups: must be an integer 0..100, got 1000000",
+    ),
+    # [supervisor] log_file
+    bad(
+        "log-file-int",
+        "[supervisor]\nlog_file = 5\n",
+        "supervisor.log_file: must be a string, got 5",
+    ),
+    bad(
+        "log-max-bytes-tiny",
+        "[supervisor]\nlog_max_bytes = 10\n",
+        "supervisor.log_max_bytes: must be an integer >= 1024, got 10",
+    ),
+    bad(
+        "log-backups-float",
+        "[supervisor]\nlog_backups = 1.5\n",
+        "supervisor.log_backups: must be an integer 0..100, got 1.5",
+    ),
     # not TOML at all
     bad(
         "invalid-toml-line-3",
@@ -553,6 +662,9 @@ def test_every_default_of_the_spec_is_applied_with_a_port() -> None:
     assert daemon.log_level is LogLevel.INFO
     assert daemon.exit_with_parent is False
     assert daemon.shutdown_timeout_s == 30.0
+    assert daemon.log_file is None
+    assert daemon.log_max_bytes == 10485760
+    assert daemon.log_backups == 3
 
     (sidecar,) = cfg.sidecars
     assert sidecar.name == "agent"
@@ -588,6 +700,18 @@ def test_every_default_of_the_spec_is_applied_with_a_port() -> None:
     assert reclaim.consent_timeout_s == 60.0
 
     assert sidecar.socket.inherit is False
+    health = sidecar.health
+    assert health.probe is HealthKind.NONE
+    assert health.path == "/"
+    assert health.command == ()
+    assert health.interval_s == 10.0
+    assert health.timeout_s == 2.0
+    assert health.failures == 3
+
+    output = sidecar.output
+    assert output.file is True
+    assert output.max_bytes == 10485760
+    assert output.backups == 3
 
 
 def test_without_port_probe_defaults_to_none_and_nothing_reconciles() -> None:
@@ -615,6 +739,38 @@ def test_example_config_documents_the_shipped_defaults() -> None:
     assert documented.reclaim == default.reclaim
     assert documented.socket == default.socket
     assert documented.host == default.host
+    assert documented.health == default.health
+    assert documented.output == default.output
+
+
+def test_health_and_output_values_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "conf" / "supervisor.toml"
+    path.parent.mkdir()
+    text = (
+        '[supervisor]\nlog_file = "logs/daemon.log"\nlog_max_bytes = 4096\nlog_backups = 0\n'
+        + PORTED
+        + '[sidecar.health]\nprobe = "exec"\ncommand = ["check", "--fast"]\n'
+        + "interval = 1.5\ntimeout = 1.5\nfailures = 1\n"
+        + "[sidecar.output]\nfile = false\nmax_bytes = 1024\nbackups = 100\n"
+    )
+    path.write_text(text, encoding="utf-8")
+    cfg = config.load(path)
+    assert cfg.supervisor.log_file == path.parent / "logs" / "daemon.log"
+    assert (cfg.supervisor.log_max_bytes, cfg.supervisor.log_backups) == (4096, 0)
+    (sidecar,) = cfg.sidecars
+    assert sidecar.health.probe is HealthKind.EXEC
+    assert sidecar.health.command == ("check", "--fast")
+    assert (sidecar.health.interval_s, sidecar.health.timeout_s) == (1.5, 1.5)
+    assert sidecar.health.failures == 1
+    assert (sidecar.output.file, sidecar.output.max_bytes, sidecar.output.backups) == (
+        False,
+        1024,
+        100,
+    )
+
+
+def test_empty_log_file_means_stderr() -> None:
+    assert parse_text('[supervisor]\nlog_file = ""\n').supervisor.log_file is None
 
 
 @pytest.mark.parametrize(

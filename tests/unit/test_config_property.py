@@ -21,12 +21,14 @@ SCHEMA_KEYS = [
     "shutdown_timeout", "name", "command", "cwd", "env", "port", "host", "marker", "ready",
     "probe", "path", "timeout", "interval", "restart", "policy", "max_attempts", "base_delay",
     "max_delay", "reset_after", "stop", "signal", "reclaim", "enabled", "orphan", "live",
-    "foreign", "consent", "consent_command", "consent_timeout",
+    "foreign", "consent", "consent_command", "consent_timeout", "health", "failures", "output",
+    "file", "max_bytes", "backups", "log_file", "log_max_bytes", "log_backups",
 ]  # fmt: skip
 ENUM_WORDS = [
     "auto", "console", "json", "debug", "info", "warning", "error", "tcp", "http", "none",
     "always", "on-failure", "never", "kill", "leave", "ask", "wait", "fail", "tty", "command",
     "deny", "SIGTERM", "TERM", "sigint", "SIGFOO", "agent", "Agent", "-x", "/", "/health", "",
+    "exec",
 ]  # fmt: skip
 
 NAME_HEAD = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -114,6 +116,27 @@ sidecar_tables = table(
                 }
             )
         ),
+        "health": maybe(
+            table(
+                {
+                    "probe": words,
+                    "path": words,
+                    "command": argvs,
+                    "interval": numbers,
+                    "timeout": numbers,
+                    "failures": numbers,
+                }
+            )
+        ),
+        "output": maybe(
+            table(
+                {
+                    "file": maybe(st.booleans()),
+                    "max_bytes": maybe(st.integers(0, 1 << 24)),
+                    "backups": numbers,
+                }
+            )
+        ),
     }
 )
 daemon_tables = table(
@@ -123,6 +146,9 @@ daemon_tables = table(
         "log_level": words,
         "exit_with_parent": maybe(st.booleans()),
         "shutdown_timeout": numbers,
+        "log_file": maybe(texts),
+        "log_max_bytes": maybe(st.integers(0, 1 << 24)),
+        "log_backups": numbers,
     }
 )
 documents = table(
@@ -154,6 +180,12 @@ def test_parse_returns_config_or_raises_config_error(
         assert 0 <= sidecar.restart.base_delay_s <= sidecar.restart.max_delay_s
         assert math.isfinite(sidecar.restart.max_delay_s)
         assert sidecar.cwd is None or path is None or sidecar.cwd.is_absolute()
+        health = sidecar.health
+        assert 0 < health.timeout_s <= health.interval_s and math.isfinite(health.interval_s)
+        assert health.failures >= 1
+        assert health.probe != "exec" or health.command
+        assert health.probe not in ("tcp", "http") or sidecar.port is not None
+        assert sidecar.output.max_bytes >= 1024 and 0 <= sidecar.output.backups <= 100
 
 
 valid_sidecars = st.fixed_dictionaries(
@@ -228,7 +260,15 @@ def render(sidecars: list[dict[str, object]]) -> str:
 
 
 @settings(SETTINGS, max_examples=150)
-@given(sidecars=st.lists(valid_sidecars, min_size=1, max_size=3, unique_by=lambda s: s["name"]))
+@given(
+    sidecars=st.lists(
+        valid_sidecars,
+        min_size=1,
+        max_size=3,
+        # Names and ports are both unique in a valid config (two sidecars may not share a port).
+        unique_by=(lambda s: s["name"], lambda s: s.get("port", id(s))),
+    )
+)
 def test_valid_sidecar_tables_always_parse(sidecars: list[dict[str, object]]) -> None:
     text = render(sidecars)
     cfg = config.parse(tomllib.loads(text), Path("/srv/conf/supervisor.toml"))

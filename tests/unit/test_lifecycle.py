@@ -102,6 +102,9 @@ KILLED = ExitInfo(code=None, signal=9, failed_start=False)
 FAILED_START_EXIT_0 = ExitInfo(code=0, signal=None, failed_start=True)  # stopped at ready.timeout
 FAILED_START_EXIT_1 = ExitInfo(code=1, signal=None, failed_start=True)
 NOT_SPAWNED = ExitInfo(code=None, signal=None, failed_start=True)  # command not found
+# Stopped by us after `health.failures` failed checks: exit 0 (a SIGTERM handler), or killed.
+UNHEALTHY_EXIT_0 = ExitInfo(code=0, signal=None, failed_start=False, unhealthy=True)
+UNHEALTHY_KILLED = ExitInfo(code=None, signal=9, failed_start=False, unhealthy=True)
 EXITS = {
     "clean": CLEAN,
     "crashed": CRASHED,
@@ -109,6 +112,8 @@ EXITS = {
     "failed start, exit 0": FAILED_START_EXIT_0,
     "failed start, exit 1": FAILED_START_EXIT_1,
     "not spawned": NOT_SPAWNED,
+    "unhealthy, exit 0": UNHEALTHY_EXIT_0,
+    "unhealthy, killed": UNHEALTHY_KILLED,
 }
 MATRIX = {
     # policy: the exits that restart (the others finish)
@@ -131,6 +136,15 @@ def test_decide_after_exit_matrix(policy: RestartPolicy, exit_name: str, attempt
     else:
         expected_delay = backoff_delay_s(attempts + 1, 1.0, 30.0)
         assert decision == Decision(Event.RETRY, attempts + 1, expected_delay)
+
+
+@pytest.mark.parametrize("exit_info", [UNHEALTHY_EXIT_0, UNHEALTHY_KILLED], ids=str)
+def test_an_unhealthy_stop_is_never_a_clean_exit(exit_info: ExitInfo) -> None:
+    assert not exit_info.clean
+    on_failure = RestartConfig(policy=RestartPolicy.ON_FAILURE, max_attempts=3)
+    assert decide_after_exit(on_failure, 0, exit_info).event is Event.RETRY
+    never = RestartConfig(policy=RestartPolicy.NEVER, max_attempts=3)
+    assert decide_after_exit(never, 0, exit_info) == Decision(Event.FINISH, 0, 0.0)
 
 
 def test_a_zero_budget_gives_up_at_the_first_failure() -> None:

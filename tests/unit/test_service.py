@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import service
+from supervisor import cli, service
 from supervisor.service import PLACEHOLDER, Kind, ServiceError, ServiceSpec, templates
 from tests.support import ROOT, render_config
 
@@ -148,6 +148,8 @@ def test_launchd_plist_round_trips_with_required_keys() -> None:
         "/etc/sc/supervisor.toml",
         "--log-format",
         "json",
+        "--log-file",
+        "/Users/someone/Library/Logs/sidecar-supervisor/supervisor.log",
     ]
     assert agent["RunAtLoad"] is True
     assert agent["KeepAlive"] == {"SuccessfulExit": False}
@@ -161,6 +163,25 @@ def test_launchd_plist_round_trips_with_required_keys() -> None:
         assert log.is_absolute()
         assert "~" not in str(log)
         assert log.parent == home / "Library" / "Logs" / "sidecar-supervisor"
+
+
+def test_launchd_agent_logs_to_the_rotated_log_file_not_to_stderr() -> None:
+    """The daemon's log goes to `--log-file` (rotated by the daemon); launchd's unrotated
+    StandardErrorPath is another file, which only start-up errors and crashes reach."""
+    home = Path("/Users/someone")
+    spec = ServiceSpec(Path("/opt/venv/bin/python"), Path("/etc/sc/supervisor.toml"), home, 30.0)
+    agent = plistlib.loads(service.render(Kind.LAUNCHD, spec).encode("utf-8"))
+    args = agent["ProgramArguments"]
+    log_file = Path(args[args.index("--log-file") + 1])
+    assert log_file == home / "Library" / "Logs" / "sidecar-supervisor" / "supervisor.log"
+    assert Path(agent["StandardErrorPath"]) != log_file
+    assert Path(agent["StandardOutPath"]) != log_file
+    # They are arguments `supervisor run` accepts: --log-file reaches the run options.
+    assert args[1:4] == ["-P", "-m", "supervisor"]
+    parsed = cli.build_parser().parse_args(args[4:])
+    assert parsed.command == "run"
+    assert parsed.log_file == str(log_file)
+    assert parsed.log_format == "json"
 
 
 # --- systemd-analyze ---------------------------------------------------------------------------
