@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from supervisor import control, service
     from supervisor.config import SidecarConfig
+    from supervisor.reconcile import diagnose
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -270,12 +271,36 @@ def _cmd_port(args: argparse.Namespace) -> int:
     from supervisor.reconcile import diagnose
 
     marker: str | None = args.marker or None
-    found = diagnose.diagnose(args.port, marker)
+    found = diagnose.diagnose(args.port, marker, _known_ledgers(args.state_dir))
     if args.json:
         _out(diagnose.render_json(args.port, found))
     else:
         _out(diagnose.render_text(args.port, found, marker))
     return EXIT_PORT_HELD if found else EXIT_OK
+
+
+def _known_ledgers(state_dir_arg: str | None) -> list[diagnose.Known]:
+    """The spawn ledgers `port` reads: every running daemon's (the registry), and --state-dir's."""
+    from pathlib import Path
+
+    from supervisor import control
+    from supervisor.ledger import Ledger
+    from supervisor.reconcile import diagnose
+    from supervisor.statedir import StateDir
+
+    daemons = {d.state_dir: (d.pid, d.create_time) for d in control.discover()}
+    folders = list(daemons)
+    if state_dir_arg:
+        folders.append(Path(state_dir_arg).expanduser().absolute())
+    known = []
+    for folder in dict.fromkeys(folders):
+        try:
+            with StateDir.open(folder, create=False) as state:
+                spawns = Ledger(state).entries()
+        except (OSError, SupervisorError):
+            continue  # unreadable or not ours: its ledger proves nothing
+        known.append(diagnose.Known(folder, spawns, daemons.get(folder)))
+    return known
 
 
 def _cmd_service(args: argparse.Namespace) -> int:
@@ -517,6 +542,11 @@ def build_parser() -> argparse.ArgumentParser:
     port = command("port", _cmd_port, "diagnose who holds a TCP port (read-only)")
     port.add_argument("port", type=_port, metavar="PORT", help="the TCP port (1..65535)")
     port.add_argument("--marker", help="command-line substring that marks our program")
+    port.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="also read this state dir's spawn ledger (those of running daemons are always read)",
+    )
     port.add_argument(
         "--json", action="store_true", help="print the holders and verdicts as one JSON object"
     )

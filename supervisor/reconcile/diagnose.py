@@ -1,21 +1,37 @@
-"""`supervisor port PORT`: who holds a port and the verdict a reconcile would reach (read-only).
+"""`supervisor port PORT`: who holds a port, the verdict a reconcile would reach, and what to do.
 
-Without `--marker`, a holder can only pass rule 2 through its own `SUPERVISOR_SIDECAR` tag: the
-diagnosis judges it as the reconcile of that sidecar would. Nothing is ever signalled.
+The evidence is the reconcile's own: the holder's tags, `--marker`, and the spawn ledgers of the
+running daemons (the per-user registry) and of `--state-dir`. Without `--marker`, a holder passes
+rule 2 only through its `SUPERVISOR_SIDECAR` tag or a ledger entry: the diagnosis judges it as
+the reconcile of that sidecar would. Read-only: nothing is ever signalled.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from supervisor import show
+from supervisor.errors import command as cli_command
+from supervisor.ledger import Spawn
+from supervisor.proctime import same_create_time
 
 NO_MARKER_NOTE = (
     "no --marker given: a holder counts as ours only through SUPERVISOR_SIDECAR in its "
-    "environment; pass --marker to match the sidecar's command line too"
+    "environment or a spawn ledger entry; pass --marker to match the sidecar's command line too"
 )
+
+
+@dataclass(frozen=True)
+class Known:
+    """A spawn ledger, and the daemon of that state dir if it runs."""
+
+    state_dir: Path
+    spawns: Sequence[Spawn]
+    daemon: tuple[int, float] | None  # (pid, create time) of its running supervisor
 
 
 @dataclass(frozen=True)
@@ -29,6 +45,10 @@ class Diagnosis:
     addresses: tuple[str, ...]
     verdict: str
     reason: str
+    advice: str
+    sidecar: str | None = None  # by its tag or the ledger
+    owner_pid: int | None = None  # the supervisor that started it
+    state_dir: str | None = None  # that supervisor's state dir, where known
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -41,6 +61,10 @@ class Diagnosis:
             "addresses": list(self.addresses),
             "verdict": self.verdict,
             "reason": self.reason,
+            "advice": self.advice,
+            "sidecar": self.sidecar,
+            "owner_pid": self.owner_pid,
+            "state_dir": self.state_dir,
         }
 
 
@@ -55,9 +79,56 @@ def _user_name(uid: int | None) -> str | None:
         return None
 
 
-def diagnose(port: int, marker: str | None) -> list[Diagnosis]:
+def _state_dir_of(owner: tuple[int, float] | None, known: Sequence[Known]) -> Path | None:
+    """The state dir of the supervisor `owner`: a running one, or the one whose ledger names it."""
+    if owner is None:
+        return None
+    pid, created = owner
+    for entry in known:
+        if entry.daemon is not None and entry.daemon[0] == pid:
+            return entry.state_dir
+    for entry in known:
+        if any(
+            s.daemon_pid == pid and same_create_time(s.daemon_create_time, created)
+            for s in entry.spawns
+        ):
+            return entry.state_dir
+    return None
+
+
+def advise(
+    verdict: str, pid: int | None, sidecar: str | None, owner_pid: int | None, state: Path | None
+) -> str:
+    """What to do about a holder, per verdict (pure)."""
+    kill = f"kill {pid}" if pid is not None else "stop that program"
+    match verdict:
+        case "foreign":
+            return (
+                f"not ours: the supervisor never touches it; {kill} yourself if you know it is "
+                "safe, or give the sidecar another port"
+            )
+        case "orphan":
+            if state is not None:
+                run = cli_command("run", "--state-dir", state)
+                return f'left by a supervisor that is gone: "{run}" reclaims it, or {kill}'
+            return (
+                f"left by a supervisor that is gone: the next supervisor run reclaims it, or {kill}"
+            )
+        case _:
+            owner = f"the supervisor pid {owner_pid}" if owner_pid else "a running supervisor"
+            if state is None:
+                return f"in use by {owner}; stop it there, or {kill} if you are sure"
+            stop = (
+                cli_command("stop", sidecar, "--state-dir", state)
+                if sidecar
+                else cli_command("stop", "--state-dir", state)
+            )
+            return f'in use by {owner} (state dir {state}); stop it with "{stop}"'
+
+
+def diagnose(port: int, marker: str | None, known: Sequence[Known] = ()) -> list[Diagnosis]:
     from supervisor import procs
-    from supervisor.reconcile.classify import Verdict, classify
+    from supervisor.reconcile.classify import OwnerState, Verdict, classify
     from supervisor.reconcile.evidence import gather
     from supervisor.reconcile.holders import find_holders
     from supervisor.tags import is_supervisor_daemon
@@ -66,18 +137,26 @@ def diagnose(port: int, marker: str | None) -> list[Diagnosis]:
     # comes out, and no PID file is consulted.
     our_pid = os.getpid()
     our_create_time = procs.create_time(our_pid) or 0.0
+    spawns = [spawn for entry in known for spawn in entry.spawns]
     found = []
     for holder in find_holders(port):
         evidence = gather(
-            holder, our_pid=our_pid, our_create_time=our_create_time, pidfile_pid=None
+            holder,
+            our_pid=our_pid,
+            our_create_time=our_create_time,
+            pidfile_pid=None,
+            spawns=spawns,
         )
-        name = evidence.sidecar_tag or ""
+        name = evidence.ledger_sidecar or evidence.sidecar_tag or ""
         result = classify(evidence, name=name, marker=marker or "", our_uid=os.getuid())
         facts = holder.facts
         reason = result.reason
         if result.verdict is Verdict.FOREIGN and facts and is_supervisor_daemon(facts.cmdline):
             # socket.inherit: the daemon itself holds its sidecar's port; never reclaimed.
             reason += "; it is a supervisor daemon, holding the port for a sidecar (socket.inherit)"
+        owner = evidence.owner
+        owner_alive = OwnerState.ALIVE in (evidence.owner_state, evidence.ledger_owner)
+        state = _state_dir_of((owner.pid, owner.create_time) if owner else None, known)
         found.append(
             Diagnosis(
                 pid=holder.pid,
@@ -89,6 +168,16 @@ def diagnose(port: int, marker: str | None) -> list[Diagnosis]:
                 addresses=holder.addresses,
                 verdict=result.verdict.value,
                 reason=reason,
+                advice=advise(
+                    result.verdict.value,
+                    holder.pid,
+                    name or None,
+                    owner.pid if owner and owner_alive else None,
+                    state,
+                ),
+                sidecar=name or None,
+                owner_pid=owner.pid if owner else None,
+                state_dir=str(state) if state else None,
             )
         )
     return found
@@ -109,6 +198,7 @@ def render_text(port: int, found: list[Diagnosis], marker: str | None) -> str:
         lines.append(f"    listening: {', '.join(d.addresses)}")
         lines.append(f"    started:   {show.local_time(d.create_time)}")
         lines.append(f"    verdict:   {d.verdict}: {d.reason}")
+        lines.append(f"    to do:     {d.advice}")
     if marker is None:
         lines.append(f"note: {NO_MARKER_NOTE}")
     return "\n".join(lines)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -263,3 +265,44 @@ def test_a_command_that_daemonizes_is_named_and_leaves_nothing(kind: str, tmp_pa
         assert len(daemon.find("sidecar_spawned")) == 1  # no restart loop
         assert daemon.stop() == 0
     assert port_free(port)
+
+
+def port_cli(port: int, *extra: str) -> dict[str, Any]:
+    result = subprocess.run(
+        [PYTHON, "-m", "supervisor", "port", str(port), "--json", *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 10, result.stderr
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+def test_port_reads_the_ledgers_and_says_what_to_do(tmp_path: Path) -> None:
+    """`supervisor port` sees what the reconcile sees: a retitled sidecar of a running daemon
+    is live (and the command that stops it is named); once that daemon is gone it is an orphan
+    that the next `supervisor run` of that state dir reclaims."""
+    port = free_port()
+    server = make_server("retitle", port, tmp_path / "server")
+    config = write_config(tmp_path / "supervisor.toml", [server.sidecar("web")])
+    state = tmp_path / "state"
+    first = Daemon(config, state)
+    left: list[int] = []
+    with cleanup(left):
+        left += tree(first.wait_for("sidecar_ready", timeout=30)["pid"])
+        (live,) = port_cli(port)["holders"]  # the registry finds the running daemon
+        assert live["verdict"] == "live" and live["sidecar"] == "web"
+        assert live["owner_pid"] == first.pid and live["state_dir"] == str(state)
+        assert f"supervisor stop web --state-dir {state}" in live["advice"]
+        first.kill()
+        (orphan,) = port_cli(port, "--state-dir", str(state))["holders"]
+        assert orphan["verdict"] == "orphan" and "spawn ledger" in orphan["reason"]
+        assert f"supervisor run --state-dir {state}" in orphan["advice"]
+        (foreign,) = port_cli(port)["holders"]  # without the ledger: nothing proves it ours
+        assert foreign["verdict"] == "foreign" and "not ours" in foreign["advice"]
+        with Daemon(config, state) as second:  # and the reclaim does what `port` said
+            second.wait_for("orphan_killed", timeout=30)
+            second.wait_for("sidecar_ready", timeout=30)
+            assert second.stop() == 0
