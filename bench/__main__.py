@@ -21,6 +21,7 @@ BENCHMARKS = {
     "handoff": "bench.handoff",
     "control": "bench.control",
     "output": "bench.output",
+    "coldstart": "bench.coldstart",
 }
 
 

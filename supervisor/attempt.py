@@ -21,7 +21,6 @@ from structlog.typing import FilteringBoundLogger
 
 from supervisor import (
     children,
-    health,
     inherit,
     ledger,
     logs,
@@ -35,7 +34,7 @@ from supervisor import (
     status,
     tags,
 )
-from supervisor.config import SidecarConfig
+from supervisor.config import HealthKind, SidecarConfig
 from supervisor.lifecycle import ExitInfo
 from supervisor.outputlog import OutputLog
 from supervisor.reconcile.kill import KillAborted, kill_process
@@ -247,7 +246,7 @@ class Attempt:
 
             hold.start_soon(until_exit)
             hold.start_soon(until_held)
-            if health.enabled(self.config):
+            if self.config.health.probe is not HealthKind.NONE:
                 hold.start_soon(self._watch_health, child, hold.cancel_scope)
         if self.unhealthy is not None and child.status is None:
             with anyio.CancelScope(shield=True):
@@ -262,6 +261,8 @@ class Attempt:
         env[HEALTH_PID_ENV] = str(child.pid)
         if self.config.port is not None:
             env[HEALTH_PORT_ENV] = str(self.config.port)
+        from supervisor import health  # only sidecars that have health checks need it
+
         reason, failures = await health.watch(self.config, env, self.log)
         if child.exited:
             return  # it crashed meanwhile: an exit, not a hang

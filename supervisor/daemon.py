@@ -7,9 +7,10 @@ import functools
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -23,25 +24,27 @@ from supervisor import (
     procs,
     proctime,
     reaper,
-    registry,
     signals,
     status,
 )
 from supervisor.config import Config, LogFormat, LogLevel, SidecarConfig
-from supervisor.control.actions import SidecarActions
 from supervisor.control.events import EventHub
-from supervisor.control.server import ControlServer
 from supervisor.errors import ForeignProcError, StateDirError, SupervisorError
 from supervisor.ledger import Ledger
-from supervisor.logfile import LogFile
 from supervisor.notify import Notifier
-from supervisor.reconcile import sweep
-from supervisor.reload import plan_reload
 from supervisor.runtime import Runtime
 from supervisor.sidecar import Sidecar
 from supervisor.statedir import PID_NAME, StateDir
 from supervisor.statuswriter import StatusWriter
 from supervisor.tags import OwnerTag, format_owner_tag
+
+if TYPE_CHECKING:
+    from supervisor.control.server import ControlServer
+    from supervisor.logfile import LogFile
+
+# Cold start (SPEC 10): what only later work needs -- the control socket, the registry, the
+# sweep of an earlier daemon's leftovers, a reload, the log file -- is imported where it is
+# first used, after the first launches have started, not on the way to the first spawn.
 
 KILL_GRACE_S = 1.0  # past the shutdown bound: SIGKILLed groups get this long to be reaped
 # While sidecars start (or a reload starts them), systemd is told every EXTEND_EVERY_S that the
@@ -95,6 +98,8 @@ def _open_log_file(cfg: Config, args: RunOptions) -> LogFile | None:
     path = cfg.supervisor.log_file if args.log_file is None else paths.log_file(args.log_file)
     if path is None:
         return None
+    from supervisor.logfile import LogFile
+
     daemon = cfg.supervisor
     return LogFile.open(path, max_bytes=daemon.log_max_bytes, backups=daemon.log_backups)
 
@@ -114,7 +119,7 @@ def _run(
         exit_with_parent=args.exit_with_parent or cfg.supervisor.exit_with_parent,
         interactive=args.interactive,
         log_overrides=(args.log_format, args.log_level),
-        previous=sweep.previous_owner(state.read(PID_NAME)),
+        previous_record=state.read(PID_NAME),
         log_file=log_file,
     )
     daemon.subreaper = subreaper
@@ -154,7 +159,7 @@ class Daemon:
         exit_with_parent: bool,
         interactive: bool,
         log_overrides: tuple[str | None, str | None],
-        previous: OwnerTag | None = None,
+        previous_record: Mapping[str, object] | None = None,
         log_file: LogFile | None = None,
     ) -> None:
         self.cfg = cfg
@@ -167,7 +172,7 @@ class Daemon:
         self.parent_pid = os.getppid()
         self.log_overrides = log_overrides
         self.log_file = log_file
-        self.previous = previous  # the daemon before us, if it exited uncleanly
+        self.previous_record = previous_record  # the supervisor.pid we replace, if any
         self.log = logs.get()
         self.notifier = Notifier.from_env()
         self.sidecars: dict[str, Sidecar] = {}
@@ -185,7 +190,6 @@ class Daemon:
         self.status = StatusWriter(state, self.status_document, self.log)
         self.ops_lock = anyio.Lock()  # one change of the sidecar set at a time (_exclusive)
         self.events = EventHub()
-        self.control = self._control_server()
         stdin_tty = False
         with contextlib.suppress(OSError, ValueError, AttributeError):
             stdin_tty = os.isatty(0)
@@ -257,6 +261,10 @@ class Daemon:
     # -- the control socket (control/) ---------------------------------------------------------
 
     def _control_server(self) -> ControlServer:
+        from supervisor import registry
+        from supervisor.control.actions import SidecarActions
+        from supervisor.control.server import ControlServer
+
         actions = SidecarActions(
             sidecars=lambda: self.sidecars,
             document=self.status_document,
@@ -275,6 +283,8 @@ class Daemon:
 
     def _register(self) -> None:
         """In the per-user registry, so that commands find us without --state-dir."""
+        from supervisor import registry
+
         try:
             registry.register(
                 self.state.path,
@@ -316,7 +326,7 @@ class Daemon:
                 if interval:
                     tg.start_soon(_watchdog, self.notifier, interval)
                 await self._operation(self._start_all)
-                await tg.start(self.control.serve)
+                await tg.start(self._control_server().serve)
                 if self._stop_reason is None:
                     await self.status.write_now()
                     tg.start_soon(self._announce_ready, list(self.sidecars.values()))
@@ -329,16 +339,20 @@ class Daemon:
     async def _start_all(self) -> None:
         # What earlier daemons left holding no port is reclaimed alongside the first launches:
         # it is in nobody's way, and a leftover that ignores SIGTERM must not hold them up.
-        self._group().start_soon(
-            sweep.sweep,
+        self._group().start_soon(self._sweep)
+        for cfg in self.cfg.sidecars:
+            await self._start(cfg, interactive=True)
+
+    async def _sweep(self) -> None:
+        from supervisor.reconcile import sweep
+
+        await sweep.sweep(
             self.runtime.ledger,
-            self.previous,
+            sweep.previous_owner(self.previous_record),
             {s.name: s for s in self.cfg.sidecars},
             OwnerTag(self.pid, self.create_time),
             self.log,
         )
-        for cfg in self.cfg.sidecars:
-            await self._start(cfg, interactive=True)
 
     async def _announce_ready(self, sidecars: list[Sidecar]) -> None:
         """READY=1 once every sidecar's first launch reached an outcome (SPEC 7), so that
@@ -475,6 +489,8 @@ class Daemon:
                 result.update(result="rejected", error=exc.message)
                 return
             self._apply_daemon_settings(new)
+            from supervisor.reload import plan_reload
+
             plan = plan_reload(self.cfg.sidecars, new.sidecars)
             await self._stop_all([self.sidecars[n] for n in plan.to_stop])
             for name in plan.to_stop:

@@ -26,10 +26,6 @@ OUTPUT_DRAIN_S = 0.2  # a check's last words, after it exited
 REASON_CAP = 200  # characters of a check's output quoted in a failure reason
 
 
-def enabled(config: SidecarConfig) -> bool:
-    return config.health.probe is not HealthKind.NONE
-
-
 async def watch(
     config: SidecarConfig, env: Mapping[str, str], log: FilteringBoundLogger
 ) -> tuple[str, int]:

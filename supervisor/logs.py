@@ -18,12 +18,14 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import structlog
 
 from supervisor.config import LogFormat, LogLevel
-from supervisor.logfile import LogFile
+
+if TYPE_CHECKING:
+    from supervisor.logfile import LogFile
 
 _LEVELS = {
     LogLevel.DEBUG: logging.DEBUG,

@@ -2,6 +2,11 @@
 
 psutil's `NoSuchProcess`/`AccessDenied`/`ZombieProcess` are translated here, at the boundary:
 callers get `None`, `False` or an empty answer instead.
+
+psutil is imported inside each function that uses it, on first use: the path to a daemon's first
+spawn and most commands need none of it on Linux (proctime reads /proc), and it costs ~6 ms.
+(A module-level lazy proxy such as importlib's LazyLoader is not safe when two threads touch it
+first at once, as the preflight's and the sweep's worker threads do; `import` is.)
 """
 
 from __future__ import annotations
@@ -12,8 +17,6 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
-
-import psutil
 
 from supervisor import proctime
 
@@ -39,6 +42,8 @@ class ProcessFacts:
 
 def facts(pid: int, *, with_environ: bool = True) -> ProcessFacts | None:
     """Facts of `pid`, or None if it does not exist (or is a zombie)."""
+    import psutil
+
     try:
         proc = psutil.Process(pid)
         with proc.oneshot():
@@ -66,6 +71,8 @@ def facts(pid: int, *, with_environ: bool = True) -> ProcessFacts | None:
 
 
 def _quiet(getter: Callable[[], T]) -> T | None:
+    import psutil
+
     try:
         return getter()
     except psutil.AccessDenied:
@@ -73,6 +80,10 @@ def _quiet(getter: Callable[[], T]) -> T | None:
 
 
 def create_time(pid: int) -> float | None:
+    if sys.platform == "linux":
+        return proctime.create_time(pid)
+    import psutil
+
     try:
         return psutil.Process(pid).create_time()
     except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
@@ -81,6 +92,8 @@ def create_time(pid: int) -> float | None:
 
 def alive_by_psutil(pid: int, created: float) -> bool:
     """`proctime.is_alive` where there is no /proc: runs (not a zombie), created at `created`."""
+    import psutil
+
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
@@ -92,6 +105,8 @@ def alive_by_psutil(pid: int, created: float) -> bool:
 
 def ancestors(pid: int) -> list[int]:
     """Pids of the ancestors of `pid`, nearest first."""
+    import psutil
+
     try:
         return [parent.pid for parent in psutil.Process(pid).parents()]
     except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
@@ -100,6 +115,8 @@ def ancestors(pid: int) -> list[int]:
 
 def pids_of_uid(uid: int) -> Iterator[int]:
     """Pids of processes whose real uid is `uid`, newest first (a fresh holder is likelier)."""
+    import psutil
+
     for pid in sorted(psutil.pids(), reverse=True):
         try:
             if sys.platform == "linux":
@@ -131,6 +148,8 @@ def group_members(pgid: int) -> list[int]:
     """Living pids of process group `pgid` (a scan; used only at stop)."""
     if sys.platform == "linux":
         return _group_members_proc(pgid)
+    import psutil
+
     members = []
     for proc in psutil.process_iter():
         with contextlib.suppress(OSError, psutil.Error):
@@ -152,6 +171,8 @@ def _group_members_proc(pgid: int) -> list[int]:
 
 def session_members(sid: int) -> list[int]:
     """Living pids of session `sid` (a scan of every process)."""
+    import psutil
+
     members = []
     for pid in psutil.pids():
         with contextlib.suppress(OSError):
@@ -164,6 +185,8 @@ def _is_zombie(pid: int) -> bool:
     if sys.platform == "linux":
         fields = proctime.stat_fields(pid)
         return fields is None or fields[0] == b"Z"
+    import psutil
+
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.Error:
@@ -194,9 +217,11 @@ class ListenEntry:
 def _uid_of(pid: int | None) -> int | None:
     if pid is None:
         return None
+    if sys.platform == "linux":
+        return proctime.owner_uid(pid)
+    import psutil
+
     try:
-        if sys.platform == "linux":
-            return os.stat(f"/proc/{pid}").st_uid
         return psutil.Process(pid).uids().real
     except (OSError, psutil.Error):
         return None
@@ -204,6 +229,8 @@ def _uid_of(pid: int | None) -> int | None:
 
 def tcp_listeners_system(port: int) -> list[ListenEntry]:
     """Every TCP LISTEN socket on `port`, system-wide (needs root on macOS: raises there)."""
+    import psutil
+
     found = []
     try:
         conns = psutil.net_connections(kind="tcp")
@@ -220,6 +247,8 @@ def tcp_listeners_of(port: int, pids: Iterable[int]) -> list[ListenEntry]:
 
     A socket shared by several processes (forked workers) is reported once per process.
     """
+    import psutil
+
     found = []
     for pid in pids:
         try:
@@ -237,6 +266,8 @@ def tcp_listeners_of(port: int, pids: Iterable[int]) -> list[ListenEntry]:
 
 def tcp_connection_pids(port: int, peer_port: int, pids: Iterable[int]) -> set[int]:
     """Which of `pids` hold the TCP connection from `peer_port` to their local `port`."""
+    import psutil
+
     found = set()
     for pid in pids:
         try:
@@ -258,6 +289,8 @@ def parent_pid(pid: int) -> int | None:
     if sys.platform == "linux":
         fields = proctime.stat_fields(pid)
         return int(fields[1]) if fields is not None and len(fields) > 1 else None
+    import psutil
+
     try:
         return psutil.Process(pid).ppid()
     except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
@@ -287,6 +320,8 @@ def child_pids(pid: int) -> list[int]:
 
 
 def _psutil_children(pid: int) -> list[int]:
+    import psutil
+
     try:
         return [child.pid for child in psutil.Process(pid).children()]
     except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):

@@ -83,6 +83,18 @@ def stat_fields(pid: int) -> list[bytes] | None:
     return data[data.rfind(b")") + 2 :].split()
 
 
+def create_time(pid: int) -> float | None:
+    """When `pid` was created (psutil's float), or None if it is gone (Linux only)."""
+    return _created(stat_fields(pid))
+
+
+def _created(fields: list[bytes] | None) -> float | None:
+    boot = _boot_time()
+    if fields is None or boot is None or len(fields) < 20:
+        return None
+    return int(fields[19]) / os.sysconf("SC_CLK_TCK") + boot
+
+
 def is_alive(pid: int, created: float) -> bool:
     """True if `pid` runs (not a zombie) and was created at `created`."""
     if sys.platform != "linux":
@@ -90,10 +102,9 @@ def is_alive(pid: int, created: float) -> bool:
 
         return procs.alive_by_psutil(pid, created)
     fields = stat_fields(pid)
-    boot = _boot_time()
-    if fields is None or boot is None or len(fields) < 20 or fields[0] == b"Z":
+    started = _created(fields)
+    if fields is None or started is None or fields[0] == b"Z":
         return False
-    started = int(fields[19]) / os.sysconf("SC_CLK_TCK") + boot
     return same_create_time(started, created)
 
 

@@ -107,11 +107,16 @@ class LogTimeout(AssertionError):
 
 
 def daemon_command(
-    config: Path, state_dir: Path, *extra_args: str, log_level: str = "debug"
+    config: Path,
+    state_dir: Path,
+    *extra_args: str,
+    log_level: str = "debug",
+    command: Sequence[str] = (PYTHON, "-m", "supervisor"),
 ) -> list[str]:
-    """argv of `supervisor run` logging JSON (at debug level) for tests to read."""
+    """argv of `supervisor run` logging JSON (at debug level) for tests to read; `command` is
+    how to run `supervisor` (the benchmarks use an installed console script)."""
     return [
-        PYTHON, "-m", "supervisor", "run", "-c", str(config), "--state-dir", str(state_dir),
+        *command, "run", "-c", str(config), "--state-dir", str(state_dir),
         "--log-format", "json", "--log-level", log_level, *extra_args,
     ]  # fmt: skip
 
@@ -159,6 +164,7 @@ class Daemon:
         env: Mapping[str, str] | None = None,
         stdin: int | None = subprocess.DEVNULL,
         log_level: str = "debug",
+        command: Sequence[str] = (PYTHON, "-m", "supervisor"),
     ) -> None:
         self.config = config
         self.state_dir = state_dir
@@ -170,7 +176,7 @@ class Daemon:
         full_env["PYTHONUNBUFFERED"] = "1"
         self.started_ns = time.time_ns()
         self.proc = subprocess.Popen(
-            daemon_command(config, state_dir, *extra_args, log_level=log_level),
+            daemon_command(config, state_dir, *extra_args, log_level=log_level, command=command),
             stdin=stdin,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -523,6 +529,8 @@ class SharedHolder:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
 class ControlClient:
     """A raw JSON-lines client of a daemon's `control.sock`: the wire format, not our client.
 

@@ -293,5 +293,3 @@ def parse(
     if problems.items:
         raise ConfigError(path, problems.items)
     return Config(supervisor=daemon, sidecars=tuple(sidecars), path=path)
-
-

@@ -186,5 +186,3 @@ class Config:
         count = len(self.sidecars)
         noun = "sidecar" if count == 1 else "sidecars"
         return f"{count} {noun}" + (f": {names}" if names else "")
-
-

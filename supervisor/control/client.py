@@ -200,6 +200,8 @@ def _reload_record(daemon: RunningDaemon) -> dict[str, object]:
     supervisor = read_status(daemon).get("supervisor")
     record = supervisor.get("reload") if isinstance(supervisor, dict) else None
     return record if isinstance(record, dict) else {}
+
+
 # -- the control socket ---------------------------------------------------------------------------
 
 

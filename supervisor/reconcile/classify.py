@@ -90,9 +90,7 @@ def classify(evidence: Evidence, *, name: str, marker: str, our_uid: int) -> Cla
                 Verdict.ORPHAN, f"it was started by this very daemon earlier{source}"
             )
         case OwnerState.GONE:
-            return Classification(
-                Verdict.ORPHAN, f"the supervisor that started it is gone{source}"
-            )
+            return Classification(Verdict.ORPHAN, f"the supervisor that started it is gone{source}")
         case OwnerState.ALIVE:
             return Classification(
                 Verdict.LIVE, f"the supervisor that started it still runs{source}"

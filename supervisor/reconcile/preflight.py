@@ -18,7 +18,7 @@ from structlog.typing import FilteringBoundLogger
 from supervisor import net
 from supervisor.config import ForeignAction, LiveAction, OrphanAction, SidecarConfig
 from supervisor.ledger import Ledger
-from supervisor.reconcile import consent, holders
+from supervisor.reconcile import holders
 from supervisor.reconcile.classify import Classification, Evidence, Verdict, classify
 from supervisor.reconcile.evidence import gather
 from supervisor.reconcile.kill import KillAborted, kill_holder
@@ -261,6 +261,8 @@ async def _live_consented(
     facts = holder.facts
     if holder.pid is None or facts is None or config.port is None:
         return False
+    from supervisor.reconcile import consent  # asked only for a live holder: rare
+
     request = consent.ConsentRequest(
         sidecar=config.name,
         port=config.port,

@@ -91,8 +91,10 @@ def plan(
 
 
 def _holds_its_port(pid: int, config: SidecarConfig | None) -> bool:
-    return config is not None and config.port is not None and bool(
-        net.pids_listening(config.port, [pid])
+    return (
+        config is not None
+        and config.port is not None
+        and bool(net.pids_listening(config.port, [pid]))
     )
 
 
@@ -136,9 +138,7 @@ async def sweep(
 
 
 def _still_there(entry: Spawn) -> bool:
-    return proctime.is_alive(entry.pid, entry.create_time) or bool(
-        procs.session_members(entry.sid)
-    )
+    return proctime.is_alive(entry.pid, entry.create_time) or bool(procs.session_members(entry.sid))
 
 
 async def _reclaim(

@@ -82,6 +82,15 @@ def all_gone(pids: list[int]) -> bool:
     return all(pid_gone(pid) for pid in pids)
 
 
+def wait_recorded(state: Path, pid: int) -> None:
+    """Handshake before an unclean exit: the spawn's ledger entry is on disk (it is written
+    in a worker thread right after the spawn; a daemon killed before that leaves no entry,
+    the window README.md describes)."""
+    wait_until(
+        lambda: any((state / "_spawns").glob(f"{pid}-*.json")), 10.0, f"pid {pid} in the ledger"
+    )
+
+
 @contextlib.contextmanager
 def cleanup(pids: list[int]) -> Iterator[None]:
     """Whatever a failing test left of the servers, it does not outlive the test."""
@@ -109,6 +118,7 @@ def test_retitled_orphan_is_reclaimed_by_the_ledger(kind: str, tmp_path: Path) -
         if kind != "nginx":  # nginx's master keeps the marker; its workers do not
             marker = " ".join(server.command)
             assert servers.visible_identity(holder, marker) == [], "the disguise did not work"
+        wait_recorded(state, pid)
         first.kill()  # the daemon dies uncleanly; the server goes on
         assert all(not pid_gone(p) for p in orphans) and not port_free(port)
 
@@ -158,10 +168,12 @@ def test_two_unclean_generations_are_both_swept(tmp_path: Path) -> None:
         gen1 = Daemon(slow, state)
         left.append(gen1.wait_for("sidecar_spawned")["pid"])
         gen1.wait_for("child_output", line="idle")  # SIGTERM is ignored from now on
+        wait_recorded(state, left[0])
         gen1.kill()
         gen2 = Daemon(slow, state)
         left.append(gen2.wait_for("sidecar_spawned")["pid"])
         gen2.wait_for("child_output", line="idle")
+        wait_recorded(state, left[1])
         gen2.kill()
         assert not any(pid_gone(pid) for pid in left)
         with Daemon(quick, state) as gen3:
@@ -201,6 +213,7 @@ def test_a_tagged_process_that_left_the_session_survives_the_sweep(tmp_path: Pat
         escaped = int(str(escaped_line["line"]).split()[1])
         child = first.wait_for("sidecar_spawned")["pid"]
         left += [child, escaped]
+        wait_recorded(state, child)
         first.kill()
         with Daemon(config, state) as second:
             assert second.wait_for("orphan_killed", timeout=30)["pid"] == child
@@ -296,6 +309,7 @@ def test_port_reads_the_ledgers_and_says_what_to_do(tmp_path: Path) -> None:
         assert live["verdict"] == "live" and live["sidecar"] == "web"
         assert live["owner_pid"] == first.pid and live["state_dir"] == str(state)
         assert f"supervisor stop web --state-dir {state}" in live["advice"]
+        wait_recorded(state, left[0])
         first.kill()
         (orphan,) = port_cli(port, "--state-dir", str(state))["holders"]
         assert orphan["verdict"] == "orphan" and "spawn ledger" in orphan["reason"]

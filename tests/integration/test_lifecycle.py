@@ -163,8 +163,9 @@ def test_on_failure_policy_with_clean_exit_goes_to_exited(tmp_path: Path) -> Non
         # The state follows the exit once its output is drained: status.json tells when.
         status_file = tmp_path / "state" / "status.json"
         wait_until(
-            lambda: status_file.exists()
-            and read_json(status_file)["sidecars"][0]["state"] == "exited",
+            lambda: (
+                status_file.exists() and read_json(status_file)["sidecars"][0]["state"] == "exited"
+            ),
             10.0,
             "the sidecar to rest in exited",
         )

@@ -60,9 +60,7 @@ def test_lines_dropped_are_reported_once_output_works_again(pipe: tuple[int, int
         while b"log_lines_dropped" not in received:
             received += os.read(read_fd, 1 << 16)
         report = next(
-            json.loads(line)
-            for line in received.splitlines()
-            if b"log_lines_dropped" in line
+            json.loads(line) for line in received.splitlines() if b"log_lines_dropped" in line
         )
         assert report["count"] == dropped and report["level"] == "warning"
     finally:

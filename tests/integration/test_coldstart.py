@@ -1,0 +1,60 @@
+"""Cold start (SPEC 10): what only later work needs stays off the path to the first spawn.
+
+`python -m bench coldstart` has the figures; this keeps the deferred imports deferred.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import Daemon, demo_command, free_port, render_config
+
+# Imported where first used: after the first launches, only for some configs, or never at all
+# on a plain start (psutil: proctime reads /proc on Linux).
+DEFERRED = (
+    "supervisor.control.actions",
+    "supervisor.control.client",
+    "supervisor.control.server",
+    "supervisor.health",
+    "supervisor.logfile",
+    "supervisor.reconcile.consent",
+    "supervisor.reconcile.sweep",
+    "supervisor.registry",
+    "supervisor.reload",
+)
+
+PROBE = """
+import json, sys
+from supervisor import entry, cli, daemon  # what `supervisor run` imports before it starts
+print(json.dumps(list(sys.modules)))
+"""
+
+
+def loaded_by_run() -> set[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, check=True, timeout=60
+    )
+    return set(json.loads(done.stdout))
+
+
+def test_the_daemon_imports_nothing_that_only_later_work_needs() -> None:
+    loaded = loaded_by_run()
+    assert loaded.isdisjoint(DEFERRED), sorted(loaded & set(DEFERRED))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="elsewhere proctime needs psutil")
+def test_psutil_is_not_loaded_by_a_plain_start(tmp_path: Path) -> None:
+    """A real daemon through its sidecar's readiness: psutil's extension is not even mapped."""
+    assert "psutil" not in loaded_by_run()
+    port = free_port()
+    config = tmp_path / "supervisor.toml"
+    config.write_text(render_config([{"name": "web", "command": demo_command(port), "port": port}]))
+    with Daemon(config, tmp_path / "state", "--non-interactive") as daemon:
+        daemon.wait_for("sidecar_ready")
+        maps = Path(f"/proc/{daemon.pid}/maps").read_text()
+        assert "_psutil_linux" not in maps
