@@ -131,7 +131,9 @@ class Attempt:
         try:
             async with anyio.create_task_group() as pipes:
                 pipes.start_soon(self._record_spawn, child, recorded)
-                drained = output.forward_all(_pipes(child), self._output, pipes)
+                drained = output.forward_all(
+                    _pipes(child), self._output, pipes, drain=self.output_log
+                )
                 failure = await self._await_ready(child)
                 if failure is None:
                     failed_start = False

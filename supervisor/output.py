@@ -4,7 +4,9 @@ The pipes are always drained, so a chatty child never blocks on a full pipe for 
 output is handled in slices of at most SLICE_S of the event loop's time (a `yes` flood is 32768
 lines a chunk), and output handling as a whole gets at most OUTPUT_SHARE of the loop's time
 beyond a burst: a flood from one sidecar must not hold up the supervision of the others, nor
-take the CPU their restarts need. A child writing faster than that waits on its full pipe.
+take the CPU their restarts need. A child writing faster than that waits on its full pipe, as
+it does while the sidecar's output.log writer is behind but moving (`Drain`): a chatty child is
+slowed to what the disk takes rather than losing lines.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import anyio
 import anyio.lowlevel
@@ -57,11 +60,22 @@ BUDGET = Budget(OUTPUT_SHARE, OUTPUT_BURST_S)
 Sink = Callable[[str, str, bool], None]  # (stream, line, truncated)
 
 
-async def forward_lines(fd: int, stream_name: str, sink: Sink) -> None:
+class Drain(Protocol):
+    """Where the lines go, when it can fall behind (outputlog.OutputLog): while it is
+    `congested`, the pipe is not read (`drain` returns once there is room again)."""
+
+    def congested(self) -> bool: ...
+
+    async def drain(self) -> None: ...
+
+
+async def forward_lines(fd: int, stream_name: str, sink: Sink, drain: Drain | None = None) -> None:
     """Read `fd` until EOF, calling sink(stream, line, truncated) per line."""
     pending = bytearray()
     discarding = False
     while True:
+        if drain is not None and drain.congested():
+            await drain.drain()
         await anyio.wait_readable(fd)
         try:
             data = os.read(fd, READ_CHUNK)
@@ -78,6 +92,10 @@ async def forward_lines(fd: int, stream_name: str, sink: Sink) -> None:
             lines += 1
             if lines % SLICE_CHECK == 0 and (busy := time.monotonic() - sliced) > SLICE_S:
                 await BUDGET.pause(busy)  # let the rest of the daemon have its turn
+                sliced = time.monotonic()
+            if drain is not None and drain.congested():  # a look at two ints: every line
+                BUDGET.charge(time.monotonic() - sliced)
+                await drain.drain()
                 sliced = time.monotonic()
             newline = pending.find(b"\n")
             if newline < 0:
@@ -102,7 +120,10 @@ async def forward_lines(fd: int, stream_name: str, sink: Sink) -> None:
 
 
 def forward_all(
-    streams: list[tuple[int, str]], sink: Sink, group: anyio.abc.TaskGroup
+    streams: list[tuple[int, str]],
+    sink: Sink,
+    group: anyio.abc.TaskGroup,
+    drain: Drain | None = None,
 ) -> anyio.Event:
     """Forward each (fd, name) in `group`; the event is set once all of them reached EOF."""
     drained = anyio.Event()
@@ -113,7 +134,7 @@ def forward_all(
     async def forward(fd: int, name: str) -> None:
         nonlocal remaining
         try:
-            await forward_lines(fd, name, sink)
+            await forward_lines(fd, name, sink, drain)
         finally:
             remaining -= 1
             if remaining == 0:

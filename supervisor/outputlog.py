@@ -2,8 +2,11 @@
 
 One per sidecar run (it spans restarts). Lines are formatted on the event loop (a cached
 timestamp prefix, about a microsecond a line) and written by a `rotating.LineWriter` thread, so a
-slow or full disk never holds up supervision; lost lines are counted and reported as
-`output_lines_dropped`, and the file itself gets a line saying how many are missing.
+slow or full disk never holds up supervision. A writer that is behind but moving pushes back:
+the sidecar's pipes are not read until its queue has room (`drain`), so the child waits on its
+pipe, as it would for any slower reader, and no line is lost. A writer that does not move for
+STALL_S (a hung disk) or fails (a full one) loses lines instead: they are counted and reported
+as `output_lines_dropped`, and the file itself gets a line saying how many are missing.
 
 A line reads `2026-01-01T12:00:00.123Z stdout <text>` (` [truncated]` appended to a line that
 was cut at 8 KiB).
@@ -23,6 +26,8 @@ from supervisor.statedir import StateDir
 OUTPUT_NAME = "output.log"
 REPORT_EVERY_S = 1.0  # at most one output_lines_dropped per sidecar per second
 CLOSE_TIMEOUT_S = 2.0  # flushing at the end of a run; a stuck disk must not hold up a stop
+STALL_S = 0.5  # a writer that handles no line for this long is stuck: lines are dropped then
+DRAIN_POLL_S = 0.002
 
 
 class Stamper:
@@ -49,6 +54,7 @@ class OutputLog:
         self._stamp = Stamper()
         self._reported = 0
         self._reported_at = 0.0
+        self._stuck = False  # the writer stopped moving: no more waiting for it until it has room
 
     @classmethod
     def open(
@@ -86,6 +92,26 @@ class OutputLog:
         self._writer.put(text.encode("utf-8", "backslashreplace"))
         if self._writer.dropped != self._reported:
             self._report(final=False)
+
+    def congested(self) -> bool:
+        """The writer's queue is nearly full and the writer is not known to be stuck."""
+        if not self._writer.congested():
+            self._stuck = False
+            return False
+        return not self._stuck
+
+    async def drain(self) -> None:
+        """Wait while the writer is behind but moving (the caller stops reading the child's
+        pipes meanwhile); give up once it has not moved for STALL_S: it is stuck."""
+        progress, since = self._writer.progress, time.monotonic()
+        while self._writer.congested():
+            await anyio.sleep(DRAIN_POLL_S)
+            now = time.monotonic()
+            if self._writer.progress != progress:
+                progress, since = self._writer.progress, now
+            elif now - since > STALL_S:
+                self._stuck = True
+                return
 
     def _report(self, *, final: bool) -> None:
         now = time.monotonic()

@@ -258,6 +258,15 @@ class LineWriter:
                 self._cond.notify()
         return True
 
+    def congested(self) -> bool:
+        """More than three quarters of the queue is taken (read without the lock: a hint)."""
+        return self._pending_bytes > self._max_pending * 3 // 4
+
+    @property
+    def progress(self) -> int:
+        """Lines written or lost so far: it grows while the thread gets on with its work."""
+        return self._handled
+
     def _start(self) -> bool:
         thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
         try:

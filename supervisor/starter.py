@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from supervisor.errors import EXIT_USAGE, SupervisorError
+from supervisor.statedir import write_durably
 
 FILE_MODE = 0o600  # a config may carry secrets in a sidecar's `env`
 DIR_MODE = 0o700
@@ -71,10 +72,7 @@ def _write_new(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            write_durably(fd, data)
         finally:
             os.close(fd)
     except BaseException:

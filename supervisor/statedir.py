@@ -55,6 +55,14 @@ def check_owner(path: Path, info: os.stat_result) -> None:
         )
 
 
+def write_durably(fd: int, data: bytes) -> None:
+    """All of `data` to `fd` (short writes continued), then fsync."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.fsync(fd)
+
+
 class StateDir:
     """One open directory: the state dir itself, or a sidecar's folder inside it."""
 
@@ -165,10 +173,7 @@ class StateDir:
         try:
             try:
                 os.fchmod(fd, FILE_MODE)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
+                write_durably(fd, data)
             finally:
                 os.close(fd)
             # rename() replaces a symlink at `name` itself rather than writing through it.
