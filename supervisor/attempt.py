@@ -344,18 +344,24 @@ class Attempt:
     # -- the spawn ledger ------------------------------------------------------------------------
 
     async def _record_spawn(self, child: children.Child, recorded: anyio.Event) -> None:
-        """Into the ledger, durably, as soon as the pid exists (off the loop: reading the
-        create time waits for the exec, and the write is fsynced)."""
+        """Into the ledger as soon as the pid exists, in one trip to a worker thread (reading
+        the create time may wait for the exec; the write is a file and a rename)."""
         try:
             with anyio.CancelScope(shield=True):
-                spawn = await anyio.to_thread.run_sync(self._spawn_entry, child)
+                spawn, error = await anyio.to_thread.run_sync(self._record, child)
                 self._spawn = spawn
-                try:
-                    await anyio.to_thread.run_sync(self.rt.ledger.record, spawn)
-                except OSError as exc:
-                    self.log.error("ledger_write_failed", pid=child.pid, error=str(exc))
+                if error is not None:
+                    self.log.error("ledger_write_failed", pid=child.pid, error=str(error))
         finally:
             recorded.set()
+
+    def _record(self, child: children.Child) -> tuple[ledger.Spawn, OSError | None]:
+        spawn = self._spawn_entry(child)
+        try:
+            self.rt.ledger.record(spawn)
+        except OSError as exc:
+            return spawn, exc
+        return spawn, None
 
     def _spawn_entry(self, child: children.Child) -> ledger.Spawn:
         return ledger.Spawn(

@@ -9,7 +9,8 @@ have), JSON:
      "command": ["redis-server", "--port", "6380"], "sidecar": "cache",
      "daemon_pid": 4100, "daemon_create_time": 1767225590.5, "spawned_at": "2026-01-01T00:00:00Z"}
 
-An entry is written (atomically, fsynced) right after the fork, and removed only when its
+An entry is written (atomically; not fsynced, see `Ledger.record`) right after the fork, and
+removed only when its
 process and every member of its session are provably gone: entries of every earlier daemon
 generation stay until their processes are reclaimed or gone.
 
@@ -24,8 +25,8 @@ number whose founder also died, created after ours ended and before our next loo
 the pid space to wrap (pid_max) in that window, while the entry was still there; the daemon
 prunes an entry as soon as it sees the session empty (after each stop and at every start).
 
-The window before the entry exists (the fork to the write, about a millisecond) is covered by
-the env tags: a child carries them from its very first instruction, and a server clobbers them
+The window before the entry exists (the fork to the write: about 12 ms for a daemon's first
+spawn, see README.md) is covered by the env tags: a child carries them from its very first instruction, and a server clobbers them
 only once it runs its own start-up.
 """
 
@@ -134,14 +135,17 @@ def _same_time(a: float, b: float) -> bool:
 
 
 class Ledger:
-    """The ledger of one state dir. Blocking (fsync, listings): call it from a worker thread."""
+    """The ledger of one state dir. Blocking (file writes, listings): call it from a worker
+    thread."""
 
     def __init__(self, state: StateDir) -> None:
         self.state = state
 
     def record(self, spawn: Spawn) -> None:
+        # Not fsynced: an entry describes a living process, and a crash of the machine leaves
+        # none; what a daemon killed outright wrote is in the page cache for the next one.
         with self.state.subdir(LEDGER_DIR, create=True) as folder:
-            folder.write(spawn.file_name, spawn.record())
+            folder.write(spawn.file_name, spawn.record(), durable=False)
 
     def forget(self, spawn: Spawn) -> None:
         with contextlib.suppress(OSError), self.state.subdir(LEDGER_DIR, create=False) as folder:

@@ -55,11 +55,16 @@ def check_owner(path: Path, info: os.stat_result) -> None:
         )
 
 
-def write_durably(fd: int, data: bytes) -> None:
-    """All of `data` to `fd` (short writes continued), then fsync."""
+def write_all(fd: int, data: bytes) -> None:
+    """All of `data` to `fd` (short writes continued)."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def write_durably(fd: int, data: bytes) -> None:
+    """All of `data` to `fd`, then fsync."""
+    write_all(fd, data)
     os.fsync(fd)
 
 
@@ -151,12 +156,12 @@ class StateDir:
 
     # -- records -------------------------------------------------------------------------------
 
-    def write(self, name: str, record: Mapping[str, object]) -> None:
-        """Atomically replace `name` with `record` as JSON (mode 0600)."""
+    def write(self, name: str, record: Mapping[str, object], *, durable: bool = True) -> None:
+        """Atomically replace `name` with `record` as JSON (mode 0600); fsynced if `durable`."""
         data = (json.dumps(record, indent=None, separators=(", ", ": ")) + "\n").encode()
-        self.write_bytes(name, data)
+        self.write_bytes(name, data, durable=durable)
 
-    def write_bytes(self, name: str, data: bytes) -> None:
+    def write_bytes(self, name: str, data: bytes, *, durable: bool = True) -> None:
         _check_name(name)
         # A unique temp name: a status write in a worker thread may overlap one on the loop.
         tmp = f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
@@ -173,7 +178,10 @@ class StateDir:
         try:
             try:
                 os.fchmod(fd, FILE_MODE)
-                write_durably(fd, data)
+                if durable:
+                    write_durably(fd, data)
+                else:
+                    write_all(fd, data)
             finally:
                 os.close(fd)
             # rename() replaces a symlink at `name` itself rather than writing through it.

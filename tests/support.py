@@ -628,3 +628,12 @@ def sidecar_pids(client: ControlClient) -> dict[str, object]:
     reply = client.request("status")
     assert reply["ok"], reply
     return {s["name"]: s["pid"] for s in reply["result"]["sidecars"]}
+
+
+def wait_recorded(state: Path, pid: int, timeout: float = 10.0) -> None:
+    """Handshake before an unclean exit: the spawn's ledger entry is on disk. It is written in a
+    worker thread right after the spawn; a daemon killed before that leaves no entry (the window
+    README.md describes), which a test of the sweep must not depend on."""
+    wait_until(
+        lambda: any((state / "_spawns").glob(f"{pid}-*.json")), timeout, f"pid {pid} in the ledger"
+    )

@@ -34,6 +34,7 @@ from tests.support import (
     read_json,
     render_config,
     stamp_ns,
+    wait_recorded,
     wait_until,
 )
 
@@ -80,15 +81,6 @@ def listeners_of(port: int) -> set[int]:
 
 def all_gone(pids: list[int]) -> bool:
     return all(pid_gone(pid) for pid in pids)
-
-
-def wait_recorded(state: Path, pid: int) -> None:
-    """Handshake before an unclean exit: the spawn's ledger entry is on disk (it is written
-    in a worker thread right after the spawn; a daemon killed before that leaves no entry,
-    the window README.md describes)."""
-    wait_until(
-        lambda: any((state / "_spawns").glob(f"{pid}-*.json")), 10.0, f"pid {pid} in the ledger"
-    )
 
 
 @contextlib.contextmanager

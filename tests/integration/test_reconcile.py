@@ -25,6 +25,7 @@ from tests.support import (
     pid_gone,
     render_config,
     wait_logged,
+    wait_recorded,
     wait_until,
 )
 
@@ -266,6 +267,7 @@ def test_leftovers_holding_no_port_are_reclaimed_after_an_unclean_exit(tmp_path:
     child = first.wait_for("sidecar_spawned")["pid"]
     first.wait_for("child_output", line="started")
     group = [p.pid for p in psutil.Process(child).children()] + [child]
+    wait_recorded(tmp_path / "state", child)  # the unclean exit comes after the ledger entry
     first.kill()
     with Daemon(config, tmp_path / "state") as second:
         killed = second.wait_for("orphan_killed", pid=child)
