@@ -26,8 +26,8 @@ the pid space to wrap (pid_max) in that window, while the entry was still there;
 prunes an entry as soon as it sees the session empty (after each stop and at every start).
 
 The window before the entry exists (the fork to the write: about 12 ms for a daemon's first
-spawn, see README.md) is covered by the env tags: a child carries them from its very first instruction, and a server clobbers them
-only once it runs its own start-up.
+spawn, see README.md) is covered by the env tags: a child carries them from its very first
+instruction, and a server clobbers them only once it runs its own start-up.
 """
 
 from __future__ import annotations
