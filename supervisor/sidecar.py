@@ -334,13 +334,15 @@ async def wait_for_port(port: int, outcome: Outcome, log: FilteringBoundLogger) 
     socket is judged afresh. A lookup that fails is not "free": the wait goes on.
     """
     owner = outcome.owner
-    if owner is not None and not proctime.is_alive(owner.pid, owner.create_time):
-        log.info("sidecar_wait_owner_exited", port=port, owner_pid=owner.pid)
-        return  # it died while we decided to wait: run the preflight again now
     holder_exit = _exit_handle(outcome.holder_pid)
-    owner_exit = _owner_exit(outcome)
+    owner_exit = _exit_handle(owner.pid) if owner is not None else None
     polls = 0
     try:
+        # Checked once the handles are open: an owner that dies after this is seen by its
+        # handle; one that died before (while we decided to wait) re-runs the preflight now.
+        if owner is not None and not proctime.is_alive(owner.pid, owner.create_time):
+            log.info("sidecar_wait_owner_exited", port=port, owner_pid=owner.pid)
+            return
         while True:
             with anyio.move_on_after(WAIT_POLL_S):
                 if holder_exit is not None or owner_exit is not None:
@@ -366,18 +368,6 @@ async def wait_for_port(port: int, outcome: Outcome, log: FilteringBoundLogger) 
         for handle in (holder_exit, owner_exit):
             if handle is not None:
                 handle.close()
-
-
-def _owner_exit(outcome: Outcome) -> exitwatch.ExitHandle | None:
-    """An exit handle on the live holder's supervisor, if it is still the one recorded."""
-    owner = outcome.owner
-    if owner is None:
-        return None
-    handle = _exit_handle(owner.pid)
-    if handle is not None and not proctime.is_alive(owner.pid, owner.create_time):
-        handle.close()  # gone already (or its pid recycled): the next poll re-runs at once
-        return None
-    return handle
 
 
 async def _first_exit(*handles: exitwatch.ExitHandle | None) -> None:
