@@ -86,13 +86,25 @@ def demo_command(port: int, *extra: str) -> list[str]:
 
 def demo_sidecar(name: str, port: int, *extra: str, **tables: object) -> dict[str, object]:
     """A sidecar entry running the demo server, fast restarts and a short stop timeout."""
+    return sidecar_entry(name, demo_command(port, *extra), port, **tables)
+
+
+def sidecar_entry(
+    name: str, command: Sequence[str], port: int, **tables: object
+) -> dict[str, object]:
+    """A sidecar entry with fast restarts and a short stop timeout, `tables` merged in."""
     entry: dict[str, object] = {
         "name": name,
-        "command": demo_command(port, *extra),
+        "command": list(command),
         "port": port,
         "restart": {"base_delay": 0.05, "max_delay": 0.2},
         "stop": {"timeout": 2.0},
     }
+    return merge_tables(entry, tables)
+
+
+def merge_tables(entry: dict[str, object], tables: Mapping[str, object]) -> dict[str, object]:
+    """`entry` with each of `tables` merged into the table of that name, or set if not a table."""
     for key, value in tables.items():
         base = entry.get(key)
         if isinstance(base, dict) and isinstance(value, Mapping):

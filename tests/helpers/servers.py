@@ -22,11 +22,13 @@ import os
 import pwd
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
+from tests import support
 
 RETITLE = Path(__file__).resolve().with_name("retitle.py")
 TAGS = ("SUPERVISOR_SIDECAR", "SUPERVISOR_OWNER")
@@ -67,21 +69,8 @@ class Server:
         ready: dict[str, object] = (
             {"probe": "http", "path": self.health_path} if self.health_path else {"probe": "tcp"}
         )
-        entry: dict[str, object] = {
-            "name": name,
-            "command": self.command,
-            "port": self.port,
-            "ready": ready,
-            "restart": {"base_delay": 0.05, "max_delay": 0.2},
-            "stop": {"timeout": 2.0},
-        }
-        for key, value in tables.items():
-            base = entry.get(key)
-            if isinstance(base, dict) and isinstance(value, Mapping):
-                entry[key] = {**base, **value}
-            else:
-                entry[key] = value
-        return entry
+        entry = support.sidecar_entry(name, self.command, self.port, ready=ready)
+        return support.merge_tables(entry, tables)
 
 
 def _which(program: str) -> str | None:

@@ -138,12 +138,16 @@ def run_cli(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[st
 
 
 class Sleeper:
-    """A live process of ours that must never be signalled by the code under test."""
+    """A live process of ours that must never be signalled by the code under test (by default
+    a Python reading stdin; `argv` for another command, `new_session` to lead its own)."""
 
-    def __init__(self) -> None:
+    def __init__(self, argv: list[str] | None = None, *, new_session: bool = False) -> None:
         self.proc = subprocess.Popen(
-            [PYTHON, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+            argv or [PYTHON, "-c", "import sys; sys.stdin.read()"],
+            stdin=subprocess.PIPE,
+            start_new_session=new_session,
         )
+        self.pid = self.proc.pid
         self.create_time = psutil.Process(self.proc.pid).create_time()
 
     def record(self) -> dict[str, object]:

@@ -26,7 +26,12 @@ import pytest
 
 from supervisor import groups, net
 from supervisor.reconcile import holders, kill
-from tests.integration.test_hostile import nothing_written_outside, one_error_line, run_cli
+from tests.integration.test_hostile import (
+    Sleeper,
+    nothing_written_outside,
+    one_error_line,
+    run_cli,
+)
 from tests.support import (
     PYTHON,
     ROOT,
@@ -56,30 +61,10 @@ def write_config(tmp_path: Path, sidecars: list[dict[str, object]]) -> Path:
     return path
 
 
-class Bystander:
-    """A live process of ours (a real `sleep`) that must never be signalled."""
-
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(["sleep", "600"], start_new_session=True)
-        self.pid = self.proc.pid
-        self.create_time = psutil.Process(self.pid).create_time()
-
-    def untouched(self) -> bool:
-        try:
-            same = psutil.Process(self.pid).create_time() == self.create_time
-        except psutil.Error:
-            return False
-        return self.proc.poll() is None and same
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-
-
 @pytest.fixture
-def bystander() -> Iterator[Bystander]:
-    proc = Bystander()
+def bystander() -> Iterator[Sleeper]:
+    """A live process of ours (a real `sleep`, its own session) that must never be signalled."""
+    proc = Sleeper(["sleep", "600"], new_session=True)
     try:
         yield proc
     finally:
@@ -287,9 +272,7 @@ async def test_member_by_member_group_kill_still_reaches_a_living_leaders_group(
 
 @linux_only
 @pytest.mark.root
-def test_daemon_refuses_a_proc_of_another_pid_namespace(
-    tmp_path: Path, bystander: Bystander
-) -> None:
+def test_daemon_refuses_a_proc_of_another_pid_namespace(tmp_path: Path, bystander: Sleeper) -> None:
     needs_root()
     marker = tmp_path / "spawned"
     sidecar: dict[str, object] = {
@@ -325,7 +308,7 @@ def test_daemon_refuses_a_proc_of_another_pid_namespace(
 
 @pytest.mark.parametrize("mode", [0o777, 0o770, 0o720, 0o702])
 def test_state_dir_writable_by_group_or_others_is_refused(
-    mode: int, tmp_path: Path, bystander: Bystander
+    mode: int, tmp_path: Path, bystander: Sleeper
 ) -> None:
     state = tmp_path / "state"
     state.mkdir()
@@ -347,7 +330,7 @@ def test_state_dir_writable_by_group_or_others_is_refused(
 
 @pytest.mark.root
 def test_state_dir_of_another_user_is_refused_and_its_forged_pid_file_not_signalled(
-    tmp_path: Path, bystander: Bystander
+    tmp_path: Path, bystander: Sleeper
 ) -> None:
     # The incident: a forged supervisor.pid in a dir another user owns made root's
     # `supervisor restart` send SIGUSR1 (default action: terminate) to a root `sleep`.
@@ -445,7 +428,7 @@ def test_swapping_a_sidecar_dir_for_a_symlink_never_writes_or_unlinks_outside(
 
 
 def test_forged_supervisor_pid_naming_a_process_that_is_not_a_supervisor_is_not_signalled(
-    tmp_path: Path, bystander: Bystander
+    tmp_path: Path, bystander: Sleeper
 ) -> None:
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
