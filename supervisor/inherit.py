@@ -18,7 +18,6 @@ import anyio
 from supervisor import logs
 from supervisor.net import format_address
 
-LISTEN_FD = 3  # SD_LISTEN_FDS_START
 ENV_VARS = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 BACKLOG = socket.SOMAXCONN  # clients of a restarting child wait here
 

@@ -35,9 +35,10 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from supervisor.proctime import CREATE_TIME_TOLERANCE_S, same_create_time
 from supervisor.statedir import StateDir, float_field, int_field
 
 LEDGER_DIR = "_spawns"  # a leading "_" can start no sidecar name: the folders never collide
@@ -118,20 +119,15 @@ def session_member(
     `founder_create_time`: the create time of whatever process now has pid `entry.sid`
     (None: no such process).
     """
-    if holder_pid == entry.pid and _same_time(holder_create_time, entry.create_time):
+    if holder_pid == entry.pid and same_create_time(holder_create_time, entry.create_time):
         return True
     if holder_sid is None or holder_sid != entry.sid or entry.sid != entry.pid:
         return False
-    if founder_create_time is not None and not _same_time(founder_create_time, entry.create_time):
+    if founder_create_time is not None and not same_create_time(
+        founder_create_time, entry.create_time
+    ):
         return False  # the session's number now belongs to another process: recycled
-    return holder_create_time + _TOLERANCE_S >= entry.create_time
-
-
-_TOLERANCE_S = 0.011  # as proctime.CREATE_TIME_TOLERANCE_S: psutil's 10 ms granularity
-
-
-def _same_time(a: float, b: float) -> bool:
-    return abs(a - b) <= _TOLERANCE_S
+    return holder_create_time + CREATE_TIME_TOLERANCE_S >= entry.create_time
 
 
 class Ledger:
@@ -160,8 +156,3 @@ class Ledger:
                 return [entry for entry in found if entry is not None]
         except OSError:
             return []
-
-
-def daemons(entries: Iterable[Spawn]) -> set[tuple[int, float]]:
-    """The daemon identities (pid, create time) the entries name."""
-    return {(e.daemon_pid, e.daemon_create_time) for e in entries}

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, TextIO
 
 from supervisor.errors import EXIT_USAGE, SupervisorError
 from supervisor.rotating import LineWriter, RotatingFile
+from supervisor.statedir import DIR_MODE
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-DIR_MODE = 0o700
 CLOSE_TIMEOUT_S = 2.0  # at daemon exit: the last lines, unless the disk is stuck
 
 

@@ -176,12 +176,13 @@ def session_members(sid: int) -> list[int]:
     members = []
     for pid in psutil.pids():
         with contextlib.suppress(OSError):
-            if os.getsid(pid) == sid and not _is_zombie(pid):
+            if os.getsid(pid) == sid and not is_zombie(pid):
                 members.append(pid)
     return members
 
 
-def _is_zombie(pid: int) -> bool:
+def is_zombie(pid: int) -> bool:
+    """True if `pid` is a zombie or gone."""
     if sys.platform == "linux":
         fields = proctime.stat_fields(pid)
         return fields is None or fields[0] == b"Z"

@@ -19,10 +19,10 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from supervisor import procs, proctime
+from supervisor import procs
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -80,7 +80,7 @@ def adopted(parent: int | None = None) -> list[int]:
     me = os.getpid() if parent is None else parent
     with _lock:
         ours = set(_forked)
-    return [pid for pid in procs.child_pids(me) if pid not in ours and not _zombie(pid)]
+    return [pid for pid in procs.child_pids(me) if pid not in ours and not procs.is_zombie(pid)]
 
 
 def reap_adopted() -> int:
@@ -88,24 +88,9 @@ def reap_adopted() -> int:
     reaped = 0
     with _lock:
         for pid in procs.child_pids(os.getpid()):
-            if pid in _forked or not _zombie(pid):
+            if pid in _forked or not procs.is_zombie(pid):
                 continue
             with contextlib.suppress(ChildProcessError):
                 if os.waitpid(pid, os.WNOHANG)[0] == pid:
                     reaped += 1
     return reaped
-
-
-def _zombie(pid: int) -> bool:
-    fields = proctime.stat_fields(pid)
-    return fields is None or fields[0] == b"Z"
-
-
-@contextlib.contextmanager
-def registered(pid: int) -> Iterator[None]:
-    with _lock:
-        _forked.add(pid)
-    try:
-        yield
-    finally:
-        forget(pid)

@@ -16,13 +16,13 @@ from collections.abc import Collection
 from pathlib import Path
 
 from supervisor.config import NAME_RE, SidecarConfig
+from supervisor.config.parse import MAX_BACKUPS  # no more rotated files than this to look at
 from supervisor.errors import EXIT_USAGE, StateDirError, SupervisorError
 from supervisor.outputlog import OUTPUT_NAME
 from supervisor.statedir import STATUS_NAME, RecordError, StateDir
 
 POLL_S = 0.1
 BLOCK = 65536
-MAX_ROTATED = 100  # config.parse's MAX_BACKUPS: no more rotated files than this to look at
 
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
@@ -175,7 +175,7 @@ class OutputReader:
             self._identity = _identity(info)
             self._offset = info.st_size
             lines = _tail_of(self._fd, info.st_size, count)
-        for n in range(1, MAX_ROTATED + 1):
+        for n in range(1, MAX_BACKUPS + 1):
             if len(lines) >= count:
                 break
             older = _open_file(folder, f"{OUTPUT_NAME}.{n}")
@@ -224,7 +224,7 @@ class OutputReader:
         """output.log is a new file: the rest of ours, the files in between, then the new one."""
         data = [self._read_on()]  # lines written just before the rename
         missed: list[str] = []
-        for n in range(1, MAX_ROTATED + 1):
+        for n in range(1, MAX_BACKUPS + 1):
             backup = f"{OUTPUT_NAME}.{n}"
             try:
                 info = os.stat(backup, dir_fd=folder, follow_symlinks=False)

@@ -138,7 +138,7 @@ async def _attempt(
         _judge, ctx=ctx, recorded_pid=recorded_pid, listeners=listeners, sessions=sessions
     )
     judged = await anyio.to_thread.run_sync(judge, config, port)
-    if not judged:  # released between the two looks (find_holders looked again)
+    if not judged:  # released meanwhile: no process held the listening socket any more
         log.info("reconcile_port_free", port=port)
         return Outcome(Action.LAUNCH)
     for item in judged:

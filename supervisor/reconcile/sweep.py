@@ -85,7 +85,7 @@ def plan(
             continue
         if _tagged_by(facts, previous_daemons):
             left.append(facts)
-    done = [entry for entry in spawns if entry not in live_entries and _gone(entry, us)]
+    done = [entry for entry in orphaned if entry not in live_entries]
     stop.sort(key=lambda item: procs.process_group(item[0].pid) != item[0].pid)  # leaders first
     return Plan(stop, left, done)
 
