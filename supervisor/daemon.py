@@ -82,9 +82,9 @@ def main(args: RunOptions) -> int:
     # A symlinked state dir is the user's choice: messages show where it really is.
     with StateDir.open(state_path, create=True) as state:
         state.path = Path(os.path.realpath(state_path))
-        logs.configure(log_format, log_level)
+        logs.configure(log_format, log_level)  # stderr, until the lock is ours: ...
         with state.lock():
-            log_file = _open_log_file(cfg, args)
+            log_file = _open_log_file(cfg, args)  # ... a log file is opened (and rotated) only then
             try:
                 logs.configure(log_format, log_level, log_file=log_file)
                 _run(cfg, config_path, state, args, log_file)
