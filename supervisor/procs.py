@@ -117,7 +117,7 @@ def pids_of_uid(uid: int) -> Iterator[int]:
     """Pids of processes whose real uid is `uid`, newest first (a fresh holder is likelier)."""
     import psutil
 
-    for pid in sorted(psutil.pids(), reverse=True):
+    for pid in sorted(all_pids(), reverse=True):
         try:
             if sys.platform == "linux":
                 if os.stat(f"/proc/{pid}").st_uid != uid:
@@ -160,21 +160,26 @@ def group_members(pgid: int) -> list[int]:
 
 def _group_members_proc(pgid: int) -> list[int]:
     members = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        fields = proctime.stat_fields(int(name))
+    for pid in all_pids():
+        fields = proctime.stat_fields(pid)
         if fields is not None and len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
-            members.append(int(name))
+            members.append(pid)
     return members
+
+
+def all_pids() -> list[int]:
+    """Every pid (a listing of /proc on Linux, without importing psutil)."""
+    if sys.platform == "linux":
+        return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    import psutil
+
+    return psutil.pids()
 
 
 def session_members(sid: int) -> list[int]:
     """Living pids of session `sid` (a scan of every process)."""
-    import psutil
-
     members = []
-    for pid in psutil.pids():
+    for pid in all_pids():
         with contextlib.suppress(OSError):
             if os.getsid(pid) == sid and not is_zombie(pid):
                 members.append(pid)
