@@ -275,6 +275,7 @@ class Daemon:
             self.kill()
             raise
         self._reader.join(5)
+        self._close_pipe()
         return code
 
     def kill(self) -> None:
@@ -283,6 +284,12 @@ class Daemon:
             self.proc.kill()
         self.proc.wait(10)
         self._reader.join(5)
+        self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        # Once the reader has seen EOF (a sidecar holding the pipe may keep it from that).
+        if self.proc.stderr is not None and not self._reader.is_alive():
+            self.proc.stderr.close()
 
     def tail(self, n: int = 40) -> str:
         with self._cond:

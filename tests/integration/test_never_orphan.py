@@ -30,6 +30,7 @@ from tests.support import (
     ROOT,
     Daemon,
     Holder,
+    _readline,
     daemon_command,
     demo_sidecar,
     free_port,
@@ -129,14 +130,24 @@ def launched(mode: str, argv: list[str]) -> Iterator[tuple[subprocess.Popen[str]
         cwd=ROOT,
     )
     assert launcher.stdout is not None and launcher.stdin is not None
-    line = launcher.stdout.readline()
-    daemon_pid, child_pid = (int(word) for word in line.split())
+    daemon_pid: int | None = None
     try:
+        raw = _readline(launcher.stdout, 30.0)  # bounded: a daemon never ready must not hang
+        line = raw if isinstance(raw, str) else raw.decode()
+        assert line.strip(), "the launcher reported no ready daemon within 30 s"
+        daemon_pid, child_pid = (int(word) for word in line.split())
         yield launcher, daemon_pid, child_pid
     finally:
         with contextlib.suppress(OSError):
             launcher.stdin.close()
-        launcher.wait(20)
+        try:
+            launcher.wait(20)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+            if daemon_pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(daemon_pid, signal.SIGTERM)  # stops its sidecars too
+            launcher.wait(10)
         launcher.stdout.close()
 
 

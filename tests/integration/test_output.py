@@ -262,11 +262,24 @@ def test_a_full_disk_drops_lines_and_supervision_goes_on(tmp_path: Path) -> None
 
 FLOODS = """
 import os, sys
-line = b"x" * 79 + b"\\n"
-for _ in range(int(sys.argv[1]) // 1000):
-    os.write(1, line * 1000)
+count = int(sys.argv[1])
+for start in range(0, count, 1000):
+    os.write(1, b"".join(b"%07d %s\\n" % (n, b"x" * 71) for n in range(start, start + 1000)))
 os.write(1, b"done\\n")
 """
+
+
+class Watched(OutputLog):
+    """An OutputLog that counts the times its writer was found congested: proof the drain
+    engaged (the flood did outrun the writer), so that the test cannot pass on a writer that
+    simply kept up."""
+
+    congested_seen = 0
+
+    def congested(self) -> bool:
+        answer = super().congested()
+        self.congested_seen += answer
+        return answer
 
 
 @pytest.mark.parametrize("queue_bytes", [4096, 64 * 1024])
@@ -286,27 +299,34 @@ def test_a_writer_that_falls_behind_slows_the_child_and_loses_no_line(
     finally:
         os.close(folder)
     writer = LineWriter(file, max_pending_bytes=queue_bytes)
-    outlog = OutputLog(writer, str(tmp_path / "output.log"), structlog.get_logger())
+    outlog = Watched(writer, str(tmp_path / "output.log"), structlog.get_logger())
     child = subprocess.Popen([PYTHON, "-I", "-S", str(script), str(lines)], stdout=subprocess.PIPE)
     assert child.stdout is not None
     fd = child.stdout.fileno()
     os.set_blocking(fd, False)
 
     async def forward() -> None:
-        with anyio.fail_after(60):
-            await output.forward_lines(fd, "stdout", outlog.write, outlog)
-            await outlog.aclose()
+        try:
+            with anyio.fail_after(60):
+                await output.forward_lines(fd, "stdout", outlog.write, outlog)
+        finally:
+            await outlog.aclose()  # the writer thread and the file, whatever happened
 
     try:
         anyio.run(forward)
     finally:
         child.stdout.close()
-        assert child.wait(10) == 0
+        if child.poll() is None:
+            child.kill()
+        code = child.wait(10)
+    assert code == 0
+    assert outlog.congested_seen > 0, "the writer never fell behind: the drain was not tested"
     written = (tmp_path / "output.log").read_bytes().splitlines()
     assert writer.dropped == 0
     assert len(written) == lines + 1
     assert written[-1].endswith(b" stdout done")
-    assert all(w.endswith(b" stdout " + b"x" * 79) for w in written[:-1])
+    expected = [b" stdout %07d %s" % (n, b"x" * 71) for n in range(lines)]
+    assert [w[w.index(b" stdout ") :] for w in written[:-1]] == expected  # every line, in order
 
 
 def test_the_launchagents_daemon_log_goes_to_a_rotated_file(tmp_path: Path) -> None:
