@@ -244,7 +244,7 @@ def run(samples: int, editable: bool) -> tuple[list[Row], list[Check], list[str]
             wall_ms([python, "-c", "pass"], samples),
         )
     )
-    for module in ("supervisor.daemon", "supervisor.cli"):
+    for module in ("supervisor.daemon.main", "supervisor.cli"):
         rows.append(
             row(
                 BENCH,

@@ -49,7 +49,7 @@ from bench.common import (
     supervisord_bin,
     wait_report,
 )
-from supervisor import children, execshim
+from supervisor.system import children, execshim
 
 BENCH = "handoff"
 REQUEST_TIMEOUT_S = 10.0

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import psutil
 
-from supervisor import net, procs
 from supervisor.reconcile import holders
+from supervisor.system import net, procs
 from tests.support import Holder, free_port
 
 FREE_TARGET_MS = 0.1

@@ -52,7 +52,8 @@ def _out(text: str) -> None:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from supervisor import config, paths
+    from supervisor import config
+    from supervisor.system import paths
 
     path = paths.config_path(args.config)
     try:
@@ -70,12 +71,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from supervisor.errors import UnsupportedPlatformError
 
         raise UnsupportedPlatformError(sys.platform)
-    from supervisor import signals
+    from supervisor.system import signals
 
     # Before the slow imports: until the daemon's handlers are installed, its signals stay
     # pending instead of killing it.
     signals.block()
-    from supervisor import daemon
+    from supervisor.daemon import main as daemon
 
     return daemon.main(
         daemon.RunOptions(
@@ -129,7 +130,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     else:
         import time
 
-        from supervisor import status
+        from supervisor.core import status
 
         now = time.time()
         _out("\n\n".join(status.render_table(doc, now) for doc in docs if isinstance(doc, dict)))
@@ -216,7 +217,8 @@ def _cmd_wait(args: argparse.Namespace) -> int:
 def _cmd_events(args: argparse.Namespace) -> int:
     import json
 
-    from supervisor import control, status
+    from supervisor import control
+    from supervisor.core import status
 
     with control.Connection.open(_running(args)) as conn:
         _ask(conn, control.Command.SUBSCRIBE, (), control.REPLY_TIMEOUT_S)
@@ -232,7 +234,8 @@ def _cmd_events(args: argparse.Namespace) -> int:
 def _configured_sidecars(config_arg: str | None) -> tuple[SidecarConfig, ...]:
     """The config's sidecars; none when the default config is missing or broken (an explicit
     -c that cannot be read is an error)."""
-    from supervisor import config, paths
+    from supervisor import config
+    from supervisor.system import paths
 
     try:
         return config.load(paths.config_path(config_arg)).sidecars
@@ -284,9 +287,9 @@ def _known_ledgers(state_dir_arg: str | None) -> list[diagnose.Known]:
     from pathlib import Path
 
     from supervisor import control
-    from supervisor.ledger import Ledger
+    from supervisor.evidence.ledger import Ledger
     from supervisor.reconcile import diagnose
-    from supervisor.statedir import StateDir
+    from supervisor.system.statedir import StateDir
 
     daemons = {d.state_dir: (d.pid, d.create_time) for d in control.discover()}
     folders = list(daemons)
@@ -333,8 +336,9 @@ def _path_notes(kind: service.Kind, config_path: Path) -> None:
 def _cmd_init(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from supervisor import paths, starter
+    from supervisor import starter
     from supervisor.errors import PathError
+    from supervisor.system import paths
 
     try:
         path = Path(args.path).expanduser().absolute() if args.path else paths.config_path(None)
@@ -598,7 +602,8 @@ def _daemon_logs_json(args: argparse.Namespace) -> bool:
     """
     log_format: str | None = args.log_format
     if log_format is None:
-        from supervisor import config, paths
+        from supervisor import config
+        from supervisor.system import paths
 
         try:
             log_format = config.load(paths.config_path(args.config)).supervisor.log_format
@@ -639,7 +644,7 @@ def _start_failed_event(exc: SupervisorError) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from supervisor import signals
+    from supervisor.system import signals
 
     args = build_parser().parse_args(argv)
     daemon = args.command == "run"
@@ -667,8 +672,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _finish_logs(daemon: bool) -> None:
-    if daemon and "supervisor.logs" in sys.modules:
-        from supervisor import logs
+    if daemon and "supervisor.system.logs" in sys.modules:
+        from supervisor.system import logs
 
         logs.finish()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 
 def main() -> int:
-    from supervisor import signals
+    from supervisor.system import signals
 
     signals.block()
     from supervisor import cli

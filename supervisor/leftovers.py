@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor import proctime, show
+from supervisor.core import show
 from supervisor.errors import EXIT_NOT_RUNNING, StateDirError, SupervisorError
-from supervisor.statedir import (
+from supervisor.system import proctime
+from supervisor.system.statedir import (
     PID_NAME,
     SIDECAR_PID_NAME,
     StateDir,
@@ -81,7 +82,10 @@ def _find(state: StateDir) -> list[Leftover]:
 
 
 def _holds(pid: int, port: int) -> bool:
-    from supervisor import net, procs  # only on this path: `status` of a running daemon is fast
+    from supervisor.system import (
+        net,  # only on this path: `status` of a running daemon is fast
+        procs,
+    )
 
     return bool(net.pids_listening(port, [pid, *procs.descendant_pids(pid)]))
 

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from supervisor.errors import EXIT_USAGE, SupervisorError
-from supervisor.statedir import DIR_MODE, write_durably
+from supervisor.system.statedir import DIR_MODE, write_durably
 
 FILE_MODE = 0o600  # a config may carry secrets in a sidecar's `env`
 

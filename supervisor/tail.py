@@ -18,8 +18,8 @@ from pathlib import Path
 from supervisor.config import NAME_RE, SidecarConfig
 from supervisor.config.parse import MAX_BACKUPS  # no more rotated files than this to look at
 from supervisor.errors import EXIT_USAGE, StateDirError, SupervisorError
-from supervisor.outputlog import OUTPUT_NAME
-from supervisor.statedir import STATUS_NAME, RecordError, StateDir
+from supervisor.sidecar.outputlog import OUTPUT_NAME
+from supervisor.system.statedir import STATUS_NAME, RecordError, StateDir
 
 POLL_S = 0.1
 BLOCK = 65536

@@ -114,6 +114,43 @@ def merge_tables(entry: dict[str, object], tables: Mapping[str, object]) -> dict
     return entry
 
 
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test's environment without any SUPERVISOR_* variable (as a user's fresh shell has
+    none; the session's private registry goes too), plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR_")}
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    clean: bool = False,
+    cwd: Path = ROOT,
+    timeout: float = 60.0,
+) -> subprocess.CompletedProcess[str]:
+    """`python -m supervisor ARGS` as a user would run it: output captured as text, a non-zero
+    exit returned, not raised. `env` is laid over the test's environment, or with `clean` over
+    `clean_env()`."""
+    return subprocess.run(
+        [PYTHON, "-m", "supervisor", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        check=False,
+        env={**(clean_env() if clean else os.environ), **(env or {})},
+    )
+
+
+def one_line(stderr: str) -> str:
+    """The message of a user error: exactly one `supervisor: ...` line, never a traceback."""
+    assert stderr.count("\n") == 1, stderr
+    assert stderr.startswith("supervisor: "), stderr
+    assert "Traceback" not in stderr
+    return stderr.removeprefix("supervisor: ").rstrip("\n")
+
+
 class LogTimeout(AssertionError):
     pass
 

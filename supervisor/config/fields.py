@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import TypeVar
 
-from supervisor import show
+from supervisor.core import show
 
 
 class Problems:

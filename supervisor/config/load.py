@@ -9,9 +9,9 @@ import sys
 import tomllib
 from pathlib import Path
 
-from supervisor import show
 from supervisor.config.parse import parse
 from supervisor.config.schema import Config
+from supervisor.core import show
 from supervisor.errors import ConfigError
 
 MAX_CONFIG_BYTES = 4 << 20

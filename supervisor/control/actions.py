@@ -16,10 +16,10 @@ import anyio
 from supervisor.control import protocol
 from supervisor.control.events import status_of
 from supervisor.control.protocol import Command, ErrorCode, ProtocolError
-from supervisor.lifecycle import State
+from supervisor.core.lifecycle import State
 
 if TYPE_CHECKING:
-    from supervisor.sidecar import Sidecar
+    from supervisor.sidecar.loop import Sidecar
 
 RUNNING = frozenset({State.STARTING, State.READY})
 

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from supervisor import paths, proctime
 from supervisor.control import protocol, unixsock
 from supervisor.control.protocol import Command, ErrorCode
 from supervisor.errors import (
@@ -32,7 +31,9 @@ from supervisor.errors import (
     SupervisorError,
     UnknownSidecarError,
 )
-from supervisor.statedir import PID_NAME, STATUS_NAME, StateDir, float_field, int_field
+from supervisor.evidence import tags
+from supervisor.system import paths, proctime
+from supervisor.system.statedir import PID_NAME, STATUS_NAME, StateDir, float_field, int_field
 
 STOP_POLL_MAX_S = 0.05
 CONNECT_WAIT_S = 10.0  # a daemon that is starting binds its socket within this
@@ -93,12 +94,15 @@ def is_our_daemon(pid: int, created: float) -> bool:
     A forged or stale supervisor.pid must never get a stranger signalled: a recycled pid fails
     the create time, another program fails the command line, another user's process the uid.
     """
-    return proctime.is_alive(pid, created) and proctime.is_supervisor_run(pid)
+    if not proctime.is_alive(pid, created) or proctime.owner_uid(pid) != os.getuid():
+        return False
+    argv = proctime.cmdline(pid)
+    return argv is not None and tags.is_supervisor_daemon(argv)
 
 
 def discover() -> list[RunningDaemon]:
     """The running daemons of the per-user registry, verified; stale entries are removed."""
-    from supervisor import registry  # not needed when the state dir is named
+    from supervisor.control import registry  # not needed when the state dir is named
 
     found = []
     for entry in registry.entries():

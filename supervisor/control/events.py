@@ -10,30 +10,16 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable, Mapping
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 from supervisor.control import protocol
-
-OUTPUT_LINES = 20  # recent child output lines carried by `failed` and `exited` events
-OUTPUT_LINE_CAP = 1024  # characters kept of each of those lines
+from supervisor.core.status import Details, Observed
 
 
 def iso_utc_ms(epoch_s: float) -> str:
     """ISO 8601 UTC to the millisecond: 2026-01-01T00:00:00.000Z (a backoff is often < 1 s)."""
     stamp = dt.datetime.fromtimestamp(epoch_s, dt.UTC)
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
-
-
-class Details(NamedTuple):
-    """What a sidecar knows beyond its status record, for the event of its current state."""
-
-    holder_pid: int | None = None  # waiting: who holds the port
-    verdict: str | None = None  # waiting: foreign / live / ...
-    attempt: int = 0  # backoff: the restart number about to happen
-    max_attempts: int = 0
-    delay_s: float | None = None  # backoff: how long until the next attempt
-    next_attempt_at: float | None = None  # backoff: epoch seconds of the next attempt
-    output: tuple[str, ...] = ()  # the latest lines of the child's output, oldest first
 
 
 def sidecar_event(
@@ -81,17 +67,6 @@ def sidecar_event(
 
 def daemon_event(kind: str, now_s: float, **fields: object) -> dict[str, object]:
     return {"event": kind, "sidecar": None, "at": iso_utc_ms(now_s), **fields}
-
-
-class Observed(Protocol):
-    """What the hub reads of a sidecar (supervisor.sidecar.Sidecar)."""
-
-    @property
-    def name(self) -> str: ...
-
-    def record(self) -> dict[str, object]: ...
-
-    def details(self) -> Details: ...
 
 
 class Subscriber(Protocol):

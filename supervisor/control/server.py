@@ -23,7 +23,7 @@ from structlog.typing import FilteringBoundLogger
 from supervisor.control import protocol, unixsock
 from supervisor.control.events import EventHub
 from supervisor.control.protocol import Command, ErrorCode, ProtocolError, Request
-from supervisor.statedir import StateDir
+from supervisor.system.statedir import StateDir
 
 MAX_CLIENTS = 256
 OUTBOX_BYTES = 1 << 20  # per client: replies and events not yet taken by it

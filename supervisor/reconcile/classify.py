@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import assert_never
 
-from supervisor.tags import OwnerTag
+from supervisor.evidence.tags import OwnerTag
 
 
 class Verdict(StrEnum):

@@ -18,8 +18,9 @@ from typing import assert_never
 
 import anyio
 
-from supervisor import children, show
 from supervisor.config import ConsentMode, ReclaimConfig
+from supervisor.core import show
+from supervisor.system import children
 
 _ANSWER_LIMIT = 256
 _COMMAND_LIMIT = 512

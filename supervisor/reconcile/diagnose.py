@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor import show
+from supervisor.core import show
 from supervisor.errors import command as cli_command
-from supervisor.ledger import Spawn
-from supervisor.proctime import same_create_time
+from supervisor.evidence.ledger import Spawn
+from supervisor.system.proctime import same_create_time
 
 NO_MARKER_NOTE = (
     "no --marker given: a holder counts as ours only through SUPERVISOR_SIDECAR in its "
@@ -127,11 +127,11 @@ def advise(
 
 
 def diagnose(port: int, marker: str | None, known: Sequence[Known] = ()) -> list[Diagnosis]:
-    from supervisor import procs
+    from supervisor.evidence.tags import is_supervisor_daemon
     from supervisor.reconcile.classify import OwnerState, Verdict, classify
     from supervisor.reconcile.evidence import gather
     from supervisor.reconcile.holders import find_holders
-    from supervisor.tags import is_supervisor_daemon
+    from supervisor.system import procs
 
     # This CLI process is no daemon: no tag can name it with its create time, so SELF never
     # comes out, and no PID file is consulted.

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from supervisor import ledger, procs, proctime, tags
+from supervisor.evidence import ledger, tags
 from supervisor.reconcile.classify import (
     Evidence,
     OwnerState,
 )
 from supervisor.reconcile.holders import Holder
+from supervisor.system import procs, proctime
 
 
 def owner_state(tag_text: str | None, *, our_pid: int, our_create_time: float) -> OwnerState:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from supervisor import net, procs
-from supervisor.procs import ProcessFacts
+from supervisor.system import net, procs
+from supervisor.system.procs import ProcessFacts
 
 
 @dataclass(frozen=True)

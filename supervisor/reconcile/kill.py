@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from supervisor import exitwatch, groups, net, procs, proctime
+from supervisor.system import exitwatch, groups, net, procs, proctime
 
 PORT_RELEASE_TIMEOUT_S = 5.0
 KILL_WAIT_S = 5.0

@@ -15,14 +15,14 @@ from enum import StrEnum
 import anyio
 from structlog.typing import FilteringBoundLogger
 
-from supervisor import net
 from supervisor.config import ForeignAction, LiveAction, OrphanAction, SidecarConfig
-from supervisor.ledger import Ledger
+from supervisor.evidence.ledger import Ledger
+from supervisor.evidence.tags import OwnerTag
 from supervisor.reconcile import holders
 from supervisor.reconcile.classify import Classification, Evidence, Verdict, classify
 from supervisor.reconcile.evidence import gather
 from supervisor.reconcile.kill import KillAborted, kill_holder
-from supervisor.tags import OwnerTag
+from supervisor.system import net
 
 MAX_RERUNS = 3
 

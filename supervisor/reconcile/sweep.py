@@ -20,13 +20,13 @@ from dataclasses import dataclass
 import anyio
 from structlog.typing import FilteringBoundLogger
 
-from supervisor import net, procs, proctime
 from supervisor.config import SidecarConfig, StopConfig
-from supervisor.ledger import Ledger, Spawn
+from supervisor.evidence.ledger import Ledger, Spawn
+from supervisor.evidence.tags import OWNER_ENV, OwnerTag, parse_owner_tag
 from supervisor.reconcile.evidence import find_spawn
 from supervisor.reconcile.kill import KillAborted, kill_process
-from supervisor.statedir import float_field, int_field
-from supervisor.tags import OWNER_ENV, OwnerTag, parse_owner_tag
+from supervisor.system import net, procs, proctime
+from supervisor.system.statedir import float_field, int_field
 
 
 def previous_owner(record: Mapping[str, object] | None) -> OwnerTag | None:

@@ -63,7 +63,8 @@ def _python() -> Path:
 
 def spec_for(config_arg: str | None) -> ServiceSpec:
     """The spec for this installation; raises ConfigError when the config does not load."""
-    from supervisor import config, paths
+    from supervisor import config
+    from supervisor.system import paths
 
     path = paths.config_path(config_arg)
     cfg = config.load(path)

@@ -266,8 +266,9 @@ async def _rounds(
     results, commands, pool_pid = pool
     import anyio
 
-    from supervisor import children, config, groups
+    from supervisor import config
     from supervisor.reconcile import consent, kill
+    from supervisor.system import children, groups
 
     def send(command: str) -> None:
         os.write(commands, f"{command}\n".encode())
@@ -379,7 +380,7 @@ def _describe(status: int) -> str:
 
 
 def _create_time(pid: int) -> float:
-    from supervisor import procs
+    from supervisor.system import procs
 
     created = procs.create_time(pid)
     if created is None:

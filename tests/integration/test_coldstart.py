@@ -20,17 +20,18 @@ DEFERRED = (
     "supervisor.control.actions",
     "supervisor.control.client",
     "supervisor.control.server",
-    "supervisor.health",
-    "supervisor.logfile",
+    "supervisor.sidecar.health",
+    "supervisor.system.logfile",
     "supervisor.reconcile.consent",
     "supervisor.reconcile.sweep",
-    "supervisor.registry",
-    "supervisor.reload",
+    "supervisor.control.registry",
+    "supervisor.core.reload",
 )
 
 PROBE = """
 import json, sys
-from supervisor import entry, cli, daemon  # what `supervisor run` imports before it starts
+from supervisor import cli, entry  # what `supervisor run` imports before it starts
+from supervisor.daemon import main
 print(json.dumps(list(sys.modules)))
 """
 

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 
 import psutil
@@ -27,8 +26,10 @@ from tests.support import (
     Holder,
     demo_sidecar,
     free_port,
+    one_line,
     pid_gone,
     render_config,
+    run_cli,
     sidecar_pids,
 )
 
@@ -46,24 +47,9 @@ def isolated_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def cli(
-    *args: str, env: Mapping[str, str] | None = None, cwd: Path = ROOT, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, "-m", "supervisor", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-        check=False,
-        env=dict(env) if env is not None else None,
-    )
 
 
-def one_line(stderr: str) -> str:
-    assert stderr.startswith("supervisor: ") and stderr.count("\n") == 1, stderr
-    assert "Traceback" not in stderr
-    return stderr
+
 
 
 def hinted(message: str) -> list[list[str]]:
@@ -108,27 +94,27 @@ def test_stop_start_restart_and_status_of_one_sidecar(tmp_path: Path) -> None:
         pids = ready_pids(daemon)
         sd = ("--state-dir", str(state))
 
-        stopped = cli("stop", "api", *sd)
+        stopped = run_cli("stop", "api", *sd)
         assert stopped.returncode == 0, stopped.stderr
         assert stopped.stdout.startswith("api: stopped (was ready, now stopped")
         assert pid_gone(pids["api"])
-        shown = cli("status", "api", "--json", *sd)
+        shown = run_cli("status", "api", "--json", *sd)
         assert shown.returncode == 0
         (api,) = json.loads(shown.stdout)["sidecars"]
         assert api["state"] == "stopped" and api["pid"] is None
 
-        started = cli("start", "api", *sd)
+        started = run_cli("start", "api", *sd)
         assert started.returncode == 0, started.stderr
         assert started.stdout.startswith("api: started (was stopped")
-        waited = cli("wait", "api", "--timeout", "30", *sd)
+        waited = run_cli("wait", "api", "--timeout", "30", *sd)
         assert waited.returncode == 0, waited.stderr
         assert re.fullmatch(r"api: ready tcp://127\.0\.0\.1:\d+\n", waited.stdout)
 
-        restarted = cli("restart", "web", *sd)
+        restarted = run_cli("restart", "web", *sd)
         assert restarted.returncode == 0, restarted.stderr
         assert restarted.stdout.startswith("web: restarted (was ready")
         assert pid_gone(pids["web"])
-        waited = cli("wait", *sd)
+        waited = run_cli("wait", *sd)
         assert waited.returncode == 0, waited.stderr
         assert [line.split()[0] for line in waited.stdout.splitlines()] == [
             "web:",
@@ -137,7 +123,7 @@ def test_stop_start_restart_and_status_of_one_sidecar(tmp_path: Path) -> None:
         ]
         assert "http://127.0.0.1:" in waited.stdout and "/health" in waited.stdout
 
-        table = cli("status", "web", "worker", *sd)
+        table = run_cli("status", "web", "worker", *sd)
         assert table.returncode == 0
         assert "web" in table.stdout and "worker" in table.stdout
         assert "api" not in table.stdout.split("\n", 1)[1]
@@ -152,7 +138,7 @@ def test_an_unknown_name_is_exit_2_and_changes_nothing(tmp_path: Path) -> None:
     with Daemon(three_config(tmp_path), state) as daemon:
         pids = ready_pids(daemon)
         for command in ("start", "stop", "restart", "status", "wait"):
-            result = cli(command, "web", "nope", "--state-dir", str(state))
+            result = run_cli(command, "web", "nope", "--state-dir", str(state))
             assert result.returncode == 2, (command, result.stderr)
             message = one_line(result.stderr)
             assert "'nope'" in message and "web, api, worker" in message
@@ -175,7 +161,7 @@ def test_commands_against_no_daemon_exit_3(tmp_path: Path) -> None:
         ["events"],
         ["events", "--json"],
     ):
-        result = cli(*command, "--state-dir", str(state), env=env)
+        result = run_cli(*command, "--state-dir", str(state), env=env)
         assert result.returncode == 3, (command, result.stderr)
         message = one_line(result.stderr)
         assert f"no supervisor is running for {state}" in message
@@ -204,7 +190,7 @@ def test_wait_exits_1_naming_the_failed_sidecar_and_4_on_timeout(tmp_path: Path)
     with Holder(held), Daemon(config, state) as daemon:
         daemon.wait_for("sidecar_ready", sidecar="web")
         daemon.wait_for("control_listening")
-        failed = cli("wait", *sd)
+        failed = run_cli("wait", *sd)
         assert failed.returncode == 1, failed.stderr
         message = one_line(failed.stderr)
         assert "'broken'" in message and "failed" in message and "gave up" in message
@@ -212,14 +198,14 @@ def test_wait_exits_1_naming_the_failed_sidecar_and_4_on_timeout(tmp_path: Path)
         assert fix == ["supervisor", "restart", "--state-dir", str(state), "broken"]
 
         daemon.wait_for("sidecar_waiting", sidecar="blocked")
-        timed_out = cli("wait", "web", "blocked", "--timeout", "0.5", *sd)
+        timed_out = run_cli("wait", "web", "blocked", "--timeout", "0.5", *sd)
         assert timed_out.returncode == 4, timed_out.stderr
         message = one_line(timed_out.stderr)
         assert "blocked (waiting)" in message and "web" not in message.split(";")[0]
         (see,) = hinted(message)
-        assert cli(*see[1:]).returncode == 0  # works as printed
+        assert run_cli(*see[1:]).returncode == 0  # works as printed
 
-        assert cli("wait", "web", "--timeout", "5", *sd).returncode == 0
+        assert run_cli("wait", "web", "--timeout", "5", *sd).returncode == 0
         assert daemon.stop() == 0
 
 
@@ -229,7 +215,7 @@ def test_wait_exits_3_when_the_daemon_goes_away_and_notes_a_stopped_sidecar(
     state = tmp_path / "state"
     with Daemon(three_config(tmp_path), state) as daemon:
         ready_pids(daemon)
-        assert cli("stop", "api", "--state-dir", str(state)).returncode == 0
+        assert run_cli("stop", "api", "--state-dir", str(state)).returncode == 0
         waiter = subprocess.Popen(
             [PYTHON, "-m", "supervisor", "wait", "api", "--state-dir", str(state)],
             stdout=subprocess.PIPE,
@@ -264,7 +250,7 @@ def test_stop_name_with_wait_exits_1_while_it_is_still_stopping(tmp_path: Path) 
         stubborn = daemon.wait_for("sidecar_ready", sidecar="stubborn")["pid"]
         web = daemon.wait_for("sidecar_ready", sidecar="web")["pid"]
         daemon.wait_for("control_listening")
-        result = cli("stop", "stubborn", "--wait", "0.3", "--state-dir", str(state))
+        result = run_cli("stop", "stubborn", "--wait", "0.3", "--state-dir", str(state))
         assert result.returncode == 1, result.stderr
         assert "still stopping after 0.3s" in one_line(result.stderr)
         # The daemon goes on with it: SIGKILL after stop.timeout.
@@ -303,7 +289,7 @@ def test_events_streams_state_changes_until_the_daemon_exits(as_json: bool, tmp_
         )
         try:
             daemon.wait_for("control_request", cmd="subscribe")  # handshake
-            assert cli("restart", "worker", "--state-dir", str(state)).returncode == 0
+            assert run_cli("restart", "worker", "--state-dir", str(state)).returncode == 0
             assert follower.stdout is not None
             box: list[list[str]] = []
             until = '"ready"' if as_json else " ready "
@@ -351,18 +337,18 @@ def test_commands_without_flags_find_the_one_running_daemon(tmp_path: Path) -> N
     elsewhere.mkdir()
     with Daemon(config, state, env=env) as daemon:
         pids = ready_pids(daemon)
-        shown = cli("status", env=env, cwd=elsewhere)
+        shown = run_cli("status", env=env, cwd=elsewhere)
         assert shown.returncode == 0, shown.stderr
         assert f"supervisor pid {daemon.pid}" in shown.stdout and str(state) in shown.stdout
-        assert cli("restart", "api", env=env, cwd=elsewhere).returncode == 0
-        assert cli("wait", "api", "--timeout", "30", env=env, cwd=elsewhere).returncode == 0
+        assert run_cli("restart", "api", env=env, cwd=elsewhere).returncode == 0
+        assert run_cli("wait", "api", "--timeout", "30", env=env, cwd=elsewhere).returncode == 0
         assert current_pids(state)["web"] == pids["web"]
-        stopped = cli("stop", "--wait", "20", env=env, cwd=elsewhere)
+        stopped = run_cli("stop", "--wait", "20", env=env, cwd=elsewhere)
         assert stopped.returncode == 0, stopped.stderr
         assert daemon.proc.wait(5) == 0
     # Gone from the registry; now nothing is found (and the message says where it looked).
     assert not list((tmp_path / "runtime").glob("daemon-*.json"))
-    result = cli("status", env=env, cwd=elsewhere)
+    result = run_cli("status", env=env, cwd=elsewhere)
     assert result.returncode == 3
     one_line(result.stderr)
 
@@ -376,31 +362,31 @@ def test_several_daemons_status_lists_them_all_other_commands_exit_2(tmp_path: P
     ):
         ready_pids(first)
         ready_pids(second)
-        shown = cli("status", env=env)
+        shown = run_cli("status", env=env)
         assert shown.returncode == 0, shown.stderr
         assert f"supervisor pid {first.pid}" in shown.stdout
         assert f"supervisor pid {second.pid}" in shown.stdout
-        docs = json.loads(cli("status", "--json", env=env).stdout)
+        docs = json.loads(run_cli("status", "--json", env=env).stdout)
         assert sorted(d["supervisor"]["pid"] for d in docs) == sorted([first.pid, second.pid])
         for command in (["stop"], ["restart"], ["restart", "web"], ["wait"], ["events"],
                         ["reload"], ["status", "web"]):  # fmt: skip
-            result = cli(*command, env=env)
+            result = run_cli(*command, env=env)
             assert result.returncode == 2, (command, result.stderr)
             message = one_line(result.stderr)
             assert str(one) in message and str(two) in message
         (choose,) = hinted(message)
-        chosen = cli(*choose[1:], env=env)
+        chosen = run_cli(*choose[1:], env=env)
         assert chosen.returncode == 0 and str(one) in chosen.stdout
         # Naming one works as usual.
-        assert cli("stop", "--state-dir", str(two), "--wait", "20", env=env).returncode == 0
+        assert run_cli("stop", "--state-dir", str(two), "--wait", "20", env=env).returncode == 0
         assert second.proc.wait(5) == 0
-        alone = cli("status", "--json", env=env)
+        alone = run_cli("status", "--json", env=env)
         assert json.loads(alone.stdout)["supervisor"]["pid"] == first.pid
         assert first.stop() == 0
 
 
 def test_stale_and_foreign_registry_entries_are_ignored(tmp_path: Path) -> None:
-    from supervisor import registry
+    from supervisor.control import registry
 
     env = isolated_env(tmp_path)
     folder = tmp_path / "runtime"
@@ -432,14 +418,14 @@ def test_stale_and_foreign_registry_entries_are_ignored(tmp_path: Path) -> None:
         fake_entry.write_text(json.dumps(record))
         (folder / "daemon-garbage.json").write_text("{not json")
 
-        result = cli("status", env=env)
+        result = run_cli("status", env=env)
         assert result.returncode == 3, result.stdout
         one_line(result.stderr)
         assert not dead_entry.exists()  # provably stale: removed
         assert fake_entry.exists()  # alive: not ours to remove, just not a daemon
         for command in (["stop"], ["restart"], ["reload"], ["restart", "web"]):
-            assert cli(*command, env=env).returncode == 3, command
-            named = cli(*command, "--state-dir", str(fake_state), env=env)
+            assert run_cli(*command, env=env).returncode == 3, command
+            named = run_cli(*command, "--state-dir", str(fake_state), env=env)
             assert named.returncode == 3, (command, named.stderr)
         assert sleeping.is_running() and sleeper.poll() is None
     finally:
@@ -450,7 +436,7 @@ def test_stale_and_foreign_registry_entries_are_ignored(tmp_path: Path) -> None:
     state = tmp_path / "state"
     with Daemon(three_config(tmp_path), state, env=env) as daemon:
         ready_pids(daemon)
-        shown = cli("status", "--json", env=env)
+        shown = run_cli("status", "--json", env=env)
         assert shown.returncode == 0, shown.stderr
         assert json.loads(shown.stdout)["supervisor"]["pid"] == daemon.pid
         assert daemon.stop() == 0
@@ -468,8 +454,8 @@ def test_an_unsafe_registry_folder_is_not_used(tmp_path: Path) -> None:
         assert "symbolic link" in warned["error"]
         assert list(target.iterdir()) == []
         # Not findable without flags then, but fully usable with them.
-        assert cli("status", env=env).returncode == 3
-        named = cli("status", "--state-dir", str(state), env=env)
+        assert run_cli("status", env=env).returncode == 3
+        named = run_cli("status", "--state-dir", str(state), env=env)
         assert named.returncode == 0, named.stderr
         assert daemon.stop() == 0
 
@@ -484,7 +470,7 @@ def test_without_xdg_runtime_dir_the_registry_falls_back_to_a_private_folder(
     env = {**isolated_env(tmp_path), "SUPERVISOR_RUNTIME_DIR": "", "XDG_RUNTIME_DIR": ""}
     env["TMPDIR"] = str(tmp_path)
     probe = subprocess.run(
-        [PYTHON, "-c", "from supervisor import paths; print(paths.runtime_dir())"],
+        [PYTHON, "-c", "from supervisor.system import paths; print(paths.runtime_dir())"],
         capture_output=True, text=True, env=env, check=True, cwd=ROOT,
     )  # fmt: skip
     folder = Path(probe.stdout.strip())
@@ -498,7 +484,7 @@ def test_without_xdg_runtime_dir_the_registry_falls_back_to_a_private_folder(
         info = os.stat(folder)
         assert info.st_uid == os.getuid() and info.st_mode & 0o077 == 0
         assert len(list(folder.glob("daemon-*.json"))) == 1
-        shown = cli("status", "--json", env=env)
+        shown = run_cli("status", "--json", env=env)
         assert json.loads(shown.stdout)["supervisor"]["pid"] == daemon.pid
         assert daemon.stop() == 0
     assert list(folder.glob("daemon-*.json")) == []
@@ -532,13 +518,13 @@ def test_start_and_restart_of_one_sidecar_are_interactive_launches(tmp_path: Pat
         daemon.wait_for("sidecar_waiting", sidecar="web", verdict="live")
         daemon.wait_for("control_listening")
 
-        assert cli("start", "web", *sd).returncode == 0  # waiting: relaunched, asked again
+        assert run_cli("start", "web", *sd).returncode == 0  # waiting: relaunched, asked again
         daemon.wait_for("consent_declined", pid=holder.pid, count=2)
         daemon.wait_for("sidecar_waiting", sidecar="web", count=2)
         assert holder.untouched()
 
         flag.touch()
-        restarted = cli("restart", "web", *sd)
+        restarted = run_cli("restart", "web", *sd)
         assert restarted.returncode == 0, restarted.stderr
         daemon.wait_for("consent_granted", pid=holder.pid)
         daemon.wait_for("live_holder_killed", pid=holder.pid)

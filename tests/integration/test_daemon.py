@@ -26,22 +26,9 @@ from tests.support import (
     pid_gone,
     read_json,
     render_config,
+    run_cli,
     wait_logged,
 )
-
-
-def cli(
-    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, "-m", "supervisor", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=cwd,
-        check=False,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def hinted_commands(message: str) -> list[list[str]]:
@@ -163,7 +150,9 @@ def test_second_daemon_on_same_state_dir_exits_75(tmp_path: Path) -> None:
     state = tmp_path / "state"
     with Daemon(config, state) as daemon:
         pid = daemon.wait_for("sidecar_ready")["pid"]
-        second = cli("run", "-c", str(config), "--state-dir", str(state), "--log-format", "console")
+        second = run_cli(
+            "run", "-c", str(config), "--state-dir", str(state), "--log-format", "console"
+        )
         assert second.returncode == 75
         assert second.stderr.startswith(
             f"supervisor: another supervisor (pid {daemon.pid}) is running for {state}; "
@@ -174,10 +163,10 @@ def test_second_daemon_on_same_state_dir_exits_75(tmp_path: Path) -> None:
         # Every hint works as printed (from another folder, with no state dir in the env).
         see, stop = hinted_commands(second.stderr)
         assert see[:2] == ["supervisor", "status"] and stop[:2] == ["supervisor", "stop"]
-        shown = cli(*see[1:], cwd=tmp_path)
+        shown = run_cli(*see[1:], cwd=tmp_path)
         assert shown.returncode == 0, shown.stderr
         assert str(daemon.pid) in shown.stdout and "web" in shown.stdout
-        assert cli(*stop[1:], cwd=tmp_path).returncode == 0
+        assert run_cli(*stop[1:], cwd=tmp_path).returncode == 0
         assert daemon.proc.wait(15) == 0
 
 
@@ -187,22 +176,22 @@ def test_control_commands_against_a_running_daemon(tmp_path: Path) -> None:
     state = tmp_path / "state"
     with Daemon(config, state) as daemon:
         pid = daemon.wait_for("sidecar_ready")["pid"]
-        status = cli("status", "--json", "--state-dir", str(state))
+        status = run_cli("status", "--json", "--state-dir", str(state))
         assert status.returncode == 0, status.stderr
         assert json.loads(status.stdout)["sidecars"][0]["pid"] == pid
-        table = cli("status", "--state-dir", str(state))
+        table = run_cli("status", "--state-dir", str(state))
         assert table.returncode == 0 and "web" in table.stdout and "ready" in table.stdout
 
-        assert cli("reload", "--state-dir", str(state)).returncode == 0
+        assert run_cli("reload", "--state-dir", str(state)).returncode == 0
         daemon.wait_for("config_reloaded")
-        assert cli("restart", "--state-dir", str(state)).returncode == 0
+        assert run_cli("restart", "--state-dir", str(state)).returncode == 0
         daemon.wait_for("sidecar_ready", count=2)
 
-        stop = cli("stop", "--wait", "5", "--state-dir", str(state))
+        stop = run_cli("stop", "--wait", "5", "--state-dir", str(state))
         assert stop.returncode == 0, stop.stderr
         assert daemon.proc.wait(5) == 0
     for command in (["status"], ["status", "--json"], ["stop"], ["reload"], ["restart"]):
-        result = cli(*command, "--state-dir", str(state))
+        result = run_cli(*command, "--state-dir", str(state))
         assert result.returncode == 3, command
         assert result.stderr.startswith("supervisor: no supervisor is running")
 
@@ -216,10 +205,10 @@ def test_stale_pidfile_naming_a_recycled_pid_means_not_running(tmp_path: Path) -
         json.dumps({"pid": me.pid, "create_time": me.create_time() - 1000.0})
     )
     for command in (["status"], ["stop"], ["reload"], ["restart"]):
-        result = cli(*command, "--state-dir", str(state))
+        result = run_cli(*command, "--state-dir", str(state))
         assert result.returncode == 3, (command, result.stderr)
     (state / "supervisor.pid").write_text("garbage{")
-    assert cli("status", "--state-dir", str(state)).returncode == 3
+    assert run_cli("status", "--state-dir", str(state)).returncode == 3
 
 
 LAUNCHER = textwrap.dedent(

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from supervisor import net
-from supervisor.net import Listener, fallbacks, netlink
 from supervisor.reconcile import holders
+from supervisor.system import net
+from supervisor.system.net import Listener, fallbacks, netlink
 from tests.support import PYTHON, Holder, _readline, free_port, pid_gone, wait_until
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="netlink sock_diag is Linux-only")

@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from supervisor import cli
+from tests import support
 from tests.support import (
     PYTHON,
     ROOT,
@@ -126,15 +127,7 @@ def run_cli(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[st
     if args[:1] == ("run",) and "--log-format" not in args:
         # Off a TTY the daemon's fatal error is a JSON event (auto); these tests read the line.
         args = (*args, "--log-format", "console")
-    return subprocess.run(
-        [PYTHON, "-m", "supervisor", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        check=False,
-        env={k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR_")},
-    )
+    return support.run_cli(*args, clean=True, timeout=timeout)
 
 
 class Sleeper:

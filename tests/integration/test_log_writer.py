@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from supervisor import logs
 from supervisor.config import LogFormat, LogLevel
-from supervisor.logs import LineWriter
+from supervisor.system import logs
+from supervisor.system.logs import LineWriter
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ TTY and off one, colour on a TTY. Real daemons, real sidecars, a real pseudo-ter
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import select
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import psutil
 
+from tests import support
 from tests.support import (
     PYTHON,
     ROOT,
@@ -21,28 +23,12 @@ from tests.support import (
     Holder,
     demo_sidecar,
     free_port,
+    one_line,
     render_config,
 )
 
+cli = functools.partial(support.run_cli, clean=True)
 
-def cli(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR_")}
-    full_env.update(env or {})
-    return subprocess.run(
-        [PYTHON, "-m", "supervisor", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-        check=False,
-        env=full_env,
-    )
-
-
-def one_line(stderr: str) -> str:
-    assert stderr.count("\n") == 1, stderr
-    assert stderr.startswith("supervisor: "), stderr
-    return stderr.removeprefix("supervisor: ").rstrip("\n")
 
 
 # -- status after an unclean exit --------------------------------------------------------------

@@ -19,10 +19,11 @@ import anyio
 import pytest
 import structlog
 
-from supervisor import output, service
-from supervisor.outputlog import OutputLog
-from supervisor.rotating import LineWriter, RotatingFile
+from supervisor import service
 from supervisor.service import Kind, ServiceSpec
+from supervisor.sidecar import output
+from supervisor.sidecar.outputlog import OutputLog
+from supervisor.system.rotating import LineWriter, RotatingFile
 from tests.integration.test_hostile import fill, one_error_line, run_cli, tiny_tmpfs
 from tests.support import (
     PYTHON,

@@ -11,23 +11,14 @@ import psutil
 import pytest
 
 from supervisor.errors import EXIT_OK, EXIT_PORT_HELD
-from supervisor.tags import format_owner_tag
-from tests.support import PYTHON, ROOT, Holder, free_port
+from supervisor.evidence.tags import format_owner_tag
+from tests.support import PYTHON, Holder, free_port, run_cli
 
 MARKER = "sidecar-marker-7f3a"
 
 
 def run_port(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR_")}
-    return subprocess.run(
-        [PYTHON, "-m", "supervisor", "port", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-        env=env,
-        check=False,
-    )
+    return run_cli("port", *args, clean=True)
 
 
 def port_json(*args: str) -> tuple[int, dict[str, Any]]:

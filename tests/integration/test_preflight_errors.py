@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from supervisor import net
-from supervisor.net import fallbacks
+from supervisor.system import net
+from supervisor.system.net import fallbacks
 from tests.support import PYTHON, ROOT, Holder, free_port
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT and /proc semantics")
@@ -33,9 +33,10 @@ HARNESS = textwrap.dedent(
     import contextlib, json, os, resource, sys
     import anyio, structlog
     from structlog.testing import capture_logs
-    from supervisor import config, net
+    from supervisor import config
+    from supervisor.system import net
     from supervisor.reconcile.preflight import Action, Context, Outcome, preflight
-    from supervisor.sidecar import wait_for_port
+    from supervisor.sidecar.loop import wait_for_port
 
     mode, port = sys.argv[1], int(sys.argv[2])
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from supervisor import children, inherit
+from supervisor.sidecar import inherit
+from supervisor.system import children
 from tests.support import PYTHON, free_port
 
 REPORT = """

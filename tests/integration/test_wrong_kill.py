@@ -24,8 +24,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from supervisor import groups, net
 from supervisor.reconcile import holders, kill
+from supervisor.system import groups, net
 from tests.integration.test_hostile import (
     Sleeper,
     nothing_written_outside,

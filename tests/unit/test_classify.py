@@ -6,13 +6,18 @@ from dataclasses import replace
 
 import pytest
 
+from supervisor.evidence.tags import (
+    OwnerTag,
+    format_owner_tag,
+    is_supervisor_daemon,
+    parse_owner_tag,
+)
 from supervisor.reconcile.classify import (
     Evidence,
     OwnerState,
     Verdict,
     classify,
 )
-from supervisor.tags import OwnerTag, format_owner_tag, is_supervisor_daemon, parse_owner_tag
 
 UID = 1000
 NAME = "agent-monitor"

@@ -4,42 +4,21 @@ messages that point from one command to the next."""
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import os
 import shlex
 import stat
-import subprocess
-import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from supervisor.cli import build_parser
-from tests.support import ROOT
+from tests import support
+from tests.support import ROOT, one_line
 
+run_cli = functools.partial(support.run_cli, clean=True)
 
-def run_cli(
-    *args: str, env: Mapping[str, str] | None = None, cwd: Path = ROOT
-) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR_")}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "supervisor", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=cwd,
-        env=full_env,
-        check=False,
-    )
-
-
-def one_line(stderr: str) -> str:
-    assert stderr.count("\n") == 1, stderr
-    assert stderr.startswith("supervisor: "), stderr
-    assert "Traceback" not in stderr
-    return stderr.removeprefix("supervisor: ").rstrip("\n")
 
 
 def test_help_lists_every_command() -> None:

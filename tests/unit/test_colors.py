@@ -8,7 +8,7 @@ from typing import TextIO
 
 import pytest
 
-from supervisor.logs import use_colors
+from supervisor.system.logs import use_colors
 
 
 @pytest.fixture

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import errors, status, tags
+from supervisor import errors
 from supervisor.config import ProbeKind, ReadyConfig, SidecarConfig
 from supervisor.control import events, protocol
 from supervisor.control.protocol import Command, ErrorCode, ProtocolError
+from supervisor.core import status
+from supervisor.core.status import Details
+from supervisor.evidence import tags
 
 
 @pytest.mark.parametrize(
@@ -117,7 +120,7 @@ RECORD = {
 def test_sidecar_events_carry_the_fields_of_their_kind(
     kind: str, fields: dict[str, object]
 ) -> None:
-    details = events.Details(
+    details = Details(
         holder_pid=99,
         verdict="foreign",
         attempt=2,
@@ -175,8 +178,8 @@ class FakeSidecar:
     def record(self) -> dict[str, object]:
         return {"name": self.name, "state": self.state, "pid": self.pid, "url": None}
 
-    def details(self) -> events.Details:
-        return events.Details()
+    def details(self) -> Details:
+        return Details()
 
 
 class Inbox:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor import execshim
+from supervisor.system import execshim
 
 
 def test_the_command_follows_the_shim_as_separate_words() -> None:

@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from supervisor.config import RestartConfig, RestartPolicy
-from supervisor.lifecycle import (
+from supervisor.core.lifecycle import (
     Decision,
     Event,
     ExitInfo,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.notify import Notifier
+from supervisor.system.notify import Notifier
 
 RECV_TIMEOUT_S = 5.0
 

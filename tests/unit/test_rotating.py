@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.rotating import LineWriter, PartialWrite, RotatingFile
+from supervisor.system.rotating import LineWriter, PartialWrite, RotatingFile
 from tests.support import PYTHON, ROOT
 
 
@@ -203,7 +203,7 @@ def test_writer_without_lines_closes_at_once(tmp_path: Path, folder: int) -> Non
 FSIZE_SCRIPT = textwrap.dedent(
     """
     import json, os, resource, sys
-    from supervisor.rotating import LineWriter, RotatingFile
+    from supervisor.system.rotating import LineWriter, RotatingFile
     folder = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
     gap = lambda count, error: f"[{count} lost: {error}]\\n".encode()
     file = RotatingFile(folder, "out.log", max_bytes=1 << 20, backups=1)

@@ -10,8 +10,8 @@ import pytest
 
 from supervisor import tail
 from supervisor.config import OutputConfig, ProbeKind, ReadyConfig, SidecarConfig
-from supervisor.outputlog import OUTPUT_NAME
-from supervisor.rotating import RotatingFile
+from supervisor.sidecar.outputlog import OUTPUT_NAME
+from supervisor.system.rotating import RotatingFile
 
 
 @pytest.fixture

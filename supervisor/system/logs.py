@@ -25,7 +25,7 @@ import structlog
 from supervisor.config import LogFormat, LogLevel
 
 if TYPE_CHECKING:
-    from supervisor.logfile import LogFile
+    from supervisor.system.logfile import LogFile
 
 _LEVELS = {
     LogLevel.DEBUG: logging.DEBUG,

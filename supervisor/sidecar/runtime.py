@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import anyio
 
-from supervisor.inherit import Sockets
-from supervisor.ledger import Ledger
-from supervisor.statedir import StateDir
-
-if TYPE_CHECKING:
-    from supervisor.sidecar import Sidecar
+from supervisor.core.status import Observed
+from supervisor.evidence.ledger import Ledger
+from supervisor.sidecar.inherit import Sockets
+from supervisor.system.statedir import StateDir
 
 
 @dataclass
@@ -26,7 +23,7 @@ class Runtime:
     base_env: Mapping[str, str]
     interactive_allowed: bool
     stdin_is_tty: bool
-    on_change: Callable[[Sidecar], None]
+    on_change: Callable[[Observed], None]  # the daemon: status, events, sd_notify
     consent_lock: anyio.Lock = field(default_factory=anyio.Lock)
     # Session id -> sidecar name for every current child (the classifier's rule 0).
     current_sessions: Callable[[], Mapping[int, str]] = dict

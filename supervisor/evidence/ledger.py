@@ -38,8 +38,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from supervisor.proctime import CREATE_TIME_TOLERANCE_S, same_create_time
-from supervisor.statedir import StateDir, float_field, int_field
+from supervisor.system.proctime import CREATE_TIME_TOLERANCE_S, same_create_time
+from supervisor.system.statedir import StateDir, float_field, int_field
 
 LEDGER_DIR = "_spawns"  # a leading "_" can start no sidecar name: the folders never collide
 

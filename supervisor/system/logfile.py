@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from supervisor.errors import EXIT_USAGE, SupervisorError
-from supervisor.rotating import LineWriter, RotatingFile
-from supervisor.statedir import DIR_MODE
+from supervisor.system.rotating import LineWriter, RotatingFile
+from supervisor.system.statedir import DIR_MODE
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer

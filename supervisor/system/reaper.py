@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from supervisor import procs
+from supervisor.system import procs
 
 PR_SET_CHILD_SUBREAPER = 36
 

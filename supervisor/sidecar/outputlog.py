@@ -20,8 +20,8 @@ import anyio
 from structlog.typing import FilteringBoundLogger
 
 from supervisor.config import SidecarConfig
-from supervisor.rotating import LineWriter, RotatingFile
-from supervisor.statedir import StateDir
+from supervisor.system.rotating import LineWriter, RotatingFile
+from supervisor.system.statedir import StateDir
 
 OUTPUT_NAME = "output.log"
 REPORT_EVERY_S = 1.0  # at most one output_lines_dropped per sidecar per second

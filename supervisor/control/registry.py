@@ -19,9 +19,9 @@ import zlib
 from pathlib import Path
 from typing import NamedTuple
 
-from supervisor import paths
 from supervisor.errors import StateDirError, SupervisorError
-from supervisor.statedir import StateDir, float_field, int_field
+from supervisor.system import paths
+from supervisor.system.statedir import StateDir, float_field, int_field
 
 PREFIX = "daemon-"
 SUFFIX = ".json"

@@ -18,8 +18,10 @@ from typing import assert_never
 import anyio
 from structlog.typing import FilteringBoundLogger
 
-from supervisor import children, output, probes, show
 from supervisor.config import HealthKind, SidecarConfig
+from supervisor.core import show
+from supervisor.sidecar import output, probes
+from supervisor.system import children
 
 KILL_WAIT_S = 2.0  # after SIGKILL to a check's group: how long its members may take to vanish
 OUTPUT_DRAIN_S = 0.2  # a check's last words, after it exited

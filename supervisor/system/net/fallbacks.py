@@ -8,8 +8,8 @@ import shutil
 import subprocess
 from collections.abc import Iterable, Iterator
 
-from supervisor import procs, reaper
-from supervisor.net.listener import Listener, format_address
+from supervisor.system import procs, reaper
+from supervisor.system.net.listener import Listener, format_address
 
 LSOF_TIMEOUT_S = 10.0
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import anyio
 from structlog.typing import FilteringBoundLogger
 
-from supervisor.statedir import STATUS_NAME, StateDir
+from supervisor.system.statedir import STATUS_NAME, StateDir
 
 # At most this often: a crash storm of 50 sidecars must not turn into hundreds of fsyncs a
 # second.

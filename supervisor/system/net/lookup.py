@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import anyio
 
-from supervisor.net import fallbacks, netlink
-from supervisor.net.listener import Listener
+from supervisor.system.net import fallbacks, netlink
+from supervisor.system.net.listener import Listener
 
 
 class LookupFailed(OSError):

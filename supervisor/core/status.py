@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple, Protocol
 
-from supervisor.show import printable
+from supervisor.core.show import printable
+
+OUTPUT_LINES = 20  # recent child output lines carried by `failed` and `exited` events
+OUTPUT_LINE_CAP = 1024  # characters kept of each of those lines
 
 
 def iso_utc(epoch_s: float) -> str:
@@ -130,3 +134,27 @@ def render_event(event: Mapping[str, object]) -> str:
         case "daemon_stopping":
             parts.append(str(event.get("reason") or ""))
     return printable("  ".join(p for p in parts if p))
+
+
+class Details(NamedTuple):
+    """What a sidecar knows beyond its status record, for the event of its current state."""
+
+    holder_pid: int | None = None  # waiting: who holds the port
+    verdict: str | None = None  # waiting: foreign / live / ...
+    attempt: int = 0  # backoff: the restart number about to happen
+    max_attempts: int = 0
+    delay_s: float | None = None  # backoff: how long until the next attempt
+    next_attempt_at: float | None = None  # backoff: epoch seconds of the next attempt
+    output: tuple[str, ...] = ()  # the latest lines of the child's output, oldest first
+
+
+class Observed(Protocol):
+    """What the hub reads of a sidecar (supervisor.sidecar.loop.Sidecar): the
+    daemon's callbacks and the event hub take this, so the layers below need not import it."""
+
+    @property
+    def name(self) -> str: ...
+
+    def record(self) -> dict[str, object]: ...
+
+    def details(self) -> Details: ...

@@ -12,14 +12,15 @@ from collections import deque
 import anyio
 from structlog.typing import FilteringBoundLogger
 
-from supervisor import children, exitwatch, inherit, logs, net, proctime, status
-from supervisor.attempt import Attempt, read_recorded_pid
 from supervisor.config import SidecarConfig
-from supervisor.control import events
-from supervisor.lifecycle import Event, State, decide_after_exit, next_state
-from supervisor.outputlog import OutputLog
+from supervisor.core import status
+from supervisor.core.lifecycle import Event, State, decide_after_exit, next_state
 from supervisor.reconcile.preflight import Action, Context, Outcome, preflight
-from supervisor.runtime import Runtime
+from supervisor.sidecar import inherit
+from supervisor.sidecar.attempt import Attempt, read_recorded_pid
+from supervisor.sidecar.outputlog import OutputLog
+from supervisor.sidecar.runtime import Runtime
+from supervisor.system import children, exitwatch, logs, net, proctime
 
 WAIT_POLL_S = 1.0
 # The outcomes of a launch (SPEC 7: READY=1 once every sidecar's first launch has one).
@@ -53,7 +54,7 @@ class Sidecar:
         # the child's latest output lines.
         self.holder: tuple[int | None, str | None] = (None, None)
         self.next_attempt: tuple[float, float] | None = None  # (delay_s, due at epoch s)
-        self.recent_output: deque[str] = deque(maxlen=events.OUTPUT_LINES)
+        self.recent_output: deque[str] = deque(maxlen=status.OUTPUT_LINES)
         self._output_log: OutputLog | None = None
         self._scope: anyio.CancelScope | None = None
         self._finished = anyio.Event()
@@ -271,7 +272,7 @@ class Sidecar:
         self.last_exit = last_exit
 
     def output(self, line: str) -> None:
-        self.recent_output.append(line[: events.OUTPUT_LINE_CAP])
+        self.recent_output.append(line[: status.OUTPUT_LINE_CAP])
 
     def _settle_stopped(self) -> None:
         """After the supervision task ends: a cancelled sidecar rests in `stopped`."""
@@ -313,9 +314,9 @@ class Sidecar:
             "reason": self.reason,
         }
 
-    def details(self) -> events.Details:
+    def details(self) -> status.Details:
         """What the control API's event for the current state carries beyond `record()`."""
-        return events.Details(
+        return status.Details(
             holder_pid=self.holder[0],
             verdict=self.holder[1],
             attempt=self.attempts,

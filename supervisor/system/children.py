@@ -19,7 +19,7 @@ from pathlib import Path
 
 import anyio
 
-from supervisor import execshim, exitwatch, groups, procs, reaper
+from supervisor.system import execshim, exitwatch, groups, procs, reaper
 
 # After SIGKILL, how long a stop waits to see the group gone. A process in uninterruptible
 # sleep (D state) never dies on time: past this it is abandoned, not waited for forever.

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from supervisor import proctime
+from supervisor.system import proctime
 
 T = TypeVar("T")
 
@@ -80,27 +80,7 @@ def _quiet(getter: Callable[[], T]) -> T | None:
 
 
 def create_time(pid: int) -> float | None:
-    if sys.platform == "linux":
-        return proctime.create_time(pid)
-    import psutil
-
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-        return None
-
-
-def alive_by_psutil(pid: int, created: float) -> bool:
-    """`proctime.is_alive` where there is no /proc: runs (not a zombie), created at `created`."""
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return proctime.same_create_time(proc.create_time(), created)
-    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-        return False
+    return proctime.create_time(pid)
 
 
 def ancestors(pid: int) -> list[int]:

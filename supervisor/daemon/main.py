@@ -14,33 +14,24 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from supervisor import (
-    config,
-    exitwatch,
-    inherit,
-    logs,
-    notify,
-    paths,
-    procs,
-    proctime,
-    reaper,
-    signals,
-    status,
-)
+from supervisor import config
 from supervisor.config import Config, LogFormat, LogLevel, SidecarConfig
 from supervisor.control.events import EventHub
+from supervisor.core import status
+from supervisor.daemon.statuswriter import StatusWriter
 from supervisor.errors import ForeignProcError, StateDirError, SupervisorError
-from supervisor.ledger import Ledger
-from supervisor.notify import Notifier
-from supervisor.runtime import Runtime
-from supervisor.sidecar import Sidecar
-from supervisor.statedir import PID_NAME, StateDir
-from supervisor.statuswriter import StatusWriter
-from supervisor.tags import OwnerTag, format_owner_tag
+from supervisor.evidence.ledger import Ledger
+from supervisor.evidence.tags import OwnerTag, format_owner_tag
+from supervisor.sidecar import inherit
+from supervisor.sidecar.loop import Sidecar
+from supervisor.sidecar.runtime import Runtime
+from supervisor.system import exitwatch, logs, notify, paths, procs, proctime, reaper, signals
+from supervisor.system.notify import Notifier
+from supervisor.system.statedir import PID_NAME, StateDir
 
 if TYPE_CHECKING:
     from supervisor.control.server import ControlServer
-    from supervisor.logfile import LogFile
+    from supervisor.system.logfile import LogFile
 
 # Cold start (SPEC 10): what only later work needs -- the control socket, the registry, the
 # sweep of an earlier daemon's leftovers, a reload, the log file -- is imported where it is
@@ -98,7 +89,7 @@ def _open_log_file(cfg: Config, args: RunOptions) -> LogFile | None:
     path = cfg.supervisor.log_file if args.log_file is None else paths.log_file(args.log_file)
     if path is None:
         return None
-    from supervisor.logfile import LogFile
+    from supervisor.system.logfile import LogFile
 
     daemon = cfg.supervisor
     return LogFile.open(path, max_bytes=daemon.log_max_bytes, backups=daemon.log_backups)
@@ -234,7 +225,7 @@ class Daemon:
         daemon["reload"] = {"received": self._reloads_received, **self._last_reload}
         return status.document(daemon, [s.record() for s in self.sidecars.values()])
 
-    def _sidecar_changed(self, sidecar: Sidecar) -> None:
+    def _sidecar_changed(self, sidecar: status.Observed) -> None:
         self.status.changed()
         self.events.sidecar_changed(sidecar)
         if self.notifier.enabled:
@@ -261,7 +252,7 @@ class Daemon:
     # -- the control socket (control/) ---------------------------------------------------------
 
     def _control_server(self) -> ControlServer:
-        from supervisor import registry
+        from supervisor.control import registry
         from supervisor.control.actions import SidecarActions
         from supervisor.control.server import ControlServer
 
@@ -283,7 +274,7 @@ class Daemon:
 
     def _register(self) -> None:
         """In the per-user registry, so that commands find us without --state-dir."""
-        from supervisor import registry
+        from supervisor.control import registry
 
         try:
             registry.register(
@@ -489,7 +480,7 @@ class Daemon:
                 result.update(result="rejected", error=exc.message)
                 return
             self._apply_daemon_settings(new)
-            from supervisor.reload import plan_reload
+            from supervisor.core.reload import plan_reload
 
             plan = plan_reload(self.cfg.sidecars, new.sidecars)
             await self._stop_all([self.sidecars[n] for n in plan.to_stop])

@@ -12,9 +12,9 @@ import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 
-from supervisor import procs
-from supervisor.net import netlink
-from supervisor.net.listener import Listener
+from supervisor.system import procs
+from supervisor.system.net import netlink
+from supervisor.system.net.listener import Listener
 
 
 def _socket_links(inodes: Iterable[int]) -> dict[str, int]:

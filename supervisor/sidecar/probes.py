@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable
 import anyio
 from anyio.abc import SocketAttribute
 
-from supervisor import net, procs
 from supervisor.config import ProbeKind, SidecarConfig
-from supervisor.lifecycle import probe_delay_s
+from supervisor.core.lifecycle import probe_delay_s
+from supervisor.system import net, procs
 
 CONNECT_TIMEOUT_S = 1.0
 HTTP_TIMEOUT_S = 2.0

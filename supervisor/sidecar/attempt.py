@@ -19,27 +19,16 @@ from typing import Protocol
 import anyio
 from structlog.typing import FilteringBoundLogger
 
-from supervisor import (
-    children,
-    inherit,
-    ledger,
-    logs,
-    net,
-    output,
-    probes,
-    procs,
-    proctime,
-    reaper,
-    show,
-    status,
-    tags,
-)
 from supervisor.config import HealthKind, SidecarConfig
-from supervisor.lifecycle import ExitInfo
-from supervisor.outputlog import OutputLog
+from supervisor.core import show, status
+from supervisor.core.lifecycle import ExitInfo
+from supervisor.evidence import ledger, tags
 from supervisor.reconcile.kill import KillAborted, kill_process
-from supervisor.runtime import Runtime
-from supervisor.statedir import SIDECAR_PID_NAME, StateDir, int_field
+from supervisor.sidecar import inherit, output, probes
+from supervisor.sidecar.outputlog import OutputLog
+from supervisor.sidecar.runtime import Runtime
+from supervisor.system import children, logs, net, procs, proctime, reaper
+from supervisor.system.statedir import SIDECAR_PID_NAME, StateDir, int_field
 
 OUTPUT_DRAIN_S = 0.5
 # An exec health check's environment: the sidecar's (with its tags), plus these.
@@ -263,7 +252,7 @@ class Attempt:
         env[HEALTH_PID_ENV] = str(child.pid)
         if self.config.port is not None:
             env[HEALTH_PORT_ENV] = str(self.config.port)
-        from supervisor import health  # only sidecars that have health checks need it
+        from supervisor.sidecar import health  # only sidecars that have health checks need it
 
         reason, failures = await health.watch(self.config, env, self.log)
         if child.exited:

@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 
 import anyio
 
-from supervisor import logs
-from supervisor.net import format_address
+from supervisor.system import logs
+from supervisor.system.net import format_address
 
 ENV_VARS = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 BACKLOG = socket.SOMAXCONN  # clients of a restarting child wait here

@@ -1,0 +1,1 @@
+"""The pure core: states and transitions, reload plans, status documents and renderings."""

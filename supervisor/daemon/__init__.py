@@ -1,0 +1,1 @@
+"""The daemon: task group, signals, start-up, reload, shutdown; what the sidecars share."""

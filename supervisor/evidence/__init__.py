@@ -1,0 +1,1 @@
+"""What we plant in every child (env tags) and record (the spawn ledger)."""

@@ -1,0 +1,1 @@
+"""The OS layer: processes, exit handles, sockets, files, logs; platform specifics live here."""
