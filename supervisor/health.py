@@ -11,7 +11,7 @@ process group before anything else happens to the sidecar.
 from __future__ import annotations
 
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import assert_never
 
@@ -27,7 +27,10 @@ REASON_CAP = 200  # characters of a check's output quoted in a failure reason
 
 
 async def watch(
-    config: SidecarConfig, env: Mapping[str, str], log: FilteringBoundLogger
+    config: SidecarConfig,
+    env: Mapping[str, str],
+    log: FilteringBoundLogger,
+    on_pass: Callable[[], None] | None = None,
 ) -> tuple[str, int]:
     """Check until `failures` consecutive checks failed; return (last reason, failures).
 
@@ -44,6 +47,8 @@ async def watch(
         # far, one interval from now (never two checks back to back).
         due = max(due + health.interval_s, anyio.current_time())
         if reason is None:
+            if on_pass is not None:
+                on_pass()
             if failures:
                 log.info("health_check_recovered", failures=failures)
                 failures = 0
@@ -65,7 +70,7 @@ async def check(config: SidecarConfig, env: Mapping[str, str]) -> str | None:
             return await probes.http_failure(config.host, _port(config), health.path, timeout_s)
         case HealthKind.EXEC:
             return await run_exec(health.command, cwd=config.cwd, env=env, timeout_s=timeout_s)
-        case HealthKind.NONE:
+        case HealthKind.NONE | HealthKind.NOTIFY:  # notify: the watchdog (attempt.py) judges
             return None
         case _:
             assert_never(health.probe)

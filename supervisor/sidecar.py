@@ -6,6 +6,7 @@ exit through a pidfd, probe handshakes) and bounded. One launch of the child is 
 
 from __future__ import annotations
 
+import socket
 import time
 from collections import deque
 
@@ -14,16 +15,20 @@ from structlog.typing import FilteringBoundLogger
 
 from supervisor import children, exitwatch, inherit, logs, net, proctime, status
 from supervisor.attempt import Attempt, read_recorded_pid
-from supervisor.config import SidecarConfig
+from supervisor.config import ForeignAction, SidecarConfig
+from supervisor.config.expand import for_launch
 from supervisor.control import events
-from supervisor.lifecycle import Event, State, decide_after_exit, next_state
+from supervisor.depends import Blocker
+from supervisor.lifecycle import Event, State, decide_after_exit, finish_event, next_state
 from supervisor.outputlog import OutputLog
+from supervisor.reconcile.classify import Verdict
 from supervisor.reconcile.preflight import Action, Context, Outcome, preflight
 from supervisor.runtime import Runtime
 
 WAIT_POLL_S = 1.0
 # The outcomes of a launch (SPEC 7: READY=1 once every sidecar's first launch has one).
-SETTLED = frozenset({State.READY, State.WAITING, State.FAILED, State.EXITED})
+SETTLED = frozenset({State.READY, State.WAITING, State.FAILED, State.EXITED, State.COMPLETED})
+AT_REST = (State.FAILED, State.EXITED, State.COMPLETED)  # no task supervises it any more
 
 
 def _exit_handle(pid: int | None) -> exitwatch.ExitHandle | None:
@@ -60,6 +65,27 @@ class Sidecar:
         self._finished.set()
         self._settled = anyio.Event()
         self._settled.set()
+        # The port it serves on: the configured one, or one chosen (port = "auto") or moved to
+        # (reclaim.foreign = "relocate") while the daemon runs; kept across its restarts.
+        self.port: int | None = config.port
+        self.launch = self._launch_config()
+        self.is_healthy = False  # depends_on "healthy": a check or watchdog ping passed since ready
+        self.notify_status: str | None = None  # the child's latest STATUS= (sd_notify)
+        self.waiting_for: Blocker | None = None  # the dependency it waits for
+
+    def keep_port(self, port: int) -> None:
+        """Serve on `port` (an auto port chosen by the sidecar this one replaces)."""
+        self.port = port
+        self.launch = self._launch_config()
+
+    def _launch_config(self) -> SidecarConfig:
+        return for_launch(self.config, port=self.port, state_dir=str(self.rt.state.path))
+
+    @property
+    def running(self) -> bool:
+        """A child of it is alive (depends_on "started")."""
+        attempt = self.attempt
+        return attempt is not None and attempt.child is not None and attempt.child.status is None
 
     @property
     def name(self) -> str:
@@ -114,7 +140,7 @@ class Sidecar:
         if self._scope is not None:
             self._scope.cancel()
         await self._finished.wait()
-        if self.state in (State.FAILED, State.EXITED):
+        if self.state in AT_REST:
             self._transition(Event.STOP)
             self._transition(Event.STOPPED)
 
@@ -133,10 +159,82 @@ class Sidecar:
 
     # -- the supervision loop ------------------------------------------------------------------
 
+    async def _await_dependencies(self) -> None:
+        """Until every `depends_on` condition holds: `waiting`, with the dependency named."""
+        while (blocker := self.rt.blocker(self.config)) is not None:
+            if blocker != self.waiting_for:
+                self.waiting_for = blocker
+                self.log.info(
+                    "sidecar_waiting_dependency",
+                    dependency=blocker.dependency,
+                    condition=blocker.condition.value,
+                    dependency_state=blocker.state.value if blocker.state else None,
+                )
+                self._transition(Event.DEPEND, reason=blocker.reason)
+            if blocker.settled:
+                self._settled.set()  # its dependency has an outcome: so has this launch
+            await self.rt.changes.wait()
+        if self.waiting_for is not None:
+            self.waiting_for = None
+            self.log.info("sidecar_dependencies_met")
+
+    async def _choose_port(self) -> inherit.ListenSocket | None:
+        """`port = "auto"` at its first launch: a free port (bound by the daemon itself with
+        socket.inherit, so no stranger can take it between the choice and the spawn)."""
+        if not self.config.auto_port or self.port is not None:
+            return None
+        listen = None
+        if self.config.socket.inherit:
+            listen = await self.rt.sockets.acquire(self.name, self.config.host, 0)
+            self.port = listen.port
+        else:
+            self.port = await anyio.to_thread.run_sync(free_port, self.config.host)
+        self.launch = self._launch_config()
+        self.log.info("sidecar_port_chosen", port=self.port, url=self.launch.url)
+        return listen
+
+    async def _relocate(self, outcome: Outcome) -> bool:
+        """`reclaim.foreign = "relocate"` and a stranger holds the port: move to a free one (the
+        stranger is never touched). False: nothing to relocate."""
+        if not (
+            outcome.action is Action.WAIT
+            and outcome.verdict is Verdict.FOREIGN
+            and self.config.reclaim.foreign is ForeignAction.RELOCATE
+            and self.port is not None
+        ):
+            return False
+        from_port = self.port
+        if self.config.socket.inherit:
+            self.port = (await self.rt.sockets.acquire(self.name, self.config.host, 0)).port
+        else:
+            self.port = await anyio.to_thread.run_sync(free_port, self.config.host)
+        self.launch = self._launch_config()
+        self.log.warning(
+            "sidecar_relocated",
+            port=self.port,
+            from_port=from_port,
+            url=self.launch.url,
+            holder_pid=outcome.holder_pid,
+        )
+        return True
+
     async def _supervise(self, interactive: bool) -> None:
         while True:
+            self.is_healthy = False
+            await self._await_dependencies()
             self._transition(Event.LAUNCH, reason=None)
+            try:
+                await self._choose_port()
+            except inherit.BindError as exc:
+                self.log.error("sidecar_start_failed", reason=str(exc))
+                self._transition(Event.GIVE_UP, reason=str(exc))
+                return
             outcome = await self._preflight(interactive)
+            try:
+                if await self._relocate(outcome):
+                    outcome = await self._preflight(interactive)
+            except (OSError, inherit.BindError) as exc:
+                self.log.error("sidecar_relocate_failed", error=str(exc))
             if outcome.action is Action.WAIT:
                 verdict = outcome.verdict.value if outcome.verdict else None
                 self.holder = (outcome.holder_pid, verdict)
@@ -156,18 +254,16 @@ class Sidecar:
                 self._transition(Event.GIVE_UP, reason=outcome.reason)
                 return
             listen: inherit.ListenSocket | None = None
-            if self.config.socket.inherit and self.config.port is not None:
+            if self.config.socket.inherit and self.port is not None:
                 try:
-                    listen = await self.rt.sockets.acquire(
-                        self.name, self.config.host, self.config.port
-                    )
+                    listen = await self.rt.sockets.acquire(self.name, self.config.host, self.port)
                 except inherit.BindError as exc:
                     if not await self._bind_failed(exc):
                         return
                     interactive = False
                     continue
             self.attempt = Attempt(
-                self.config,
+                self.launch,
                 self.rt,
                 host=self,
                 log=self.log,
@@ -211,7 +307,10 @@ class Sidecar:
                     self._transition(Event.GIVE_UP, reason=reason)
                     return
                 case _:
-                    self._transition(Event.FINISH, reason=self.reason)
+                    event = finish_event(exit_info)
+                    if event is Event.COMPLETE:
+                        self.log.info("sidecar_completed", code=exit_info.code)
+                    self._transition(event, reason=self.reason)
                     return
 
     async def _bind_failed(self, exc: inherit.BindError) -> bool:
@@ -243,11 +342,11 @@ class Sidecar:
             ledger=self.rt.ledger,
             own_inodes=self.rt.sockets.inodes,
         )
-        return await preflight(self.config, interactive=interactive, ctx=ctx, log=self.log)
+        return await preflight(self.launch, interactive=interactive, ctx=ctx, log=self.log)
 
     async def _wait_for_port(self, outcome: Outcome) -> None:
-        if self.config.port is not None:
-            await wait_for_port(self.config.port, outcome, self.log)
+        if self.port is not None:
+            await wait_for_port(self.port, outcome, self.log)
 
     # -- what the attempt reports (AttemptHost) ------------------------------------------------
 
@@ -273,9 +372,19 @@ class Sidecar:
     def output(self, line: str) -> None:
         self.recent_output.append(line[: events.OUTPUT_LINE_CAP])
 
+    def healthy(self) -> None:
+        if not self.is_healthy:
+            self.is_healthy = True
+            self.rt.on_change(self)
+
+    def notified(self, status: str | None) -> None:
+        if status != self.notify_status:
+            self.notify_status = status
+            self.rt.on_change(self)
+
     def _settle_stopped(self) -> None:
         """After the supervision task ends: a cancelled sidecar rests in `stopped`."""
-        if self.state in (State.FAILED, State.EXITED, State.STOPPED):
+        if self.state in (*AT_REST, State.STOPPED):
             return
         if self.state is not State.STOPPING:
             self.log.info("sidecar_stopping", pid=None, signal=self.config.stop.signal.name)
@@ -304,13 +413,23 @@ class Sidecar:
             "pid": child.pid if child is not None and child.status is None else None,
             # Known once ready (see Child.create_time); never read here before.
             "create_time": ready_child.create_time if ready_child else None,
-            "port": self.config.port,
-            "url": self.config.url,
+            "port": self.port,
+            "url": self.launch.url,
             "attempts": self.attempts,
             "restarts": self.restarts,
             "since": status.iso_utc(self.since),
             "last_exit": self.last_exit,
             "reason": self.reason,
+            "depends_on": {name: c.value for name, c in self.config.depends_on.items()},
+            "waiting_for": (
+                {
+                    "dependency": self.waiting_for.dependency,
+                    "condition": self.waiting_for.condition.value,
+                }
+                if self.waiting_for is not None and self.state is State.WAITING
+                else None
+            ),
+            "notify_status": self.notify_status,
         }
 
     def details(self) -> events.Details:
@@ -324,6 +443,14 @@ class Sidecar:
             next_attempt_at=self.next_attempt[1] if self.next_attempt else None,
             output=tuple(self.recent_output),
         )
+
+
+def free_port(host: str) -> int:
+    """A port free on `host` now (the kernel's choice for a bind to port 0)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 async def wait_for_port(port: int, outcome: Outcome, log: FilteringBoundLogger) -> None:
