@@ -163,13 +163,19 @@ class Sidecar:
         """Until every `depends_on` condition holds: `waiting`, with the dependency named."""
         while (blocker := self.rt.blocker(self.config)) is not None:
             if blocker != self.waiting_for:
-                self.waiting_for = blocker
-                self.log.info(
-                    "sidecar_waiting_dependency",
-                    dependency=blocker.dependency,
-                    condition=blocker.condition.value,
-                    dependency_state=blocker.state.value if blocker.state else None,
-                )
+                before, self.waiting_for = self.waiting_for, blocker
+                # Logged once per dependency it waits for; its reason follows the dependency's
+                # state (status, events) without a log line each time.
+                if before is None or (before.dependency, before.condition) != (
+                    blocker.dependency,
+                    blocker.condition,
+                ):
+                    self.log.info(
+                        "sidecar_waiting_dependency",
+                        dependency=blocker.dependency,
+                        condition=blocker.condition.value,
+                        dependency_state=blocker.state.value if blocker.state else None,
+                    )
                 self._transition(Event.DEPEND, reason=blocker.reason)
             if blocker.settled:
                 self._settled.set()  # its dependency has an outcome: so has this launch
@@ -434,6 +440,7 @@ class Sidecar:
 
     def details(self) -> events.Details:
         """What the control API's event for the current state carries beyond `record()`."""
+        waiting = self.waiting_for if self.state is State.WAITING else None
         return events.Details(
             holder_pid=self.holder[0],
             verdict=self.holder[1],
@@ -442,6 +449,8 @@ class Sidecar:
             delay_s=self.next_attempt[0] if self.next_attempt else None,
             next_attempt_at=self.next_attempt[1] if self.next_attempt else None,
             output=tuple(self.recent_output),
+            dependency=waiting.dependency if waiting is not None else None,
+            condition=waiting.condition.value if waiting is not None else None,
         )
 
 

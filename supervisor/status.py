@@ -126,6 +126,8 @@ def render_event(event: Mapping[str, object]) -> str:
     match kind:
         case "ready":
             parts.append(str(event.get("url") or ""))
+        case "waiting" if event.get("dependency"):
+            parts.append(str(event.get("reason") or ""))
         case "waiting":
             parts.append(
                 f"port {event.get('port')} held by pid {event.get('holder_pid') or '?'} "

@@ -34,6 +34,8 @@ class Details(NamedTuple):
     delay_s: float | None = None  # backoff: how long until the next attempt
     next_attempt_at: float | None = None  # backoff: epoch seconds of the next attempt
     output: tuple[str, ...] = ()  # the latest lines of the child's output, oldest first
+    dependency: str | None = None  # waiting: the dependency whose condition does not hold
+    condition: str | None = None
 
 
 def sidecar_event(
@@ -50,6 +52,12 @@ def sidecar_event(
     match kind:
         case "ready":
             event["url"] = record.get("url")
+        case "waiting" if details.dependency is not None:
+            event.update(
+                dependency=details.dependency,
+                condition=details.condition,
+                reason=record.get("reason"),
+            )
         case "waiting":
             event.update(
                 port=record.get("port"),
@@ -70,7 +78,7 @@ def sidecar_event(
                 reason=record.get("reason"),
                 last_exit=record.get("last_exit"),
             )
-        case "failed" | "exited":
+        case "failed" | "exited" | "completed":
             event.update(
                 reason=record.get("reason"),
                 last_exit=record.get("last_exit"),

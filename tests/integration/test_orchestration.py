@@ -145,8 +145,11 @@ def test_a_failing_dependency_holds_its_dependents_waiting_and_start_starts_it(
     ]
     with start(tmp_path, sidecars) as daemon:
         daemon.wait_for("restart_budget_exhausted", sidecar="db")
-        daemon.wait_for(
-            "sidecar_waiting_dependency", sidecar="api", dependency="db", dependency_state="failed"
+        daemon.wait_for("sidecar_waiting_dependency", sidecar="api", dependency="db")
+        wait_until(
+            lambda: "(it is failed" in str(sidecar_status(daemon, "api")["reason"]),
+            15.0,
+            "api's reason to say that db failed",
         )
         record = sidecar_status(daemon, "api")
         assert record["state"] == "waiting"
@@ -166,6 +169,18 @@ def test_a_failing_dependency_holds_its_dependents_waiting_and_start_starts_it(
         assert index_of(daemon, "sidecar_ready", sidecar="db") < index_of(
             daemon, "sidecar_spawned", sidecar="api"
         )
+
+
+def test_the_chain_example_runs_as_is(tmp_path: Path) -> None:
+    example = ROOT / "examples" / "chain" / "supervisor.toml"
+    with Daemon(example, tmp_path / "state") as daemon:
+        daemon.wait_for("sidecar_ready", sidecar="dashboard", timeout=60.0)
+        assert daemon.find("sidecar_completed", sidecar="migrate")
+        assert daemon.find("sidecar_notified", sidecar="db", ready=True)
+        waited = cli(tmp_path, "wait", "--timeout", "30")
+        assert waited.returncode == 0, waited.stderr  # a completed task counts as done
+        assert daemon.stop() == 0
+    assert [e["sidecar"] for e in daemon.find("sidecar_stopping")] == ["dashboard", "api", "db"]
 
 
 def test_a_migration_task_completes_before_the_api_starts(tmp_path: Path) -> None:
