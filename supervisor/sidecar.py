@@ -153,9 +153,13 @@ class Sidecar:
         self.attempts = 0
 
     def kill_now(self) -> None:
-        """Second SIGTERM: SIGKILL the child's whole group at once (its stop then completes)."""
+        """Second SIGTERM (or the shutdown bound): SIGKILL the child's whole group at once (its
+        stop then completes). The supervision ends too: a sidecar whose stop had not begun yet
+        (it waits for its dependents to stop first) must not restart what was just killed."""
         if self.attempt is not None:
             self.attempt.kill_now()
+        if self._scope is not None:
+            self._scope.cancel()
 
     # -- the supervision loop ------------------------------------------------------------------
 
