@@ -50,10 +50,10 @@ NOTIFY_CHILD = textwrap.dedent(
     server = socket.create_server(("127.0.0.1", int(sys.argv[1])))
     listened_ns = time.time_ns()
     with open(sys.argv[2], "a") as report:
-        report.write(f"listening {os.getpid()} {listened_ns}\n")
+        report.write(f"listening {os.getpid()} {listened_ns}\\n")
     address = os.environ["NOTIFY_SOCKET"]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.sendto(b"READY=1", "\0" + address[1:] if address.startswith("@") else address)
+        sock.sendto(b"READY=1", "\\0" + address[1:] if address.startswith("@") else address)
     while True:
         server.accept()[0].close()
     """
@@ -102,10 +102,11 @@ def measure(kind: str, samples: int) -> list[Row]:
                 time.sleep(SETTLE_S)
                 if n < samples:
                     kill_and_wait(pid)
+    child = "notify child" if kind == "notify" else "demo child"
     return [
         row(BENCH, f"listening -> sidecar_ready, {kind} (timestamp)", "ours", "ms", stamped),
         row(BENCH, f"listening -> sidecar_ready, {kind} (arrival)", "ours", "ms", arrived),
-        row(BENCH, f"sidecar_spawned -> listening, {kind}", "demo child", "ms", starting),
+        row(BENCH, f"sidecar_spawned -> listening, {kind}", child, "ms", starting),
     ]
 
 
