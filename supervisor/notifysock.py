@@ -106,6 +106,9 @@ class NotifySocket:
                 )
             except (BlockingIOError, InterruptedError):
                 continue
+            except OSError as exc:  # never out into the attempt: no more notifications, said why
+                on_rejected(None, f"the notify socket failed: {exc.strerror or exc}")
+                return
             sender = _read_ancillary(ancillary)  # closes any fd passed along (BARRIER=1)
             why = _refusal(sender, child_pid)
             if why is not None:

@@ -6,22 +6,20 @@ exit through a pidfd, probe handshakes) and bounded. One launch of the child is 
 
 from __future__ import annotations
 
-import socket
 import time
 from collections import deque
 
 import anyio
 from structlog.typing import FilteringBoundLogger
 
-from supervisor import children, exitwatch, inherit, logs, net, proctime, status
+from supervisor import children, exitwatch, inherit, logs, net, ports, proctime, status
 from supervisor.attempt import Attempt, read_recorded_pid
-from supervisor.config import ForeignAction, SidecarConfig
+from supervisor.config import SidecarConfig
 from supervisor.config.expand import for_launch
 from supervisor.control import events
 from supervisor.depends import Blocker
 from supervisor.lifecycle import Event, State, decide_after_exit, finish_event, next_state
 from supervisor.outputlog import OutputLog
-from supervisor.reconcile.classify import Verdict
 from supervisor.reconcile.preflight import Action, Context, Outcome, preflight
 from supervisor.runtime import Runtime
 
@@ -188,40 +186,27 @@ class Sidecar:
             self.waiting_for = None
             self.log.info("sidecar_dependencies_met")
 
-    async def _choose_port(self) -> inherit.ListenSocket | None:
-        """`port = "auto"` at its first launch: a free port (bound by the daemon itself with
-        socket.inherit, so no stranger can take it between the choice and the spawn)."""
+    async def _choose_port(self) -> None:
+        """`port = "auto"` at its first launch: a free port, kept while the daemon runs."""
         if not self.config.auto_port or self.port is not None:
-            return None
-        listen = None
-        if self.config.socket.inherit:
-            listen = await self.rt.sockets.acquire(self.name, self.config.host, 0)
-            self.port = listen.port
-        else:
-            self.port = await anyio.to_thread.run_sync(free_port, self.config.host)
+            return
+        self.port, _ = await ports.take_free_port(self.config, self.rt.sockets)
         self.launch = self._launch_config()
         self.log.info("sidecar_port_chosen", port=self.port, url=self.launch.url)
-        return listen
 
     async def _relocate(self, outcome: Outcome) -> bool:
-        """`reclaim.foreign = "relocate"` and a stranger holds the port: move to a free one (the
-        stranger is never touched). False: nothing to relocate."""
-        if not (
-            outcome.action is Action.WAIT
-            and outcome.verdict is Verdict.FOREIGN
-            and self.config.reclaim.foreign is ForeignAction.RELOCATE
-            and self.port is not None
-        ):
+        """`reclaim.foreign = "relocate"`: a stranger holds the port, move to a free one."""
+        if self.port is None:
             return False
         from_port = self.port
-        if self.config.socket.inherit:
-            self.port = (await self.rt.sockets.acquire(self.name, self.config.host, 0)).port
-        else:
-            self.port = await anyio.to_thread.run_sync(free_port, self.config.host)
+        moved = await ports.relocate(self.config, self.rt.sockets, from_port, outcome, self.log)
+        if moved is None:
+            return False
+        self.port = moved
         self.launch = self._launch_config()
         self.log.warning(
             "sidecar_relocated",
-            port=self.port,
+            port=moved,
             from_port=from_port,
             url=self.launch.url,
             holder_pid=outcome.holder_pid,
@@ -240,11 +225,8 @@ class Sidecar:
                 self._transition(Event.GIVE_UP, reason=str(exc))
                 return
             outcome = await self._preflight(interactive)
-            try:
-                if await self._relocate(outcome):
-                    outcome = await self._preflight(interactive)
-            except (OSError, inherit.BindError) as exc:
-                self.log.error("sidecar_relocate_failed", error=str(exc))
+            if await self._relocate(outcome):
+                outcome = await self._preflight(interactive)
             if outcome.action is Action.WAIT:
                 verdict = outcome.verdict.value if outcome.verdict else None
                 self.holder = (outcome.holder_pid, verdict)
@@ -456,14 +438,6 @@ class Sidecar:
             dependency=waiting.dependency if waiting is not None else None,
             condition=waiting.condition.value if waiting is not None else None,
         )
-
-
-def free_port(host: str) -> int:
-    """A port free on `host` now (the kernel's choice for a bind to port 0)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 async def wait_for_port(port: int, outcome: Outcome, log: FilteringBoundLogger) -> None:
