@@ -97,7 +97,8 @@ class Sidecar:
         interactive: bool,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Supervise until stopped (cancelled) or until a terminal state (failed, exited)."""
+        """Supervise until stopped (cancelled) or until a terminal state (failed, exited,
+        completed)."""
         self._finished = anyio.Event()
         self._settled = anyio.Event()
         # output.log spans the restarts of one run; its file is opened with the first line.

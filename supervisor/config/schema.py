@@ -201,9 +201,12 @@ class Config:
     path: Path | None = None
 
     def summary(self) -> str:
-        names = ", ".join(
-            f"{s.name}" + (f" (port {s.port})" if s.port is not None else "") for s in self.sidecars
-        )
+        def port(s: SidecarConfig) -> str:
+            if s.auto_port:
+                return " (port auto)"
+            return f" (port {s.port})" if s.port is not None else ""
+
+        names = ", ".join(f"{s.name}{port(s)}" for s in self.sidecars)
         count = len(self.sidecars)
         noun = "sidecar" if count == 1 else "sidecars"
         return f"{count} {noun}" + (f": {names}" if names else "")
