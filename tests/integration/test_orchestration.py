@@ -24,6 +24,7 @@ from tests.support import (
     Daemon,
     Holder,
     free_port,
+    pid_gone,
     read_json,
     render_config,
     stamp_ns,
@@ -547,3 +548,21 @@ def test_a_notify_socket_path_too_long_for_sun_path_falls_back_to_an_abstract_na
         short.close()
         long.close()
     assert not (tmp_path / "notify.sock").exists()
+
+
+def test_a_hanging_exec_readiness_check_is_killed_with_its_group(tmp_path: Path) -> None:
+    pids = tmp_path / "check-pids"
+    # The check leaves a grandchild in its process group and hangs on it.
+    hang = f"sleep 600 & echo $$ $! >> {pids}; wait"
+    sidecar = app(
+        "worker",
+        ready={"probe": "exec", "command": ["sh", "-c", hang], "timeout": 1.0},
+        restart={"max_attempts": 0},
+    )
+    with start(tmp_path, [sidecar]) as daemon:
+        failed = daemon.wait_for("sidecar_start_failed")
+        assert failed["reason"] == "not ready within 1s (ready.timeout)"
+        daemon.wait_for("restart_budget_exhausted")
+        checks = [int(pid) for line in pids.read_text().splitlines() for pid in line.split()]
+        assert checks
+        wait_until(lambda: all(pid_gone(pid) for pid in checks), 10.0, "the checks to be gone")
