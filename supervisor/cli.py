@@ -210,7 +210,7 @@ def _cmd_wait(args: argparse.Namespace) -> int:
         ready = control.wait_ready(conn, args.names, args.timeout, on_stopped=stopped)
     for record in ready:
         url = f" {record['url']}" if record.get("url") else ""
-        _out(f"{record.get('name')}: ready{url}")
+        _out(f"{record.get('name')}: {record.get('state') or 'ready'}{url}")  # or completed
     return EXIT_OK
 
 

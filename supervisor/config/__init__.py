@@ -4,6 +4,7 @@ from supervisor.config.load import MAX_CONFIG_BYTES, load
 from supervisor.config.parse import parse
 from supervisor.config.schema import (
     NAME_RE,
+    Condition,
     Config,
     ConsentMode,
     DaemonConfig,
@@ -28,6 +29,7 @@ from supervisor.config.schema import (
 __all__ = [
     "MAX_CONFIG_BYTES",
     "NAME_RE",
+    "Condition",
     "Config",
     "ConsentMode",
     "DaemonConfig",

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import stat
 import sys
 import tomllib
 from pathlib import Path
+from types import MappingProxyType
 
+from supervisor.config import dotenv
 from supervisor.config.parse import parse
-from supervisor.config.schema import Config
+from supervisor.config.schema import Config, SidecarConfig
 from supervisor.core import show
 from supervisor.errors import ConfigError
 
@@ -64,8 +67,42 @@ def load(path: Path) -> Config:
     try:
         # "{python}" is the interpreter this process runs on, as is: a venv's python is a
         # symlink to the base interpreter, and only the venv's path runs with its packages.
-        return parse(raw, path.absolute(), interpreter=sys.executable or None)
+        config = parse(raw, path.absolute(), interpreter=sys.executable or None)
     except ConfigError:
         raise
     except RecursionError:
         raise ConfigError(path, ["is nested too deeply to be validated"]) from None
+    return with_env_files(config, path)
+
+
+def with_env_files(config: Config, path: Path) -> Config:
+    """Each sidecar's `env_file` read into its `env` (its own `env` wins). Read at every load,
+    so a reload sees the file's changes (and restarts the sidecars whose variables changed)."""
+    problems: list[str] = []
+    sidecars: list[SidecarConfig] = []
+    for index, sidecar in enumerate(config.sidecars):
+        if sidecar.env_file is None:
+            sidecars.append(sidecar)
+            continue
+        key = f"sidecar[{index}].env_file"
+        try:
+            values = dotenv.parse(_read_env_file(sidecar.env_file))
+        except dotenv.DotenvError as exc:
+            problems.append(show.printable(f"{key}: {sidecar.env_file}: {exc}"))
+            continue
+        except ConfigError as exc:
+            problems.append(show.printable(f"{key}: {sidecar.env_file}: {'; '.join(exc.problems)}"))
+            continue
+        env = {**values, **sidecar.env}
+        sidecars.append(dataclasses.replace(sidecar, env=MappingProxyType(env)))
+    if problems:
+        raise ConfigError(path, problems)
+    return dataclasses.replace(config, sidecars=tuple(sidecars))
+
+
+def _read_env_file(path: Path) -> str:
+    data = _read(path)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, [f"is not UTF-8 text (byte {exc.start})"]) from None

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 
+from supervisor.config.expand import uses_port
 from supervisor.config.fields import MISSING, Problems, Table, describe
 from supervisor.config.schema import (
     DEFAULT_BACKUPS,
     DEFAULT_MAX_BYTES,
     NAME_RE,
+    Condition,
     Config,
     ConsentMode,
     DaemonConfig,
@@ -33,6 +36,7 @@ from supervisor.config.schema import (
     SocketConfig,
     StopConfig,
 )
+from supervisor.core import depends
 from supervisor.errors import ConfigError
 
 # Rotation limits: a file smaller than this is not a log; more backups than this is a typo.
@@ -100,6 +104,11 @@ def _backups(table: Table, name: str) -> int:
 def _health(table: Table, port: int | None) -> HealthConfig:
     problems = table.problems
     probe = table.choice("probe", HealthKind.NONE, HealthKind)
+    watchdog: float | None = table.number("watchdog", 0.0, strict=True) or None
+    if probe is HealthKind.NOTIFY and watchdog is None:
+        problems.add(table.path("watchdog"), 'is required when probe = "notify" (seconds)')
+    elif watchdog is not None and probe is not HealthKind.NOTIFY:
+        problems.add(table.path("watchdog"), 'is only used with probe = "notify"')
     if probe in (HealthKind.TCP, HealthKind.HTTP) and port is None:
         problems.add(table.path("probe"), f'"{probe}" needs a port; set port or probe = "none"')
     path = table.string("path", "/", nonempty=True)
@@ -115,6 +124,7 @@ def _health(table: Table, port: int | None) -> HealthConfig:
         interval_s=table.number("interval", 10.0, strict=True),
         timeout_s=table.number("timeout", 2.0, strict=True),
         failures=table.integer("failures", 3, minimum=1),
+        watchdog_s=watchdog,
     )
     # Checks never overlap, and the restart bound is interval * failures + timeout: a check
     # must end before the next one is due.
@@ -170,26 +180,36 @@ def _sidecar(table: Table, base_dir: Path | None) -> SidecarConfig:
     command = table.argv("command", required=True)
     cwd = _path(table, "cwd", base_dir)
     env = _env(table, "env")
-    port_value = table.integer("port", 0, minimum=1, maximum=65535)
+    auto_port = table.raw.get("port") == "auto"
+    port_value = 0 if auto_port else table.integer("port", 0, minimum=1, maximum=65535)
+    if auto_port:
+        table.get("port")
     port = port_value or None
+    env_file = _path(table, "env_file", base_dir)
+    depends_on = _depends_on(table)
     host = table.string("host", "127.0.0.1", nonempty=True)
     marker = table.string("marker", " ".join(command), nonempty=True)
 
     ready_t = table.sub("ready")
-    default_probe = ProbeKind.TCP if port is not None else ProbeKind.NONE
+    default_probe = ProbeKind.TCP if port is not None or auto_port else ProbeKind.NONE
     probe = ready_t.choice("probe", default_probe, ProbeKind)
-    if probe is not ProbeKind.NONE and port is None and "port" not in table.raw:
+    if probe not in PORTLESS_PROBES and port is None and "port" not in table.raw:
         problems.add(ready_t.path("probe"), f'"{probe}" needs a port; set port or probe = "none"')
     path = ready_t.string("path", "/", nonempty=True)
     if not path.startswith("/"):
         problems.add(ready_t.path("path"), f'must start with "/", got {describe(path)}')
+    pattern, ready_command = _ready_signal(ready_t, probe)
     ready = ReadyConfig(
         probe=probe,
         path=path,
         timeout_s=ready_t.number("timeout", 60.0, strict=True),
         interval_s=ready_t.number("interval", 0.5, strict=True),
+        pattern=pattern,
+        command=ready_command,
     )
     ready_t.finish()
+    if port is None and not auto_port and uses_port([*command, *env.values()]):
+        problems.add(table.path("command"), "{port} is used, but no port is set; set port")
 
     restart_t = table.sub("restart")
     base_delay = restart_t.number("base_delay", 1.0)
@@ -221,6 +241,8 @@ def _sidecar(table: Table, base_dir: Path | None) -> SidecarConfig:
         consent_command=reclaim_t.argv("consent_command", required=False),
         consent_timeout_s=reclaim_t.number("consent_timeout", 60.0, strict=True),
     )
+    if reclaim.foreign is ForeignAction.RELOCATE and port is None and "port" not in table.raw:
+        problems.add(reclaim_t.path("foreign"), '"relocate" needs a port; set port')
     if reclaim.consent is ConsentMode.COMMAND and not reclaim.consent_command:
         problems.add(reclaim_t.path("consent_command"), 'is required when consent = "command"')
     reclaim_t.finish()
@@ -230,7 +252,7 @@ def _sidecar(table: Table, base_dir: Path | None) -> SidecarConfig:
     if socket.inherit and port is None and "port" not in table.raw:
         problems.add(socket_t.path("inherit"), "needs a port; set port or inherit = false")
     socket_t.finish()
-    health = _health(table.sub("health"), port)
+    health = _health(table.sub("health"), port or (1 if auto_port else None))
     output = _output(table.sub("output"))
     table.finish()
     return SidecarConfig(
@@ -248,7 +270,72 @@ def _sidecar(table: Table, base_dir: Path | None) -> SidecarConfig:
         socket=socket,
         health=health,
         output=output,
+        depends_on=MappingProxyType(depends_on),
+        env_file=env_file,
+        auto_port=auto_port,
     )
+
+
+# The probes that need no port: they read the child's output, run a command, or listen.
+PORTLESS_PROBES = frozenset({ProbeKind.NONE, ProbeKind.LOG, ProbeKind.EXEC, ProbeKind.NOTIFY})
+
+
+def _ready_signal(table: Table, probe: ProbeKind) -> tuple[str | None, tuple[str, ...]]:
+    """`pattern` (log) and `command` (exec): required by their probe, refused by the others."""
+    problems = table.problems
+    pattern: str | None = table.string("pattern", "", nonempty=True) or None
+    if probe is ProbeKind.LOG and pattern is None and "pattern" not in table.raw:
+        problems.add(table.path("pattern"), 'is required when probe = "log"')
+    elif pattern is not None and probe is not ProbeKind.LOG:
+        problems.add(table.path("pattern"), 'is only used with probe = "log"')
+    elif pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            problems.add(table.path("pattern"), f"is not a valid regular expression: {exc}")
+    command = table.argv("command", required=False)
+    if probe is ProbeKind.EXEC and not command:
+        problems.add(table.path("command"), 'is required when probe = "exec"')
+    elif command and probe is not ProbeKind.EXEC:
+        problems.add(table.path("command"), 'is only used with probe = "exec"')
+    return pattern, command
+
+
+def _depends_on(table: Table) -> dict[str, Condition]:
+    value = table.get("depends_on")
+    if value is MISSING:
+        return {}
+    key = table.path("depends_on")
+    if not isinstance(value, Mapping):
+        want = '{ NAME = "started" | "ready" | "healthy" | "completed" }'
+        table.problems.add(key, f"must be a table {want}, got {describe(value)}")
+        return {}
+    result: dict[str, Condition] = {}
+    options = " | ".join(f'"{c.value}"' for c in Condition)
+    for name, condition in value.items():
+        try:
+            result[name] = Condition(condition)
+        except ValueError:
+            problem = f"must be one of {options}, got {describe(condition)}"
+            table.problems.add(f"{key}.{name}", problem)
+    return result
+
+
+def _check_dependencies(sidecars: list[SidecarConfig], problems: Problems) -> None:
+    """Every dependency names a sidecar of this file, not itself, and they form no cycle."""
+    index = {s.name: i for i, s in enumerate(sidecars)}
+    for i, sidecar in enumerate(sidecars):
+        for name in sidecar.depends_on:
+            if name == sidecar.name:
+                problems.add(f"sidecar[{i}].depends_on.{name}", "a sidecar cannot depend on itself")
+            elif name not in index:
+                known = ", ".join(f'"{n}"' for n in index) or "none"
+                problems.add(f"sidecar[{i}].depends_on.{name}", f"unknown sidecar (known: {known})")
+    graph = {s.name: [d for d in s.depends_on if d != s.name] for s in sidecars}
+    cycle = depends.find_cycle(graph)
+    if cycle is not None:
+        first = index[cycle[0]]
+        problems.add(f"sidecar[{first}].depends_on", "dependency cycle: " + " -> ".join(cycle))
 
 
 def parse(
@@ -289,6 +376,7 @@ def parse(
             elif sidecar.port is not None:
                 ports[sidecar.port] = sidecar.name
             sidecars.append(sidecar)
+        _check_dependencies(sidecars, problems)
     top.finish()
     if problems.items:
         raise ConfigError(path, problems.items)

@@ -30,6 +30,9 @@ class ProbeKind(StrEnum):
     TCP = "tcp"
     HTTP = "http"
     NONE = "none"
+    LOG = "log"  # a line of the child's output matches `pattern`
+    EXEC = "exec"  # `command` exits 0
+    NOTIFY = "notify"  # the child sends READY=1 to its NOTIFY_SOCKET (sd_notify)
 
 
 class HealthKind(StrEnum):
@@ -37,6 +40,16 @@ class HealthKind(StrEnum):
     TCP = "tcp"
     HTTP = "http"
     EXEC = "exec"
+    NOTIFY = "notify"  # WATCHDOG=1 at least every `watchdog` seconds
+
+
+class Condition(StrEnum):
+    """What a dependency must have reached before its dependent starts (`depends_on`)."""
+
+    STARTED = "started"  # its child is running
+    READY = "ready"  # its readiness probe passed
+    HEALTHY = "healthy"  # ready, and a health check (or watchdog ping) passed since
+    COMPLETED = "completed"  # it ran to the end and exited 0 (a one-shot task)
 
 
 class RestartPolicy(StrEnum):
@@ -58,6 +71,7 @@ class LiveAction(StrEnum):
 class ForeignAction(StrEnum):
     WAIT = "wait"
     FAIL = "fail"
+    RELOCATE = "relocate"  # start on a free port instead (the stranger is never touched)
 
 
 class ConsentMode(StrEnum):
@@ -73,6 +87,8 @@ class ReadyConfig:
     path: str = "/"
     timeout_s: float = 60.0
     interval_s: float = 0.5
+    pattern: str | None = None  # log: a regular expression searched in each output line
+    command: tuple[str, ...] = ()  # exec: argv; ready once it exits 0
 
 
 @dataclass(frozen=True)
@@ -116,6 +132,7 @@ class HealthConfig:
     interval_s: float = 10.0
     timeout_s: float = 2.0
     failures: int = 3
+    watchdog_s: float | None = None  # notify: the longest silence between two WATCHDOG=1
 
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
@@ -145,6 +162,10 @@ class SidecarConfig:
     socket: SocketConfig = SocketConfig()
     health: HealthConfig = HealthConfig()
     output: OutputConfig = OutputConfig()
+    # Name -> condition, in the order written; checked (names, cycles) by parse.
+    depends_on: Mapping[str, Condition] = field(default_factory=lambda: MappingProxyType({}))
+    env_file: Path | None = None  # read by load(); its values are already in `env`
+    auto_port: bool = False  # port = "auto": chosen at the first launch (`port` is None here)
 
     @property
     def reconciles(self) -> bool:
@@ -180,9 +201,12 @@ class Config:
     path: Path | None = None
 
     def summary(self) -> str:
-        names = ", ".join(
-            f"{s.name}" + (f" (port {s.port})" if s.port is not None else "") for s in self.sidecars
-        )
+        def port(s: SidecarConfig) -> str:
+            if s.auto_port:
+                return " (port auto)"
+            return f" (port {s.port})" if s.port is not None else ""
+
+        names = ", ".join(f"{s.name}{port(s)}" for s in self.sidecars)
         count = len(self.sidecars)
         noun = "sidecar" if count == 1 else "sidecars"
         return f"{count} {noun}" + (f": {names}" if names else "")

@@ -33,12 +33,14 @@ class SidecarActions:
         launch: Callable[[Sidecar], Awaitable[None]],
         lock: anyio.Lock,
         stopping: Callable[[], bool],
+        needs: Callable[[str], Sequence[str]] = lambda _name: (),
     ) -> None:
         self._sidecars = sidecars
         self._document = document
         self._launch = launch  # an interactive launch in the daemon's task group
         self._lock = lock
         self._stopping = stopping
+        self._needs = needs  # what a sidecar depends on, directly or not, in start order
 
     def status(self, names: Sequence[str]) -> dict[str, object]:
         self._check(names)
@@ -69,7 +71,14 @@ class SidecarActions:
                         await self._launch_again(sidecar)
                     return [_result(s, before[s.name], "restarted") for s in targets]
                 case Command.START:
+                    # `start api` also starts what api needs and is not running (a completed
+                    # task is done: it is not run again). `restart` never touches dependencies
+                    # nor dependents.
+                    needed = self._needed(targets)
+                    before.update({s.name: s.state for s in needed})
                     idle = [s for s in targets if not (s.active and s.state in RUNNING)]
+                    for sidecar in needed:
+                        await self._launch_again(sidecar)
                     # In backoff or waiting: the user asks for a launch now, an interactive one.
                     await _in_parallel([s for s in idle if s.active])
                     for sidecar in idle:
@@ -77,9 +86,23 @@ class SidecarActions:
                     return [
                         _result(s, before[s.name], "started" if s in idle else "unchanged")
                         for s in targets
-                    ]
+                    ] + [_result(s, before[s.name], "started as a dependency") for s in needed]
                 case Command.STATUS | Command.SUBSCRIBE:
                     raise ValueError(f"{cmd} is not an action")
+
+    def _needed(self, targets: Sequence[Sidecar]) -> list[Sidecar]:
+        """The dependencies of `targets` that nothing supervises now, in start order."""
+        sidecars = self._sidecars()
+        wanted = {s.name for s in targets}
+        needed: list[Sidecar] = []
+        for target in targets:
+            for name in self._needs(target.name):
+                dep = sidecars.get(name)
+                if dep is None or name in wanted or dep in needed:
+                    continue
+                if not dep.active and dep.state is not State.COMPLETED:
+                    needed.append(dep)
+        return needed
 
     def _check(self, names: Sequence[str]) -> None:
         error = protocol.unknown_names(names, list(self._sidecars()))

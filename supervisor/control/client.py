@@ -385,6 +385,7 @@ def _connect(daemon: RunningDaemon) -> socket.socket:
 # -- waiting --------------------------------------------------------------------------------------
 
 DOWN = frozenset({"failed", "exited"})
+DONE = frozenset({"ready", "completed"})  # completed: a one-shot task that exited 0 (v3)
 
 
 def _sidecars(doc: object) -> list[dict[str, object]]:
@@ -427,7 +428,7 @@ def wait_ready(
                 raise SidecarDownError(
                     name, state, str(reason) if reason else None, conn.daemon.state_dir
                 )
-        return all(records.get(name, {}).get("state") == "ready" for name in wanted)
+        return all(records.get(name, {}).get("state") in DONE for name in wanted)
 
     if check():
         return [records[name] for name in wanted]
@@ -446,7 +447,7 @@ def wait_ready(
         pending = {
             name: str(records.get(name, {}).get("state"))
             for name in wanted
-            if records.get(name, {}).get("state") != "ready"
+            if records.get(name, {}).get("state") not in DONE
         }
         raise WaitTimeoutError(timeout_s or 0.0, pending, conn.daemon.state_dir) from None
     raise NotRunningError(conn.daemon.state_dir)

@@ -36,6 +36,12 @@ def sidecar_event(
     match kind:
         case "ready":
             event["url"] = record.get("url")
+        case "waiting" if details.dependency is not None:
+            event.update(
+                dependency=details.dependency,
+                condition=details.condition,
+                reason=record.get("reason"),
+            )
         case "waiting":
             event.update(
                 port=record.get("port"),
@@ -56,7 +62,7 @@ def sidecar_event(
                 reason=record.get("reason"),
                 last_exit=record.get("last_exit"),
             )
-        case "failed" | "exited":
+        case "failed" | "exited" | "completed":
             event.update(
                 reason=record.get("reason"),
                 last_exit=record.get("last_exit"),

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
 
-from supervisor.config import RestartConfig, RestartPolicy
+from supervisor.config.schema import RestartConfig, RestartPolicy
 
 
 class State(StrEnum):
@@ -17,6 +17,7 @@ class State(StrEnum):
     WAITING = "waiting"
     FAILED = "failed"
     EXITED = "exited"
+    COMPLETED = "completed"  # exited 0 and the policy says don't restart: a one-shot task done
     STOPPING = "stopping"
     STOPPED = "stopped"
 
@@ -28,6 +29,8 @@ class Event(StrEnum):
     RETRY = "retry"  # exited or failed to start; a restart is scheduled
     GIVE_UP = "give_up"  # budget exhausted, or a foreign holder with foreign = "fail"
     FINISH = "finish"  # exited and the policy says don't restart
+    COMPLETE = "complete"  # exited 0 and the policy says don't restart
+    DEPEND = "depend"  # a dependency's condition does not hold (yet): wait for it
     STOP = "stop"  # stop requested
     STOPPED = "stopped"  # stop completed
 
@@ -36,11 +39,15 @@ _RUNNING_EXITS = {
     Event.RETRY: State.BACKOFF,
     Event.GIVE_UP: State.FAILED,
     Event.FINISH: State.EXITED,
+    Event.COMPLETE: State.COMPLETED,
 }
+# Before each launch, the sidecar waits for its dependencies (waiting -> waiting: the blocking
+# dependency or its state changed).
+_AT_REST = {Event.LAUNCH: State.STARTING, Event.DEPEND: State.WAITING, Event.STOP: State.STOPPING}
 
 TRANSITIONS: Mapping[State, Mapping[Event, State]] = MappingProxyType(
     {
-        State.STOPPED: {Event.LAUNCH: State.STARTING},
+        State.STOPPED: {Event.LAUNCH: State.STARTING, Event.DEPEND: State.WAITING},
         State.STARTING: {
             Event.READY: State.READY,
             Event.WAIT: State.WAITING,
@@ -48,10 +55,11 @@ TRANSITIONS: Mapping[State, Mapping[Event, State]] = MappingProxyType(
             Event.STOP: State.STOPPING,
         },
         State.READY: {**_RUNNING_EXITS, Event.STOP: State.STOPPING},
-        State.BACKOFF: {Event.LAUNCH: State.STARTING, Event.STOP: State.STOPPING},
-        State.WAITING: {Event.LAUNCH: State.STARTING, Event.STOP: State.STOPPING},
-        State.FAILED: {Event.LAUNCH: State.STARTING, Event.STOP: State.STOPPING},
-        State.EXITED: {Event.LAUNCH: State.STARTING, Event.STOP: State.STOPPING},
+        State.BACKOFF: _AT_REST,
+        State.WAITING: _AT_REST,
+        State.FAILED: _AT_REST,
+        State.EXITED: _AT_REST,
+        State.COMPLETED: _AT_REST,
         State.STOPPING: {Event.STOPPED: State.STOPPED},
     }
 )
@@ -122,6 +130,11 @@ def decide_after_exit(restart: RestartConfig, attempts: int, exit_info: ExitInfo
     restart_number = attempts + 1
     delay = backoff_delay_s(restart_number, restart.base_delay_s, restart.max_delay_s)
     return Decision(Event.RETRY, restart_number, delay)
+
+
+def finish_event(exit_info: ExitInfo) -> Event:
+    """The policy says don't restart: a clean exit (0) completed the task, anything else exited."""
+    return Event.COMPLETE if exit_info.clean else Event.FINISH
 
 
 def probe_delay_s(elapsed_s: float, interval_s: float) -> float:

@@ -65,6 +65,13 @@ def _last_exit(value: object) -> str:
     return f"code {code}" if code is not None else "-"
 
 
+def _depends(value: object) -> str:
+    """`db:ready,migrate:completed`, or `-`."""
+    if not isinstance(value, Mapping) or not value:
+        return "-"
+    return ",".join(f"{name}:{condition}" for name, condition in value.items())
+
+
 def render_table(doc: Mapping[str, object], now_s: float) -> str:
     """Human table: name, state, pid, port, uptime, restarts, last exit, reason."""
     daemon = doc.get("supervisor")
@@ -77,29 +84,36 @@ def render_table(doc: Mapping[str, object], now_s: float) -> str:
         lines.append(
             f"supervisor pid {daemon.get('pid')}, up {up}, config {daemon.get('config')}{where}"
         )
-    header = ("NAME", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "LAST EXIT", "REASON")
+    entries = [
+        s for s in (sidecars if isinstance(sidecars, list) else []) if isinstance(s, Mapping)
+    ]
+    # The DEPENDS column only when some sidecar has dependencies (SPEC 11.2).
+    with_deps = any(s.get("depends_on") for s in entries)
+    header: tuple[str, ...] = ("NAME", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "LAST EXIT")
+    header += ("DEPENDS", "REASON") if with_deps else ("REASON",)
     rows: list[tuple[str, ...]] = [header]
-    for sidecar in sidecars if isinstance(sidecars, list) else []:
-        if not isinstance(sidecar, Mapping):
-            continue
+    for sidecar in entries:
         since = parse_iso(sidecar.get("since"))
         uptime = (
             _duration(now_s - since)
             if sidecar.get("state") == "ready" and since is not None
             else "-"
         )
-        rows.append(
-            (
-                str(sidecar.get("name")),
-                str(sidecar.get("state")),
-                str(sidecar.get("pid") or "-"),
-                str(sidecar.get("port") or "-"),
-                uptime,
-                str(sidecar.get("restarts", 0)),
-                _last_exit(sidecar.get("last_exit")),
-                str(sidecar.get("reason") or ""),
-            )
+        row: tuple[str, ...] = (
+            str(sidecar.get("name")),
+            str(sidecar.get("state")),
+            str(sidecar.get("pid") or "-"),
+            str(sidecar.get("port") or "-"),
+            uptime,
+            str(sidecar.get("restarts", 0)),
+            _last_exit(sidecar.get("last_exit")),
         )
+        if with_deps:
+            row += (_depends(sidecar.get("depends_on")),)
+        # A child's own sd_notify STATUS= when nothing else needs saying.
+        notified = sidecar.get("notify_status")
+        reason = sidecar.get("reason") or (f"status: {notified}" if notified else "")
+        rows.append((*row, printable(str(reason))))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]
@@ -116,6 +130,8 @@ def render_event(event: Mapping[str, object]) -> str:
     match kind:
         case "ready":
             parts.append(str(event.get("url") or ""))
+        case "waiting" if event.get("dependency"):
+            parts.append(str(event.get("reason") or ""))
         case "waiting":
             parts.append(
                 f"port {event.get('port')} held by pid {event.get('holder_pid') or '?'} "
@@ -146,6 +162,8 @@ class Details(NamedTuple):
     delay_s: float | None = None  # backoff: how long until the next attempt
     next_attempt_at: float | None = None  # backoff: epoch seconds of the next attempt
     output: tuple[str, ...] = ()  # the latest lines of the child's output, oldest first
+    dependency: str | None = None  # waiting: the dependency whose condition does not hold
+    condition: str | None = None
 
 
 class Observed(Protocol):

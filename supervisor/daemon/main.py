@@ -17,7 +17,7 @@ import anyio
 from supervisor import config
 from supervisor.config import Config, LogFormat, LogLevel, SidecarConfig
 from supervisor.control.events import EventHub
-from supervisor.core import status
+from supervisor.core import depends, status
 from supervisor.daemon.statuswriter import StatusWriter
 from supervisor.errors import ForeignProcError, StateDirError, SupervisorError
 from supervisor.evidence.ledger import Ledger
@@ -199,6 +199,7 @@ class Daemon:
             stdin_is_tty=stdin_tty,
             on_change=self._sidecar_changed,
             current_sessions=self._current_sessions,
+            blocker=self._blocker,
         )
 
     def pid_record(self) -> dict[str, object]:
@@ -226,6 +227,7 @@ class Daemon:
         return status.document(daemon, [s.record() for s in self.sidecars.values()])
 
     def _sidecar_changed(self, sidecar: status.Observed) -> None:
+        self.runtime.changes.notify()  # dependents waiting on it look again
         self.status.changed()
         self.events.sidecar_changed(sidecar)
         if self.notifier.enabled:
@@ -241,10 +243,29 @@ class Daemon:
             raise RuntimeError("the daemon's task group is not running")
         return self._tg
 
-    async def _start(self, cfg: SidecarConfig, *, interactive: bool) -> Sidecar:
+    def _blocker(self, cfg: SidecarConfig) -> depends.Blocker | None:
+        """The first of `cfg.depends_on` whose condition does not hold now (depends.py)."""
+        if not cfg.depends_on:
+            return None
+        facts = {
+            s.name: depends.Facts(s.state, running=s.running, healthy=s.is_healthy)
+            for s in self.sidecars.values()
+            if s.name in cfg.depends_on
+        }
+        reasons = {name: self.sidecars[name].reason for name in facts}
+        return depends.blocker(cfg.depends_on, facts, reasons)
+
+    def _graph(self) -> dict[str, list[str]]:
+        return {s.name: list(s.config.depends_on) for s in self.sidecars.values()}
+
+    async def _start(
+        self, cfg: SidecarConfig, *, interactive: bool, auto_port: int | None = None
+    ) -> Sidecar:
         sidecar = self.sidecars.get(cfg.name)
         if sidecar is None or sidecar.config != cfg:
             sidecar = Sidecar(cfg, self.runtime)
+            if cfg.auto_port and auto_port is not None:
+                sidecar.keep_port(auto_port)  # an auto port is kept while the daemon runs
             self.sidecars[cfg.name] = sidecar
         await self._group().start(_run_sidecar, sidecar, interactive)
         return sidecar
@@ -261,6 +282,7 @@ class Daemon:
             document=self.status_document,
             launch=lambda sidecar: self._group().start(_run_sidecar, sidecar, True),
             lock=self.ops_lock,
+            needs=lambda name: depends.needs(self._graph(), name),
             stopping=lambda: self.shutting_down,
         )
         return ControlServer(
@@ -290,7 +312,7 @@ class Daemon:
     async def _stop_all(self, sidecars: list[Sidecar]) -> None:
         async with anyio.create_task_group() as tg:
             for sidecar in sidecars:
-                tg.start_soon(sidecar.stop)
+                tg.start_soon(_stop_after_dependents, sidecar, sidecars)
 
     # -- main loop -----------------------------------------------------------------------------
 
@@ -436,9 +458,10 @@ class Daemon:
         sidecars = list(self.sidecars.values())
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tg:
-                # Each stop signals its group before anything is logged.
+                # Each stop signals its group before anything is logged; dependents stop first
+                # (a sidecar nobody depends on is signalled at once).
                 for sidecar in sidecars:
-                    tg.start_soon(sidecar.stop)
+                    tg.start_soon(_stop_after_dependents, sidecar, sidecars)
                 self.notifier.stopping()
                 self.log.info("daemon_stopping", reason=reason)
                 self.events.daemon_event("daemon_stopping", reason=reason)
@@ -483,16 +506,23 @@ class Daemon:
             from supervisor.core.reload import plan_reload
 
             plan = plan_reload(self.cfg.sidecars, new.sidecars)
+            auto_ports = {n: s.port for n, s in self.sidecars.items() if s.config.auto_port}
             await self._stop_all([self.sidecars[n] for n in plan.to_stop])
             for name in plan.to_stop:
                 del self.sidecars[name]
-            # Inherited sockets stay bound unless their sidecar is gone or moves elsewhere.
+            # Inherited sockets stay bound unless their sidecar is gone or moves elsewhere (an
+            # auto port stays where it is).
+            kept = {s.name: auto_ports.get(s.name) if s.auto_port else s.port for s in new.sidecars}
             self.runtime.sockets.retain(
-                {s.name: (s.host, s.port) for s in new.sidecars if s.socket.inherit and s.port}
+                {
+                    s.name: (s.host, port)
+                    for s in new.sidecars
+                    if s.socket.inherit and (port := kept[s.name])
+                }
             )
             self.cfg = new
             started = [
-                await self._start(cfg, interactive=True)
+                await self._start(cfg, interactive=True, auto_port=auto_ports.get(cfg.name))
                 for cfg in new.sidecars
                 if cfg.name in plan.to_start
             ]
@@ -546,6 +576,15 @@ async def _run_sidecar(
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     await sidecar.run(interactive=interactive, task_status=task_status)
+
+
+async def _stop_after_dependents(sidecar: Sidecar, among: list[Sidecar]) -> None:
+    """Stop `sidecar` once every sidecar of `among` that depends on it has finished: stop runs
+    in the reverse order of start (the graph is acyclic: config validation)."""
+    for other in among:
+        if other is not sidecar and sidecar.name in other.config.depends_on:
+            await other.wait_finished()
+    await sidecar.stop()
 
 
 async def _watchdog(notifier: Notifier, interval_s: float) -> None:

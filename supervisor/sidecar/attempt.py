@@ -19,7 +19,7 @@ from typing import Protocol
 import anyio
 from structlog.typing import FilteringBoundLogger
 
-from supervisor.config import HealthKind, SidecarConfig
+from supervisor.config import HealthKind, ProbeKind, SidecarConfig
 from supervisor.core import show, status
 from supervisor.core.lifecycle import ExitInfo
 from supervisor.evidence import ledger, tags
@@ -27,7 +27,7 @@ from supervisor.reconcile.kill import KillAborted, kill_process
 from supervisor.sidecar import inherit, output, probes
 from supervisor.sidecar.outputlog import OutputLog
 from supervisor.sidecar.runtime import Runtime
-from supervisor.system import children, logs, net, procs, proctime, reaper
+from supervisor.system import children, logs, net, notifysock, procs, proctime, reaper
 from supervisor.system.statedir import SIDECAR_PID_NAME, StateDir, int_field
 
 OUTPUT_DRAIN_S = 0.5
@@ -53,6 +53,12 @@ class AttemptHost(Protocol):
 
     def output(self, line: str) -> None:
         """One line of the child's output (the latest are kept for the control API)."""
+
+    def healthy(self) -> None:
+        """Ready, and a health check (or a watchdog ping) passed: `depends_on` "healthy"."""
+
+    def notified(self, status: str | None) -> None:
+        """The child sent an sd_notify message (STATUS= is shown in status)."""
 
 
 class Attempt:
@@ -82,6 +88,10 @@ class Attempt:
         self._spawn: ledger.Spawn | None = None
         self.output_log = output_log
         self.unhealthy: str | None = None  # why, once the health checks gave up on the child
+        # Readiness the child signals itself: a line of its output, or sd_notify messages.
+        pattern = config.ready.pattern if config.ready.probe is ProbeKind.LOG else None
+        self.log_matcher = probes.LogMatcher(pattern) if pattern is not None else None
+        self.notify: notifysock.NotifySocket | None = None
 
     @property
     def name(self) -> str:
@@ -98,6 +108,17 @@ class Attempt:
         listen = self.listen
         if listen is not None:
             env.update(inherit.listen_env(self.name))
+        if wants_notify(self.config):
+            try:
+                self.notify = await anyio.to_thread.run_sync(self._bind_notify)
+            except OSError as exc:
+                self.reason = f"cannot create its NOTIFY_SOCKET: {exc.strerror or exc}"
+                self.log.error("sidecar_start_failed", reason=self.reason)
+                self.host.ended(self.reason, _last_exit(None, None))
+                return ExitInfo(code=None, signal=None, failed_start=True)
+            env["NOTIFY_SOCKET"] = self.notify.address
+            if self.config.health.watchdog_s is not None:
+                env["WATCHDOG_USEC"] = str(int(self.config.health.watchdog_s * 1_000_000))
         try:
             child = children.spawn(
                 self.config.command,
@@ -106,6 +127,7 @@ class Attempt:
                 listen_fd=listen.fd if listen is not None else None,
             )
         except children.SpawnError as exc:
+            self._close_notify()
             self.reason = str(exc)
             self.log.error("sidecar_start_failed", reason=self.reason)
             self.host.ended(self.reason, _last_exit(None, None))
@@ -120,6 +142,10 @@ class Attempt:
         try:
             async with anyio.create_task_group() as pipes:
                 pipes.start_soon(self._record_spawn, child, recorded)
+                if self.notify is not None:
+                    pipes.start_soon(
+                        self.notify.receive, child.pid, self._notified, self._notify_rejected
+                    )
                 drained = output.forward_all(
                     _pipes(child), self._output, pipes, drain=self.output_log
                 )
@@ -155,6 +181,7 @@ class Attempt:
                 else:
                     await self._forget_spawn(child)
                 self._release(child)
+                self._close_notify()
         exit_status = child.status
         return ExitInfo(
             code=exit_status.code if exit_status else None,
@@ -196,12 +223,19 @@ class Attempt:
 
             race.start_soon(watch_exit)
             timeout = self.config.ready.timeout_s
+            signal_: anyio.Event | None = None
+            if self.log_matcher is not None:
+                signal_ = self.log_matcher.matched
+            elif self.notify is not None and self.config.ready.probe is ProbeKind.NOTIFY:
+                signal_ = self.notify.ready
             with anyio.move_on_after(timeout) as probe_scope:
                 await probes.wait_ready(
                     self.config,
                     child.pid,
                     stranger,
                     listen_inode=self.listen.inode if self.listen is not None else None,
+                    signal=signal_,
+                    exec_env=self._check_env(child),
                 )
             if probe_scope.cancelled_caught:
                 failure.append(f"not ready within {timeout:g}s (ready.timeout)")
@@ -237,29 +271,82 @@ class Attempt:
 
             hold.start_soon(until_exit)
             hold.start_soon(until_held)
-            if self.config.health.probe is not HealthKind.NONE:
-                hold.start_soon(self._watch_health, child, hold.cancel_scope)
+            match self.config.health.probe:
+                case HealthKind.NONE:
+                    self.host.healthy()
+                case HealthKind.NOTIFY:
+                    hold.start_soon(self._watch_watchdog, child, hold.cancel_scope)
+                case _:
+                    hold.start_soon(self._watch_health, child, hold.cancel_scope)
         if self.unhealthy is not None and child.status is None:
             with anyio.CancelScope(shield=True):
                 # A stopped (SIGSTOP) child handles no stop signal until it is continued.
                 child.signal_group(signal.SIGCONT)
                 await child.stop(self.config.stop.signal, self.config.stop.timeout_s)
 
-    async def _watch_health(self, child: children.Child, hold: anyio.CancelScope) -> None:
+    def _check_env(self, child: children.Child) -> dict[str, str]:
+        """The environment of an exec check (readiness or health): the sidecar's, plus these."""
         env = tags.child_env(
             self.rt.base_env, self.config.env, sidecar=self.name, owner=self.rt.owner_tag
         )
         env[HEALTH_PID_ENV] = str(child.pid)
         if self.config.port is not None:
             env[HEALTH_PORT_ENV] = str(self.config.port)
+        return env
+
+    async def _watch_health(self, child: children.Child, hold: anyio.CancelScope) -> None:
+        env = self._check_env(child)
         from supervisor.sidecar import health  # only sidecars that have health checks need it
 
-        reason, failures = await health.watch(self.config, env, self.log)
+        reason, failures = await health.watch(self.config, env, self.log, self.host.healthy)
         if child.exited:
             return  # it crashed meanwhile: an exit, not a hang
         self.unhealthy = f"unhealthy: {failures} health checks failed in a row; last: {reason}"
         self.log.warning("sidecar_unhealthy", pid=child.pid, failures=failures, reason=reason)
         hold.cancel()
+
+    async def _watch_watchdog(self, child: children.Child, hold: anyio.CancelScope) -> None:
+        """`health.probe = "notify"`: a child silent for `watchdog` seconds is unhealthy."""
+        notify, watchdog_s = self.notify, self.config.health.watchdog_s
+        if notify is None or watchdog_s is None:
+            raise ValueError("a notify health check needs its socket and watchdog")
+        while True:
+            with anyio.move_on_after(watchdog_s) as silence:
+                await notify.pinged()
+            if silence.cancelled_caught:
+                break
+            self.host.healthy()
+        if child.exited:
+            return
+        self.unhealthy = f"unhealthy: no WATCHDOG=1 within {watchdog_s:g}s (health.watchdog)"
+        self.log.warning("sidecar_unhealthy", pid=child.pid, failures=1, reason=self.unhealthy)
+        hold.cancel()
+
+    # -- sd_notify -----------------------------------------------------------------------------
+
+    def _bind_notify(self) -> notifysock.NotifySocket:
+        with self.state.subdir(self.name, create=True):
+            pass  # the sidecar's folder exists (0700), for its socket
+        return notifysock.NotifySocket.bind(self.state.path / self.name)
+
+    def _close_notify(self) -> None:
+        if self.notify is not None:
+            self.notify.close()
+
+    def _notified(self, fields: dict[str, str]) -> None:
+        notify = self.notify
+        if notify is None:
+            return
+        if "STATUS" in fields or "READY" in fields:
+            self.log.info(
+                "sidecar_notified",
+                ready=fields.get("READY") == "1",
+                status=notify.status,
+            )
+        self.host.notified(notify.status)
+
+    def _notify_rejected(self, sender: int | None, why: str) -> None:
+        self.log.warning("notify_rejected", sender_pid=sender, reason=why)
 
     def _child_ended(self, child: children.Child, failed_start: bool) -> None:
         """The leader exited: kill what is left of its group, reap, record the exit."""
@@ -406,6 +493,8 @@ class Attempt:
             self.log.info("pidfile_removed", path=self._pidfile_path)
 
     def _output(self, stream: str, line: str, truncated: bool) -> None:
+        if self.log_matcher is not None:
+            self.log_matcher.feed(line)
         if self.output_log is not None:
             self.output_log.write(stream, line, truncated)
         self.host.output(line)
@@ -416,6 +505,11 @@ class Attempt:
 
 
 EXITED_EARLY = "exited before becoming ready"
+
+
+def wants_notify(config: SidecarConfig) -> bool:
+    """The child gets a NOTIFY_SOCKET: its readiness or its liveness is told through it."""
+    return config.ready.probe is ProbeKind.NOTIFY or config.health.probe is HealthKind.NOTIFY
 
 
 def _left_on_port(child_pid: int, child_created: float, port: int) -> list[tuple[int, float]]:

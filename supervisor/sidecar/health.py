@@ -10,26 +10,22 @@ process group before anything else happens to the sidecar.
 
 from __future__ import annotations
 
-import signal
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import assert_never
 
 import anyio
 from structlog.typing import FilteringBoundLogger
 
 from supervisor.config import HealthKind, SidecarConfig
-from supervisor.core import show
-from supervisor.sidecar import output, probes
-from supervisor.system import children
-
-KILL_WAIT_S = 2.0  # after SIGKILL to a check's group: how long its members may take to vanish
-OUTPUT_DRAIN_S = 0.2  # a check's last words, after it exited
-REASON_CAP = 200  # characters of a check's output quoted in a failure reason
+from supervisor.sidecar import probes
+from supervisor.sidecar.execcheck import run_exec
 
 
 async def watch(
-    config: SidecarConfig, env: Mapping[str, str], log: FilteringBoundLogger
+    config: SidecarConfig,
+    env: Mapping[str, str],
+    log: FilteringBoundLogger,
+    on_pass: Callable[[], None] | None = None,
 ) -> tuple[str, int]:
     """Check until `failures` consecutive checks failed; return (last reason, failures).
 
@@ -46,6 +42,8 @@ async def watch(
         # far, one interval from now (never two checks back to back).
         due = max(due + health.interval_s, anyio.current_time())
         if reason is None:
+            if on_pass is not None:
+                on_pass()
             if failures:
                 log.info("health_check_recovered", failures=failures)
                 failures = 0
@@ -67,7 +65,7 @@ async def check(config: SidecarConfig, env: Mapping[str, str]) -> str | None:
             return await probes.http_failure(config.host, _port(config), health.path, timeout_s)
         case HealthKind.EXEC:
             return await run_exec(health.command, cwd=config.cwd, env=env, timeout_s=timeout_s)
-        case HealthKind.NONE:
+        case HealthKind.NONE | HealthKind.NOTIFY:  # notify: the watchdog (attempt.py) judges
             return None
         case _:
             assert_never(health.probe)
@@ -77,57 +75,3 @@ def _port(config: SidecarConfig) -> int:
     if config.port is None:  # config validation makes tcp and http checks need a port
         raise ValueError(f"sidecar {config.name}: a {config.health.probe} check needs a port")
     return config.port
-
-
-async def run_exec(
-    argv: Sequence[str], *, cwd: Path | None, env: Mapping[str, str], timeout_s: float
-) -> str | None:
-    """Run `argv` (no shell) in a session of its own: None on exit 0 within `timeout_s`.
-
-    Whatever happens (timeout, cancellation), no process of its group survives this call.
-    """
-    try:
-        child = children.spawn(argv, cwd=cwd, env=env)
-    except children.SpawnError as exc:
-        return str(exc)
-    said: list[str] = []
-
-    def keep_last(_stream: str, line: str, _truncated: bool) -> None:
-        if line.strip():
-            said[:] = [line.strip()]
-
-    pipes = [
-        (stream.fileno(), name)
-        for stream, name in ((child.popen.stdout, "stdout"), (child.popen.stderr, "stderr"))
-        if stream is not None
-    ]
-    try:
-        async with anyio.create_task_group() as tg:
-            drained = output.forward_all(pipes, keep_last, tg)
-            with anyio.move_on_after(timeout_s) as scope:
-                await child.wait_exit()
-            if scope.cancelled_caught:
-                with anyio.CancelScope(shield=True):
-                    await child.stop(signal.SIGKILL, KILL_WAIT_S)
-                result: str | None = (
-                    f"no result within {timeout_s:g}s; killed it and its process group"
-                )
-            else:
-                status = child.finish()  # SIGKILL to what is left of its group, then reap
-                if status.code == 0:
-                    result = None
-                elif status.signal is not None:
-                    result = f"killed by {show.signal_name(status.signal)}"
-                else:
-                    result = f"exited with code {status.code}"
-            with anyio.move_on_after(OUTPUT_DRAIN_S):
-                await drained.wait()
-            tg.cancel_scope.cancel()
-    finally:
-        with anyio.CancelScope(shield=True):
-            if child.status is None:  # cancelled mid-check: the sidecar is being stopped
-                await child.stop(signal.SIGKILL, KILL_WAIT_S)
-            child.close()
-    if result is not None and said:
-        result += f": {show.printable(said[0], REASON_CAP)}"
-    return result

@@ -89,6 +89,7 @@ async def bind(host: str, port: int) -> ListenSocket:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind(sockaddr)
         sock.listen(BACKLOG)
+        port = int(sock.getsockname()[1])  # port 0 (`port = "auto"`): the one the kernel chose
     except OSError as exc:
         sock.close()
         reason = exc.strerror or str(exc)

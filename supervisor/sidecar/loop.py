@@ -13,10 +13,12 @@ import anyio
 from structlog.typing import FilteringBoundLogger
 
 from supervisor.config import SidecarConfig
+from supervisor.config.expand import for_launch
 from supervisor.core import status
-from supervisor.core.lifecycle import Event, State, decide_after_exit, next_state
+from supervisor.core.depends import Blocker
+from supervisor.core.lifecycle import Event, State, decide_after_exit, finish_event, next_state
 from supervisor.reconcile.preflight import Action, Context, Outcome, preflight
-from supervisor.sidecar import inherit
+from supervisor.sidecar import inherit, ports
 from supervisor.sidecar.attempt import Attempt, read_recorded_pid
 from supervisor.sidecar.outputlog import OutputLog
 from supervisor.sidecar.runtime import Runtime
@@ -24,7 +26,8 @@ from supervisor.system import children, exitwatch, logs, net, proctime
 
 WAIT_POLL_S = 1.0
 # The outcomes of a launch (SPEC 7: READY=1 once every sidecar's first launch has one).
-SETTLED = frozenset({State.READY, State.WAITING, State.FAILED, State.EXITED})
+SETTLED = frozenset({State.READY, State.WAITING, State.FAILED, State.EXITED, State.COMPLETED})
+AT_REST = (State.FAILED, State.EXITED, State.COMPLETED)  # no task supervises it any more
 
 
 def _exit_handle(pid: int | None) -> exitwatch.ExitHandle | None:
@@ -61,6 +64,27 @@ class Sidecar:
         self._finished.set()
         self._settled = anyio.Event()
         self._settled.set()
+        # The port it serves on: the configured one, or one chosen (port = "auto") or moved to
+        # (reclaim.foreign = "relocate") while the daemon runs; kept across its restarts.
+        self.port: int | None = config.port
+        self.launch = self._launch_config()
+        self.is_healthy = False  # depends_on "healthy": a check or watchdog ping passed since ready
+        self.notify_status: str | None = None  # the child's latest STATUS= (sd_notify)
+        self.waiting_for: Blocker | None = None  # the dependency it waits for
+
+    def keep_port(self, port: int) -> None:
+        """Serve on `port` (an auto port chosen by the sidecar this one replaces)."""
+        self.port = port
+        self.launch = self._launch_config()
+
+    def _launch_config(self) -> SidecarConfig:
+        return for_launch(self.config, port=self.port, state_dir=str(self.rt.state.path))
+
+    @property
+    def running(self) -> bool:
+        """A child of it is alive (depends_on "started")."""
+        attempt = self.attempt
+        return attempt is not None and attempt.child is not None and attempt.child.status is None
 
     @property
     def name(self) -> str:
@@ -74,7 +98,8 @@ class Sidecar:
         interactive: bool,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Supervise until stopped (cancelled) or until a terminal state (failed, exited)."""
+        """Supervise until stopped (cancelled) or until a terminal state (failed, exited,
+        completed)."""
         self._finished = anyio.Event()
         self._settled = anyio.Event()
         # output.log spans the restarts of one run; its file is opened with the first line.
@@ -115,7 +140,7 @@ class Sidecar:
         if self._scope is not None:
             self._scope.cancel()
         await self._finished.wait()
-        if self.state in (State.FAILED, State.EXITED):
+        if self.state in AT_REST:
             self._transition(Event.STOP)
             self._transition(Event.STOPPED)
 
@@ -128,16 +153,82 @@ class Sidecar:
         self.attempts = 0
 
     def kill_now(self) -> None:
-        """Second SIGTERM: SIGKILL the child's whole group at once (its stop then completes)."""
+        """Second SIGTERM (or the shutdown bound): SIGKILL the child's whole group at once (its
+        stop then completes). The supervision ends too: a sidecar whose stop had not begun yet
+        (it waits for its dependents to stop first) must not restart what was just killed."""
         if self.attempt is not None:
             self.attempt.kill_now()
+        if self._scope is not None:
+            self._scope.cancel()
 
     # -- the supervision loop ------------------------------------------------------------------
 
+    async def _await_dependencies(self) -> None:
+        """Until every `depends_on` condition holds: `waiting`, with the dependency named."""
+        while (blocker := self.rt.blocker(self.config)) is not None:
+            if blocker != self.waiting_for:
+                before, self.waiting_for = self.waiting_for, blocker
+                # Logged once per dependency it waits for; its reason follows the dependency's
+                # state (status, events) without a log line each time.
+                if before is None or (before.dependency, before.condition) != (
+                    blocker.dependency,
+                    blocker.condition,
+                ):
+                    self.log.info(
+                        "sidecar_waiting_dependency",
+                        dependency=blocker.dependency,
+                        condition=blocker.condition.value,
+                        dependency_state=blocker.state.value if blocker.state else None,
+                    )
+                self._transition(Event.DEPEND, reason=blocker.reason)
+            if blocker.settled:
+                self._settled.set()  # its dependency has an outcome: so has this launch
+            await self.rt.changes.wait()
+        if self.waiting_for is not None:
+            self.waiting_for = None
+            self.log.info("sidecar_dependencies_met")
+
+    async def _choose_port(self) -> None:
+        """`port = "auto"` at its first launch: a free port, kept while the daemon runs."""
+        if not self.config.auto_port or self.port is not None:
+            return
+        self.port, _ = await ports.take_free_port(self.config, self.rt.sockets)
+        self.launch = self._launch_config()
+        self.log.info("sidecar_port_chosen", port=self.port, url=self.launch.url)
+
+    async def _relocate(self, outcome: Outcome) -> bool:
+        """`reclaim.foreign = "relocate"`: a stranger holds the port, move to a free one."""
+        if self.port is None:
+            return False
+        from_port = self.port
+        moved = await ports.relocate(self.config, self.rt.sockets, from_port, outcome, self.log)
+        if moved is None:
+            return False
+        self.port = moved
+        self.launch = self._launch_config()
+        self.log.warning(
+            "sidecar_relocated",
+            port=moved,
+            from_port=from_port,
+            url=self.launch.url,
+            holder_pid=outcome.holder_pid,
+        )
+        return True
+
     async def _supervise(self, interactive: bool) -> None:
         while True:
+            self.is_healthy = False
+            await self._await_dependencies()
             self._transition(Event.LAUNCH, reason=None)
+            try:
+                await self._choose_port()
+            except inherit.BindError as exc:
+                self.log.error("sidecar_start_failed", reason=str(exc))
+                self._transition(Event.GIVE_UP, reason=str(exc))
+                return
             outcome = await self._preflight(interactive)
+            if await self._relocate(outcome):
+                outcome = await self._preflight(interactive)
             if outcome.action is Action.WAIT:
                 verdict = outcome.verdict.value if outcome.verdict else None
                 self.holder = (outcome.holder_pid, verdict)
@@ -157,18 +248,16 @@ class Sidecar:
                 self._transition(Event.GIVE_UP, reason=outcome.reason)
                 return
             listen: inherit.ListenSocket | None = None
-            if self.config.socket.inherit and self.config.port is not None:
+            if self.config.socket.inherit and self.port is not None:
                 try:
-                    listen = await self.rt.sockets.acquire(
-                        self.name, self.config.host, self.config.port
-                    )
+                    listen = await self.rt.sockets.acquire(self.name, self.config.host, self.port)
                 except inherit.BindError as exc:
                     if not await self._bind_failed(exc):
                         return
                     interactive = False
                     continue
             self.attempt = Attempt(
-                self.config,
+                self.launch,
                 self.rt,
                 host=self,
                 log=self.log,
@@ -212,7 +301,10 @@ class Sidecar:
                     self._transition(Event.GIVE_UP, reason=reason)
                     return
                 case _:
-                    self._transition(Event.FINISH, reason=self.reason)
+                    event = finish_event(exit_info)
+                    if event is Event.COMPLETE:
+                        self.log.info("sidecar_completed", code=exit_info.code)
+                    self._transition(event, reason=self.reason)
                     return
 
     async def _bind_failed(self, exc: inherit.BindError) -> bool:
@@ -244,11 +336,11 @@ class Sidecar:
             ledger=self.rt.ledger,
             own_inodes=self.rt.sockets.inodes,
         )
-        return await preflight(self.config, interactive=interactive, ctx=ctx, log=self.log)
+        return await preflight(self.launch, interactive=interactive, ctx=ctx, log=self.log)
 
     async def _wait_for_port(self, outcome: Outcome) -> None:
-        if self.config.port is not None:
-            await wait_for_port(self.config.port, outcome, self.log)
+        if self.port is not None:
+            await wait_for_port(self.port, outcome, self.log)
 
     # -- what the attempt reports (AttemptHost) ------------------------------------------------
 
@@ -274,9 +366,19 @@ class Sidecar:
     def output(self, line: str) -> None:
         self.recent_output.append(line[: status.OUTPUT_LINE_CAP])
 
+    def healthy(self) -> None:
+        if not self.is_healthy:
+            self.is_healthy = True
+            self.rt.on_change(self)
+
+    def notified(self, status: str | None) -> None:
+        if status != self.notify_status:
+            self.notify_status = status
+            self.rt.on_change(self)
+
     def _settle_stopped(self) -> None:
         """After the supervision task ends: a cancelled sidecar rests in `stopped`."""
-        if self.state in (State.FAILED, State.EXITED, State.STOPPED):
+        if self.state in (*AT_REST, State.STOPPED):
             return
         if self.state is not State.STOPPING:
             self.log.info("sidecar_stopping", pid=None, signal=self.config.stop.signal.name)
@@ -305,17 +407,28 @@ class Sidecar:
             "pid": child.pid if child is not None and child.status is None else None,
             # Known once ready (see Child.create_time); never read here before.
             "create_time": ready_child.create_time if ready_child else None,
-            "port": self.config.port,
-            "url": self.config.url,
+            "port": self.port,
+            "url": self.launch.url,
             "attempts": self.attempts,
             "restarts": self.restarts,
             "since": status.iso_utc(self.since),
             "last_exit": self.last_exit,
             "reason": self.reason,
+            "depends_on": {name: c.value for name, c in self.config.depends_on.items()},
+            "waiting_for": (
+                {
+                    "dependency": self.waiting_for.dependency,
+                    "condition": self.waiting_for.condition.value,
+                }
+                if self.waiting_for is not None and self.state is State.WAITING
+                else None
+            ),
+            "notify_status": self.notify_status,
         }
 
     def details(self) -> status.Details:
         """What the control API's event for the current state carries beyond `record()`."""
+        waiting = self.waiting_for if self.state is State.WAITING else None
         return status.Details(
             holder_pid=self.holder[0],
             verdict=self.holder[1],
@@ -324,6 +437,8 @@ class Sidecar:
             delay_s=self.next_attempt[0] if self.next_attempt else None,
             next_attempt_at=self.next_attempt[1] if self.next_attempt else None,
             output=tuple(self.recent_output),
+            dependency=waiting.dependency if waiting is not None else None,
+            condition=waiting.condition.value if waiting is not None else None,
         )
 
 

@@ -1,4 +1,6 @@
-"""Readiness probes (tcp, http) that also prove the listener is our child's, not a stranger's.
+"""Readiness probes (tcp, http) that also prove the listener is our child's, not a stranger's;
+and the signals a child gives itself (v3): a line of its output (`log`), a command that exits 0
+(`exec`), an sd_notify READY=1 (`notify`, see notifysock.py).
 
 With an inherited socket (`socket.inherit`) the daemon's own socket accepts connections into
 its backlog before the child serves, so a connect proves nothing: the tcp probe waits until
@@ -7,9 +9,10 @@ the child's tree has accepted the probe's own connection, the http probe until i
 
 from __future__ import annotations
 
+import re
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import anyio
 from anyio.abc import SocketAttribute
@@ -84,17 +87,58 @@ def listener_is_ours(port: int, child_pid: int) -> bool:
     return bool(net.pids_listening(port, tree))
 
 
+class LogMatcher:
+    """`probe = "log"`: set `matched` at the first output line the pattern is found in."""
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = re.compile(pattern)
+        self.matched = anyio.Event()
+
+    def feed(self, line: str) -> None:
+        if not self.matched.is_set() and self.pattern.search(line):
+            self.matched.set()
+
+
+EXEC_CHECK_CAP_S = 10.0  # one readiness command may take this long at most (then killed)
+
+
+async def exec_ready(config: SidecarConfig, env: Mapping[str, str]) -> None:
+    """`probe = "exec"`: run `ready.command` until it exits 0. Each run is bounded (and killed
+    with its process group past the bound, or when the caller's ready.timeout cancels it)."""
+    from supervisor.sidecar import execcheck  # a command in its own session, group killed
+
+    started = time.monotonic()
+    bound = min(EXEC_CHECK_CAP_S, config.ready.timeout_s)
+    command = config.ready.command
+    while await execcheck.run_exec(command, cwd=config.cwd, env=env, timeout_s=bound):  # noqa: ASYNC110 - polling is what an exec probe is
+        await anyio.sleep(probe_delay_s(time.monotonic() - started, config.ready.interval_s))
+
+
 async def wait_ready(
     config: SidecarConfig,
     child_pid: int,
     on_stranger: Callable[[], None] | None = None,
     *,
     listen_inode: int | None = None,
+    signal: anyio.Event | None = None,
+    exec_env: Mapping[str, str] | None = None,
 ) -> None:
     """Return once the sidecar is ready; the caller bounds the wait (ready.timeout).
 
-    `listen_inode`: the inherited socket the child got as fd 3 (socket.inherit).
+    `listen_inode`: the inherited socket the child got as fd 3 (socket.inherit). `signal`: set
+    by the child itself (a log line matched, READY=1 received) for `log` and `notify`.
     """
+    match config.ready.probe:
+        case ProbeKind.LOG | ProbeKind.NOTIFY:
+            if signal is None:
+                raise ValueError(f"a {config.ready.probe} probe needs its signal")
+            await signal.wait()
+            return
+        case ProbeKind.EXEC:
+            await exec_ready(config, exec_env or {})
+            return
+        case _:
+            pass
     if config.ready.probe is ProbeKind.NONE or config.port is None:
         return
     port = config.port

@@ -7,10 +7,33 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from supervisor.config import SidecarConfig
+from supervisor.core.depends import Blocker
 from supervisor.core.status import Observed
 from supervisor.evidence.ledger import Ledger
 from supervisor.sidecar.inherit import Sockets
 from supervisor.system.statedir import StateDir
+
+
+class Changes:
+    """Wakes whoever waits for some sidecar's state to change (a dependency wait)."""
+
+    def __init__(self) -> None:
+        self._event: anyio.Event | None = None  # made on the event loop, when first needed
+
+    def notify(self) -> None:
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+    async def wait(self) -> None:
+        if self._event is None:
+            self._event = anyio.Event()
+        await self._event.wait()
+
+
+def _no_blocker(_config: SidecarConfig) -> Blocker | None:
+    return None
 
 
 @dataclass
@@ -28,3 +51,6 @@ class Runtime:
     # Session id -> sidecar name for every current child (the classifier's rule 0).
     current_sessions: Callable[[], Mapping[int, str]] = dict
     sockets: Sockets = field(default_factory=Sockets)  # socket.inherit: outlive every attempt
+    # depends_on: the first unmet dependency of a sidecar, and the wake-up when any changes.
+    blocker: Callable[[SidecarConfig], Blocker | None] = _no_blocker
+    changes: Changes = field(default_factory=Changes)

@@ -147,7 +147,9 @@ def test_readiness_held_for_reset_after_resets_the_attempt_count(tmp_path: Path)
         assert daemon.stop() == 0
 
 
-def test_on_failure_policy_with_clean_exit_goes_to_exited(tmp_path: Path) -> None:
+def test_on_failure_policy_with_clean_exit_goes_to_completed(tmp_path: Path) -> None:
+    """Exit 0 where the policy says don't restart: the task is done, `completed` (SPEC 11.2;
+    before v3 this state was `exited`, which now means a non-zero exit or a signal)."""
     port = free_port()
     sidecar = demo_sidecar(
         "done",
@@ -164,11 +166,13 @@ def test_on_failure_policy_with_clean_exit_goes_to_exited(tmp_path: Path) -> Non
         status_file = tmp_path / "state" / "status.json"
         wait_until(
             lambda: (
-                status_file.exists() and read_json(status_file)["sidecars"][0]["state"] == "exited"
+                status_file.exists()
+                and read_json(status_file)["sidecars"][0]["state"] == "completed"
             ),
             10.0,
-            "the sidecar to rest in exited",
+            "the sidecar to rest in completed",
         )
+        assert daemon.find("sidecar_completed", code=0)
         assert not daemon.find("restart_scheduled")
         assert len(daemon.find("sidecar_spawned")) == 1
         assert daemon.stop() == 0

@@ -194,7 +194,8 @@ BAD_CONFIGS = [
     bad(
         "ready-probe-enum",
         PORTED + '[sidecar.ready]\nprobe = "udp"\n',
-        'sidecar[0].ready.probe: must be one of "tcp" | "http" | "none", got "udp"',
+        'sidecar[0].ready.probe: must be one of "tcp" | "http" | "none" | "log" | "exec" | '
+        '"notify", got "udp"',
     ),
     bad(
         "ready-http-without-port",
@@ -318,7 +319,7 @@ BAD_CONFIGS = [
     bad(
         "reclaim-foreign-enum",
         PORTED + '[sidecar.reclaim]\nforeign = "kill"\n',
-        'sidecar[0].reclaim.foreign: must be one of "wait" | "fail", got "kill"',
+        'sidecar[0].reclaim.foreign: must be one of "wait" | "fail" | "relocate", got "kill"',
     ),
     bad(
         "reclaim-consent-enum",
@@ -349,7 +350,8 @@ BAD_CONFIGS = [
     bad(
         "health-probe-enum",
         PORTED + '[sidecar.health]\nprobe = "grpc"\n',
-        'sidecar[0].health.probe: must be one of "none" | "tcp" | "http" | "exec", got "grpc"',
+        'sidecar[0].health.probe: must be one of "none" | "tcp" | "http" | "exec" | "notify", '
+        'got "grpc"',
     ),
     bad(
         "health-http-without-port",

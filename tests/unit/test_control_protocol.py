@@ -113,6 +113,8 @@ RECORD = {
                     "output": ["one", "two"]}),
         ("exited", {"reason": "exited with code 1", "last_exit": RECORD["last_exit"],
                     "output": ["one", "two"]}),
+        ("completed", {"reason": "exited with code 1", "last_exit": RECORD["last_exit"],
+                       "output": ["one", "two"]}),
         ("stopped", {}),
         ("spawned", {}),
     ],
@@ -133,6 +135,17 @@ def test_sidecar_events_carry_the_fields_of_their_kind(
     base = {"event": kind, "sidecar": "web", "state": "ready", "pid": 12}
     assert event == {**base, "at": "2026-01-01T00:00:00.000Z", **fields}
     assert json.loads(protocol.encode(event)) == event
+
+
+def test_a_dependency_wait_event_names_the_dependency_not_a_port_holder() -> None:
+    details = Details(dependency="db", condition="ready")
+    record = {**RECORD, "state": "waiting", "reason": 'waiting for "db" to be ready (it is failed)'}
+    event = events.sidecar_event("waiting", record, details, 1767225600.0)
+    assert event == {
+        "event": "waiting", "sidecar": "web", "state": "waiting", "pid": 12,
+        "at": "2026-01-01T00:00:00.000Z", "dependency": "db", "condition": "ready",
+        "reason": 'waiting for "db" to be ready (it is failed)',
+    }  # fmt: skip
 
 
 def test_iso_utc_ms() -> None:

@@ -20,6 +20,7 @@ LONG_MODULES: dict[str, str] = {
     "supervisor.daemon.main": "one Daemon: start-up, the signal loop, reload and shutdown in order",
     "supervisor.control.client": "every command's request, its errors and discovery of daemons",
     "supervisor.sidecar.attempt": "one attempt's whole life: spawn, readiness, hold, end",
+    "supervisor.sidecar.loop": "the restart loop and each wait it can be in (port, dependency)",
 }
 
 

@@ -43,6 +43,17 @@ VALID = {
     (S.EXITED, E.LAUNCH): S.STARTING,
     (S.EXITED, E.STOP): S.STOPPING,
     (S.STOPPING, E.STOPPED): S.STOPPED,
+    # v3: one-shot tasks complete; a launch first waits for the sidecar's dependencies.
+    (S.STARTING, E.COMPLETE): S.COMPLETED,
+    (S.READY, E.COMPLETE): S.COMPLETED,
+    (S.COMPLETED, E.LAUNCH): S.STARTING,
+    (S.COMPLETED, E.STOP): S.STOPPING,
+    (S.STOPPED, E.DEPEND): S.WAITING,
+    (S.BACKOFF, E.DEPEND): S.WAITING,
+    (S.WAITING, E.DEPEND): S.WAITING,
+    (S.FAILED, E.DEPEND): S.WAITING,
+    (S.EXITED, E.DEPEND): S.WAITING,
+    (S.COMPLETED, E.DEPEND): S.WAITING,
 }
 INVALID = [pair for pair in itertools.product(State, Event) if pair not in VALID]
 
