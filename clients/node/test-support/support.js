@@ -43,9 +43,18 @@ export function freePort() {
 }
 
 // A short temporary folder (Unix socket paths are limited) with a config of one demo dashboard.
+// `defer(fn)` registers a clean-up: they run last-in first-out, and the folder is removed only
+// after all of them (a daemon still running would write into it as it is removed).
 export async function setup(t) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ssc-'));
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const cleanups = [];
+  t.after(async () => {
+    try {
+      for (const cleanup of cleanups.reverse()) await cleanup();
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true, maxRetries: 5 });
+    }
+  });
   const port = await freePort();
   const config = path.join(dir, 'supervisor.toml');
   fs.writeFileSync(
@@ -63,7 +72,8 @@ export async function setup(t) {
       '',
     ].join('\n'),
   );
-  return { dir, config, stateDir: path.join(dir, 'state'), port, logFile: path.join(dir, 'supervisor.log') };
+  const defer = (cleanup) => cleanups.push(cleanup);
+  return { dir, config, stateDir: path.join(dir, 'state'), port, logFile: path.join(dir, 'supervisor.log'), defer };
 }
 
 export function healthy(url) {
