@@ -81,3 +81,42 @@ def test_npm_pack_makes_a_package_with_its_types_that_installs_and_imports(tmp_p
         cwd=app, capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     assert json.loads(done.stdout) == ["function", "x", 75]
+
+
+@pytest.mark.skipif(NODE is None or NPM is None, reason="no node and npm on this machine")
+def test_the_type_declarations_compile_under_strict_typescript(tmp_path: Path) -> None:
+    """index.d.ts against an app's use of every name (test-support/types-check.ts), with the
+    TypeScript compiler from the npm registry; and a wrong use is rejected (the check bites)."""
+    assert NPM is not None
+    env = {**os.environ, "npm_config_cache": str(tmp_path / "npm-cache")}
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "package.json").write_text('{"name": "tools", "private": true}')
+    installed = subprocess.run(
+        [NPM, "install", "--no-audit", "--no-fund", "typescript@5", "@types/node@20"],
+        cwd=tools, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    if installed.returncode != 0:
+        pytest.skip(f"typescript could not be installed from the npm registry: {installed.stderr}")
+    app = tmp_path / "app"
+    (app / "node_modules").mkdir(parents=True)
+    (app / "package.json").write_text('{"name": "app", "private": true, "type": "module"}')
+    (app / "node_modules" / "@types").symlink_to(tools / "node_modules" / "@types")
+    (app / "node_modules" / "sidecar-supervisor-client").symlink_to(PACKAGE)
+    for name in ("types-check.ts", "tsconfig.json"):
+        shutil.copy(PACKAGE / "test-support" / name, app / name)
+    tsc = [str(tools / "node_modules" / ".bin" / "tsc"), "-p", "tsconfig.json"]
+
+    def compile_app() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            tsc, cwd=app, capture_output=True, text=True, timeout=300, check=False
+        )
+
+    good = compile_app()
+    assert good.returncode == 0, good.stdout + good.stderr
+    source = (app / "types-check.ts").read_text()
+    (app / "types-check.ts").write_text(
+        source.replace("const code: 75 = EXIT_LOCKED;", "const code: 76 = EXIT_LOCKED;")
+    )
+    bad = compile_app()
+    assert bad.returncode != 0 and "TS2322" in bad.stdout, bad.stdout
