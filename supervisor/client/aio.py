@@ -1,4 +1,4 @@
-"""The async client (anyio: asyncio or trio): the same verbs as the blocking one, events as an
+"""The async client (on anyio; tested on asyncio): the same verbs as the blocking one, events as an
 async iterator. Finding or launching the daemon is blocking work: it runs in a worker thread.
 """
 

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import anyio
@@ -67,6 +68,22 @@ def test_a_second_launch_attaches_and_connect_finds_it_by_state_dir(tmp_path: Pa
         with Client.connect(state) as third:
             assert third.status()["dashboard"].pid == ready.pid
         assert first.status()["dashboard"].pid == ready.pid  # attached ones stop nothing
+
+
+def test_three_racing_launches_make_one_daemon_and_two_attach(tmp_path: Path) -> None:
+    config, state, _ = setup(tmp_path)
+    with ThreadPoolExecutor(3) as pool:
+        clients = list(pool.map(lambda _: Client.launch(state, config=config), range(3)))
+    try:
+        assert sorted(c.launched for c in clients) == [False, False, True]
+        assert len({c.daemon.pid for c in clients}) == 1
+        for client in clients:
+            (ready,) = client.wait(timeout_s=60)
+            assert ready.ready
+    finally:
+        for client in sorted(clients, key=lambda c: c.launched):  # the launcher last
+            client.close()
+    assert all(c.child is None or c.child.poll() is not None for c in clients)
 
 
 def test_connect_without_a_state_dir_finds_the_one_daemon_of_the_registry(tmp_path: Path) -> None:
