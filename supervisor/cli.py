@@ -306,6 +306,12 @@ def _known_ledgers(state_dir_arg: str | None) -> list[diagnose.Known]:
     return known
 
 
+def _cmd_mcp(args: argparse.Namespace) -> int:
+    from supervisor import mcp  # the optional MCP SDK: only here
+
+    return mcp.serve(args.config, args.state_dir, _known_ledgers)
+
+
 def _cmd_service(args: argparse.Namespace) -> int:
     from supervisor import service
 
@@ -554,6 +560,13 @@ def build_parser() -> argparse.ArgumentParser:
     port.add_argument(
         "--json", action="store_true", help="print the holders and verdicts as one JSON object"
     )
+
+    mcp = command(
+        "mcp",
+        _cmd_mcp,
+        "serve the Model Context Protocol on stdio, for coding agents (needs the [mcp] extra)",
+    )
+    daemon_opts(mcp)
 
     service = command("service", _cmd_service, "print, install or uninstall a user service")
     service.add_argument(

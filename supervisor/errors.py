@@ -176,6 +176,32 @@ class NoAnswerError(ControlError):
         )
 
 
+class RequestRefusedError(ControlError):
+    """The daemon answered a control request with an error (`code`: its error code)."""
+
+    def __init__(self, state_dir: Path, code: str, detail: str) -> None:
+        self.code = code
+        self.detail = detail
+        super().__init__(state_dir, f"the supervisor refused the request ({code}): {detail}")
+
+
+class LaunchFailedError(SupervisorError):
+    """A client's `supervisor run` exited before it served (other than 75: it attaches then)."""
+
+    exit_code = EXIT_INTERNAL
+
+    def __init__(self, state_dir: Path, returncode: int, log_file: Path, last_line: str) -> None:
+        self.state_dir = state_dir
+        self.returncode = returncode
+        self.log_file = log_file
+        self.last_line = last_line
+        said = f": {last_line}" if last_line else ""
+        super().__init__(
+            f"supervisor run for {state_dir} exited with {returncode}{said}; "
+            f"see its log {log_file}"
+        )
+
+
 class StillStoppingError(SupervisorError):
     """`stop NAME --wait S`: the sidecars were not stopped in time (they are still stopping)."""
 

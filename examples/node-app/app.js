@@ -1,18 +1,26 @@
-'use strict';
 // A desktop app's main process in miniature: it runs its dashboard under sidecar-supervisor,
 // learns when the dashboard is ready and where (through the control socket, not the log),
-// restarts it on demand, and after being killed and launched again gets it back.
+// restarts it on demand, and after being killed and launched again gets it back. When it shares
+// the daemon with another instance of the app and that instance dies (taking the daemon with
+// it), this one launches it again (the client's take-over).
 //
 //   node app.js [--config supervisor.toml] [--state-dir DIR]
 //
 // Environment: SUPERVISOR_COMMAND, the supervisor's argv as JSON (default ["supervisor"]).
 // Commands on stdin, one per line: "restart", "status", "quit". Everything it learns goes to
 // stdout as one JSON object per line.
+//
+// It uses clients/node (the npm package sidecar-supervisor-client, a `file:` dependency in
+// package.json); the relative import lets it run without `npm install`. In your app:
+//   import { Supervisor } from 'sidecar-supervisor-client';
 
-const path = require('path');
-const readline = require('readline');
-const { startSupervisor } = require('./supervisor-client');
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
 
+import { Supervisor } from '../../clients/node/index.js';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
 const DASHBOARD = 'dashboard';
 
 function option(name, fallback) {
@@ -30,27 +38,30 @@ function leave(code) {
 }
 
 async function main() {
-  const config = path.resolve(option('--config', path.join(__dirname, 'supervisor.toml')));
-  const stateDir = path.resolve(option('--state-dir', path.join(__dirname, '.state')));
+  const config = path.resolve(option('--config', path.join(HERE, 'supervisor.toml')));
+  const stateDir = path.resolve(option('--state-dir', path.join(HERE, '.state')));
   const command = JSON.parse(process.env.SUPERVISOR_COMMAND || '["supervisor"]');
 
-  const sup = await startSupervisor({ command, config, stateDir });
+  // Launches `supervisor run --exit-with-parent`, or attaches to the daemon another instance
+  // runs on this state dir (its launch exits 75).
+  const sup = await Supervisor.launch({ command, config, stateDir });
   sup.on('event', (event) => {
     if (event.sidecar === DASHBOARD && (event.event === 'failed' || event.event === 'waiting')) {
       say({ app: 'dashboard-trouble', event });
     }
   });
-  sup.on('close', () => {
-    say({ app: 'supervisor-gone' });
+  sup.on('daemon', ({ pid, launched }) => say({ app: 'daemon-back', daemon: pid, launched }));
+  sup.on('close', (err) => {
+    say({ app: 'supervisor-gone', message: err?.message ?? null });
     leave(1);
   });
-  const dashboard = await sup.waitReady(DASHBOARD);
+  const [dashboard] = await sup.wait(DASHBOARD);
   say({
     app: 'ready',
     url: dashboard.url,
     pid: dashboard.pid,
     daemon: sup.daemon.pid,
-    launched: sup.child !== null,
+    launched: sup.launched,
   });
 
   const lines = readline.createInterface({ input: process.stdin });
@@ -58,8 +69,8 @@ async function main() {
     switch (line.trim()) {
       case 'restart': {
         const before = sup.states.get(DASHBOARD).pid;
-        await sup.restart([DASHBOARD]);
-        const again = await sup.waitReady(DASHBOARD, { notPid: before });
+        await sup.restart(DASHBOARD);
+        const [again] = await sup.wait(DASHBOARD, { notPid: before });
         say({ app: 'restarted', url: again.url, pid: again.pid, was: before });
         break;
       }
@@ -78,14 +89,9 @@ async function main() {
 
 async function quit(sup) {
   sup.removeAllListeners('close');
-  if (sup.child) {
-    // Ours: stop it (and so the dashboard) and wait. Were we killed instead, it would notice
-    // (--exit-with-parent) and do the same.
-    const gone = new Promise((resolve) => sup.child.once('exit', resolve));
-    sup.child.kill('SIGTERM');
-    await gone;
-  }
-  sup.close();
+  // A daemon of ours is stopped (and so the dashboard) and waited for; were we killed instead,
+  // it would notice (--exit-with-parent) and do the same. One we attached to is left running.
+  await sup.close();
   say({ app: 'bye' });
 }
 

@@ -36,7 +36,7 @@ from supervisor.config.schema import (
     SocketConfig,
     StopConfig,
 )
-from supervisor.core import depends
+from supervisor.core import graph as depgraph
 from supervisor.errors import ConfigError
 
 # Rotation limits: a file smaller than this is not a log; more backups than this is a typo.
@@ -332,7 +332,7 @@ def _check_dependencies(sidecars: list[SidecarConfig], problems: Problems) -> No
                 known = ", ".join(f'"{n}"' for n in index) or "none"
                 problems.add(f"sidecar[{i}].depends_on.{name}", f"unknown sidecar (known: {known})")
     graph = {s.name: [d for d in s.depends_on if d != s.name] for s in sidecars}
-    cycle = depends.find_cycle(graph)
+    cycle = depgraph.find_cycle(graph)
     if cycle is not None:
         first = index[cycle[0]]
         problems.add(f"sidecar[{first}].depends_on", "dependency cycle: " + " -> ".join(cycle))

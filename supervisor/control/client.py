@@ -26,6 +26,7 @@ from supervisor.errors import (
     ConfigError,
     ControlError,
     NotRunningError,
+    RequestRefusedError,
     SeveralRunningError,
     StillRunningError,
     SupervisorError,
@@ -227,7 +228,7 @@ class Connection:
         delay = 0.005
         while True:
             try:
-                sock = _connect(daemon)
+                sock = connect_socket(daemon)
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 if not proctime.is_alive(daemon.pid, daemon.create_time):
                     raise NotRunningError(daemon.state_dir) from None
@@ -343,24 +344,29 @@ class Connection:
         )
 
     def _error(self, error: object) -> Exception:
-        fields = error if isinstance(error, dict) else {}
-        code = fields.get("code")
-        message = str(fields.get("message", "no message"))
-        state_dir = self.daemon.state_dir
-        if code == ErrorCode.UNKNOWN_SIDECAR:
-            return UnknownSidecarError(
-                _strings(fields.get("names")), _strings(fields.get("known")), state_dir
-            )
-        if code == ErrorCode.SHUTTING_DOWN:
-            return NotRunningError(state_dir)
-        return ControlError(state_dir, f"the supervisor refused the request ({code}): {message}")
+        return error_from_reply(self.daemon.state_dir, error)
+
+
+def error_from_reply(state_dir: Path, error: object) -> SupervisorError:
+    """The SupervisorError of an error reply's `error` object."""
+    fields = error if isinstance(error, dict) else {}
+    code = fields.get("code")
+    message = str(fields.get("message", "no message"))
+    if code == ErrorCode.UNKNOWN_SIDECAR:
+        return UnknownSidecarError(
+            _strings(fields.get("names")), _strings(fields.get("known")), state_dir
+        )
+    if code == ErrorCode.SHUTTING_DOWN:
+        return NotRunningError(state_dir)
+    return RequestRefusedError(state_dir, str(code), message)
 
 
 def _strings(value: object) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else []
 
 
-def _connect(daemon: RunningDaemon) -> socket.socket:
+def connect_socket(daemon: RunningDaemon) -> socket.socket:
+    """A connected blocking socket to the daemon's control.sock, checked to be served by it."""
     fd = os.open(daemon.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         sock = unixsock.connect(fd, str(daemon.state_dir), timeout_s=REPLY_TIMEOUT_S)

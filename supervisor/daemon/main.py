@@ -18,6 +18,7 @@ from supervisor import config
 from supervisor.config import Config, LogFormat, LogLevel, SidecarConfig
 from supervisor.control.events import EventHub
 from supervisor.core import depends, status
+from supervisor.core import graph as depgraph
 from supervisor.daemon.statuswriter import StatusWriter
 from supervisor.errors import ForeignProcError, StateDirError, SupervisorError
 from supervisor.evidence.ledger import Ledger
@@ -282,7 +283,7 @@ class Daemon:
             document=self.status_document,
             launch=lambda sidecar: self._group().start(_run_sidecar, sidecar, True),
             lock=self.ops_lock,
-            needs=lambda name: depends.needs(self._graph(), name),
+            needs=lambda name: depgraph.needs(self._graph(), name),
             stopping=lambda: self.shutting_down,
         )
         return ControlServer(

@@ -17,6 +17,9 @@ from tests.support import Daemon, demo_command, free_port, render_config
 # Imported where first used: after the first launches, only for some configs, or never at all
 # on a plain start (psutil: proctime reads /proc on Linux).
 DEFERRED = (
+    "mcp",  # the optional SDK of `supervisor mcp`, and the public client: never the daemon's
+    "supervisor.client",
+    "supervisor.mcp",
     "supervisor.control.actions",
     "supervisor.control.client",
     "supervisor.control.server",

@@ -86,6 +86,8 @@ def _check_contents(wheel: Path, sdist: Path) -> None:
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), sorted(names)
     assert "License-Expression: MIT" in headers.splitlines()
     assert "License-File: LICENSE" in headers.splitlines()
+    assert "Provides-Extra: mcp" in headers.splitlines()  # `supervisor mcp`'s SDK: optional
+    assert any(n.startswith("supervisor/client/") for n in names), sorted(names)
     with tarfile.open(sdist) as archive:
         members = {name.partition("/")[2] for name in archive.getnames()}
     assert {"LICENSE", "README.md", "supervisor/config/example.toml"} <= members
@@ -144,6 +146,13 @@ def test_the_wheel_in_a_fresh_venv_runs_the_demo_from_anywhere(tmp_path: Path) -
     )
     assert starter.returncode == 0, starter.stderr
     assert (work / "starter.toml").read_bytes() == (ROOT / "config" / "example.toml").read_bytes()
+
+    # Without the [mcp] extra, `supervisor mcp` says what to install, in one line.
+    mcp = subprocess.run(
+        [supervisor, "mcp"], cwd=work, env=env, capture_output=True, text=True, check=False
+    )
+    assert mcp.returncode == 2, mcp.stderr
+    assert mcp.stderr.count("\n") == 1 and "sidecar-supervisor[mcp]" in mcp.stderr, mcp.stderr
 
     read_end, write_end = os.pipe()
     proc = subprocess.Popen(

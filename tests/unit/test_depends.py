@@ -5,17 +5,8 @@ from __future__ import annotations
 import pytest
 
 from supervisor.config import Condition
-from supervisor.core.depends import (
-    Blocker,
-    Facts,
-    blocker,
-    dependents,
-    find_cycle,
-    met,
-    needs,
-    start_order,
-    stop_order,
-)
+from supervisor.core.depends import Blocker, Facts, blocker, met
+from supervisor.core.graph import dependents, find_cycle, needs, start_order, stop_order
 from supervisor.core.lifecycle import State
 
 C, S = Condition, State

@@ -45,6 +45,11 @@ def imports_of(path: Path, known: set[str]) -> set[str]:
             for alias in node.names:
                 child = f"{node.module}.{alias.name}"
                 found.add(child if child in known else node.module)
+    # Importing supervisor.config.schema runs supervisor/config/__init__.py first: a package's
+    # __init__ is imported with every module under it.
+    for name in list(found):
+        parts = name.split(".")
+        found.update(".".join(parts[:n]) for n in range(2, len(parts)))
     return {name for name in found if name in known}
 
 
@@ -52,8 +57,11 @@ def import_graph() -> dict[str, set[str]]:
     mods = modules()
     known = set(mods)
     graph = {name: imports_of(path, known) for name, path in mods.items()}
-    # A package's __init__ is not an import of each of its modules' siblings: drop self-edges.
-    return {name: {d for d in deps if d != name} for name, deps in graph.items()}
+    # A module's own packages are already being imported when it runs: not an edge.
+    return {
+        name: {d for d in deps if d != name and not name.startswith(d + ".")}
+        for name, deps in graph.items()
+    }
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
