@@ -367,6 +367,7 @@ class Attempt:
         return ledger.Spawn(
             pid=child.pid,
             create_time=child.create_time,
+            boot_id=self.rt.ledger.boot_id,
             sid=child.pid,  # it leads the session it was started in
             pgid=child.pgid,
             command=tuple(self.config.command),
@@ -377,14 +378,13 @@ class Attempt:
         )
 
     async def _forget_spawn(self, child: children.Child) -> None:
-        """Out of the ledger once nothing of its session is left (else a later sweep or
-        preflight still knows the leftovers as ours)."""
+        """Out of the ledger once the child is reaped: an entry proves only its own process
+        (ledger.py), so once that is gone it proves nothing, and a session number left in it
+        could only ever match a stranger."""
         spawn = self._spawn
         if spawn is None or child.abandoned:
             return
-        members = await anyio.to_thread.run_sync(procs.session_members, spawn.sid)
-        if not members:
-            await anyio.to_thread.run_sync(self.rt.ledger.forget, spawn)
+        await anyio.to_thread.run_sync(self.rt.ledger.forget, spawn)
 
     # -- the PID file --------------------------------------------------------------------------
 

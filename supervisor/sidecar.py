@@ -12,7 +12,7 @@ from collections import deque
 import anyio
 from structlog.typing import FilteringBoundLogger
 
-from supervisor import children, exitwatch, inherit, logs, net, proctime, status
+from supervisor import children, exitwatch, inherit, logs, net, proctime, reaper, status
 from supervisor.attempt import Attempt, read_recorded_pid
 from supervisor.config import SidecarConfig
 from supervisor.control import events
@@ -242,6 +242,7 @@ class Sidecar:
             current_sessions=self.rt.current_sessions,
             ledger=self.rt.ledger,
             own_inodes=self.rt.sockets.inodes,
+            adopted=lambda: frozenset(reaper.adopted()),
         )
         return await preflight(self.config, interactive=interactive, ctx=ctx, log=self.log)
 
