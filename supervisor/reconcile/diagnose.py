@@ -307,6 +307,6 @@ def render_json(port: int, found: list[Diagnosis], next_run: NextRun | None = No
         "free": not found,
         "holders": [d.as_json() for d in found],
     }
-    if next_run is not None:
+    if next_run is not None and found:
         document["next_run"] = next_run.as_json()
     return json.dumps(document)
