@@ -37,7 +37,7 @@ from supervisor import (
 from supervisor.config import HealthKind, SidecarConfig
 from supervisor.lifecycle import ExitInfo
 from supervisor.outputlog import OutputLog
-from supervisor.reconcile.kill import KillAborted, kill_process
+from supervisor.reconcile.kill import KillAborted, kill_process, stop_left
 from supervisor.runtime import Runtime
 from supervisor.statedir import SIDECAR_PID_NAME, StateDir, int_field
 
@@ -157,7 +157,9 @@ class Attempt:
         finally:
             with anyio.CancelScope(shield=True):
                 if child.status is None and not child.abandoned:
+                    tree = await anyio.to_thread.run_sync(reaper.snapshot_tree, child.pid)
                     await self._stop_child(child)
+                    await self._stop_left(tree)
                 await recorded.wait()
                 chores = self.chores
                 if chores is not None:
@@ -304,6 +306,17 @@ class Attempt:
                 detail="still there after SIGKILL (uninterruptible sleep?); left unreaped",
             )
         self.log.info("sidecar_stopped", pid=child.pid, escalated=escalated)
+
+    async def _stop_left(self, tree: list[tuple[int, float]]) -> None:
+        """What of the child's tree outlived its group's stop (its own setsid or setpgid):
+        proven ours when the stop began (reaper.snapshot_tree), stopped now."""
+        if not tree:
+            return
+        stopped = await stop_left(
+            tree, stop_signal=self.config.stop.signal, stop_timeout_s=self.config.stop.timeout_s
+        )
+        if stopped:
+            self.log.info("sidecar_leftovers_stopped", count=len(stopped), pids=stopped)
 
     def _release(self, child: children.Child) -> None:
         self._abandoned = self._abandoned or child.abandoned

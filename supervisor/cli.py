@@ -33,9 +33,12 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _fail(message: str) -> None:
-    # Never raises: stderr may be closed or a broken pipe (the launcher went away).
+    from supervisor import show
+
+    # Never raises: stderr may be closed or a broken pipe (the launcher went away). Escaped: a
+    # message may quote a config value, a path or another process's command line.
     with contextlib.suppress(OSError, ValueError, AttributeError):
-        print(f"supervisor: {message}", file=sys.stderr, flush=True)
+        print(f"supervisor: {show.printable(message)}", file=sys.stderr, flush=True)
 
 
 class _Parser(argparse.ArgumentParser):

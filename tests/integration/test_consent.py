@@ -210,6 +210,7 @@ async def test_command_gets_the_holder_in_its_environment(tmp_path: Path) -> Non
         "SUPERVISOR_HOLDER_PID": "4242",
         "SUPERVISOR_HOLDER_COMMAND": "node server/index.js --title 'a b' \"$HOME\"",
         "SUPERVISOR_HOLDER_USER": "alice",
+        "SUPERVISOR_HOLDER_VERDICT": "live",
     }
 
 

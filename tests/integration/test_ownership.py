@@ -144,9 +144,11 @@ PGID_MEMBER = textwrap.dedent(
 
 
 @linux_only
-def test_a_clean_stop_leaves_no_spawn_record(tmp_path: Path) -> None:
-    """Before: a record stayed while any member of the sidecar's session lived (5/5 strangers
-    killed after a clean stop once the number came round). Now it goes with its process."""
+def test_a_clean_stop_leaves_no_spawn_record_and_no_member(tmp_path: Path) -> None:
+    """Before: a setpgid member survived the group stop, and the record stayed while it lived
+    (5/5 strangers killed after a clean stop once the number came round). Now the child's tree
+    is snapshotted when the stop begins and what outlives the group stop is stopped; the record
+    goes with its process."""
     state = tmp_path / "state"
     config = tmp_path / "supervisor.toml"
     config.write_text(render_config([{"name": "app", "command": [PYTHON, "-c", PGID_MEMBER]}]))
@@ -159,7 +161,9 @@ def test_a_clean_stop_leaves_no_spawn_record(tmp_path: Path) -> None:
             member = int(str(line["line"]).split()[1])
             assert list((state / LEDGER_DIR).glob("*.json"))
             assert daemon.stop() == 0
-        assert not pid_gone(member)  # left by the stop (a cgroup's job, issue 24's other half)
+            stopped = daemon.find("sidecar_leftovers_stopped")
+            assert [e["pids"] for e in stopped] == [[member]]
+        assert pid_gone(member)
         assert list((state / LEDGER_DIR).glob("*.json")) == []
     finally:
         if member:
