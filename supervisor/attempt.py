@@ -42,6 +42,7 @@ from supervisor.runtime import Runtime
 from supervisor.statedir import SIDECAR_PID_NAME, StateDir, int_field
 
 OUTPUT_DRAIN_S = 0.5
+DAEMONIZED_POLL_S = 0.05  # a daemonized server's late bind: as often as a readiness probe
 # An exec health check's environment: the sidecar's (with its tags), plus these.
 HEALTH_PID_ENV = "SUPERVISOR_SIDECAR_PID"
 HEALTH_PORT_ENV = "SUPERVISOR_PORT"
@@ -330,11 +331,22 @@ class Attempt:
 
     async def _daemonized(self, child: children.Child) -> bool:
         """The child exited before ready: did it leave a process of its own on the port? (Its
-        session, or an orphan of it adopted by us as subreaper.) If so, say so and stop it."""
+        session, or an orphan of it adopted by us as subreaper.) If so, say so and stop it.
+
+        A server may bind after its parent exited (redis, a delayed bind): while something
+        born of the child lives, we look again, until `ready.timeout`."""
         port = self.config.port
         if port is None:
             return False
-        left = await anyio.to_thread.run_sync(_left_on_port, child.pid, child.create_time, port)
+        born, left = await anyio.to_thread.run_sync(
+            _left_on_port, child.pid, child.create_time, port
+        )
+        with anyio.move_on_after(self.config.ready.timeout_s):
+            while born and not left:
+                await anyio.sleep(DAEMONIZED_POLL_S)
+                born, left = await anyio.to_thread.run_sync(
+                    _left_on_port, child.pid, child.create_time, port
+                )
         if not left:
             return False
         pid = left[0][0]
@@ -442,8 +454,11 @@ class Attempt:
 EXITED_EARLY = "exited before becoming ready"
 
 
-def _left_on_port(child_pid: int, child_created: float, port: int) -> list[tuple[int, float]]:
-    """Processes born of the child (its session's, or orphans of it we adopted) on `port`."""
+def _left_on_port(
+    child_pid: int, child_created: float, port: int
+) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """Processes born of the child (its session's, or orphans of it we adopted): those alive,
+    and those of them listening on `port`."""
     candidates = set(procs.session_members(child_pid)) | set(reaper.adopted())
     born: dict[int, float] = {}
     for pid in candidates:
@@ -453,7 +468,7 @@ def _left_on_port(child_pid: int, child_created: float, port: int) -> list[tuple
         ):
             born[pid] = created
     listening = net.pids_listening(port, born)
-    return sorted((pid, born[pid]) for pid in listening)
+    return sorted(born.items()), sorted((pid, born[pid]) for pid in listening)
 
 
 def _descends(pid: int, created: float, child: children.Child) -> bool:

@@ -159,7 +159,8 @@ async def _attempt(
         case Act.LAUNCH:
             return Outcome(Action.LAUNCH)
         case Act.WAIT | Act.FAIL:
-            assert action.blocker is not None  # decide always names what we wait on
+            if action.blocker is None:
+                raise RuntimeError(f"decide named no holder to {action.act} on")  # a bug
             return _left(
                 config, port, judged[action.blocker], action.act, listeners=listeners, log=log
             )
