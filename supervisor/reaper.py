@@ -110,3 +110,13 @@ def snapshot_tree(pid: int) -> list[tuple[int, float]]:
         if created is not None:
             found.append((descendant, created))
     return found
+
+
+def adopted_identities() -> list[tuple[int, float]]:
+    """`adopted()`, each with its create time (blocking: /proc reads)."""
+    found = []
+    for pid in adopted():
+        created = procs.create_time(pid)
+        if created is not None:
+            found.append((pid, created))
+    return found

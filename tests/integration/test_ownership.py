@@ -171,6 +171,47 @@ def test_a_clean_stop_leaves_no_spawn_record_and_no_member(tmp_path: Path) -> No
                 os.kill(member, signal.SIGKILL)
 
 
+DOUBLE_FORK = textwrap.dedent(
+    """
+    import os, time
+    middle = os.fork()
+    if middle == 0:
+        if os.fork() == 0:
+            os.setsid()
+            os.write(1, b"grandchild %d\\n" % os.getpid())
+            time.sleep(3600)
+            os._exit(0)
+        os._exit(0)  # the grandchild is orphaned now: adopted by the daemon (its subreaper)
+    os.waitpid(middle, 0)
+    time.sleep(3600)
+    """
+)
+
+
+@linux_only
+def test_an_adopted_grandchild_is_stopped_with_the_daemon(tmp_path: Path) -> None:
+    """A double fork while the child runs: the grandchild's chain to our child is broken, but
+    the daemon adopted it (subreaper), which proves it ours. Before, a clean stop left it."""
+    state = tmp_path / "state"
+    config = tmp_path / "supervisor.toml"
+    config.write_text(render_config([{"name": "app", "command": [PYTHON, "-c", DOUBLE_FORK]}]))
+    grandchild = 0
+    try:
+        with Daemon(config, state) as daemon:
+            line = daemon.wait_for(
+                "child_output", where=lambda e: str(e.get("line", "")).startswith("grandchild")
+            )
+            grandchild = int(str(line["line"]).split()[1])
+            wait_until(lambda: psutil.Process(grandchild).ppid() == daemon.pid, 10.0, "adoption")
+            assert daemon.stop() == 0
+            assert [e["pids"] for e in daemon.find("adopted_stopped")] == [[grandchild]]
+        assert pid_gone(grandchild)
+    finally:
+        if grandchild:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(grandchild, signal.SIGKILL)
+
+
 # -- the hand-started copy --------------------------------------------------------------------
 
 
