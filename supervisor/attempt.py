@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import signal
 import time
 from typing import Protocol
@@ -140,6 +141,11 @@ class Attempt:
                     failed_start = False
                     await self._became_ready(child, spawned)
                     await self._hold_ready(child)
+                    if child.exited and self.unhealthy is None and _exited_zero(child.pid):
+                        # Ready by a listener in its session, then it exited 0 leaving that
+                        # listener: a daemonizing parent the probe raced (redis --daemonize yes).
+                        with anyio.CancelScope(shield=True):
+                            daemonized = await self._daemonized(child, wait=False)
                 else:
                     self.reason = failure
                     self.log.warning("sidecar_start_failed", pid=child.pid, reason=failure)
@@ -149,7 +155,7 @@ class Attempt:
                     elif failure == EXITED_EARLY:
                         with anyio.CancelScope(shield=True):
                             daemonized = await self._daemonized(child)
-                self._child_ended(child, failed_start)
+                self._child_ended(child, keep_reason=failed_start or daemonized)
                 with anyio.move_on_after(OUTPUT_DRAIN_S):
                     # Output still in the pipes is forwarded; a setsid'd grandchild holding a pipe
                     # open must not keep us here.
@@ -275,13 +281,13 @@ class Attempt:
         self.log.warning("sidecar_unhealthy", pid=child.pid, failures=failures, reason=reason)
         hold.cancel()
 
-    def _child_ended(self, child: children.Child, failed_start: bool) -> None:
+    def _child_ended(self, child: children.Child, *, keep_reason: bool) -> None:
         """The leader exited: kill what is left of its group, reap, record the exit."""
         exit_status = child.finish()
         signal_name = show.signal_name(exit_status.signal)
         if self.unhealthy is not None:
             self.reason = self.unhealthy
-        elif not failed_start:
+        elif not keep_reason:  # a failed start or a daemonized exit said why already
             self.reason = (
                 f"exited with code {exit_status.code}"
                 if exit_status.signal is None
@@ -329,7 +335,7 @@ class Attempt:
 
     # -- a command that daemonized ------------------------------------------------------------
 
-    async def _daemonized(self, child: children.Child) -> bool:
+    async def _daemonized(self, child: children.Child, *, wait: bool = True) -> bool:
         """The child exited before ready: did it leave a process of its own on the port? (Its
         session, or an orphan of it adopted by us as subreaper.) If so, say so and stop it.
 
@@ -341,7 +347,7 @@ class Attempt:
         born, left = await anyio.to_thread.run_sync(
             _left_on_port, child.pid, child.create_time, port
         )
-        with anyio.move_on_after(self.config.ready.timeout_s):
+        with anyio.move_on_after(self.config.ready.timeout_s if wait else 0.0):
             while born and not left:
                 await anyio.sleep(DAEMONIZED_POLL_S)
                 born, left = await anyio.to_thread.run_sync(
@@ -469,6 +475,15 @@ def _left_on_port(
             born[pid] = created
     listening = net.pids_listening(port, born)
     return sorted(born.items()), sorted((pid, born[pid]) for pid in listening)
+
+
+def _exited_zero(pid: int) -> bool:
+    """The unreaped child `pid` exited with code 0 (peeked: it stays unreaped for finish())."""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return info is not None and info.si_code == os.CLD_EXITED and info.si_status == 0
 
 
 def _descends(pid: int, created: float, child: children.Child) -> bool:
