@@ -34,9 +34,12 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _fail(message: str) -> None:
-    # Never raises: stderr may be closed or a broken pipe (the launcher went away).
+    from supervisor.core import show
+
+    # Never raises: stderr may be closed or a broken pipe (the launcher went away). Escaped: a
+    # message may quote a config value, a path or another process's command line.
     with contextlib.suppress(OSError, ValueError, AttributeError):
-        print(f"supervisor: {message}", file=sys.stderr, flush=True)
+        print(f"supervisor: {show.printable(message)}", file=sys.stderr, flush=True)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -270,40 +273,43 @@ def _cmd_logs(args: argparse.Namespace) -> int:
 
 
 def _cmd_port(args: argparse.Namespace) -> int:
+    from supervisor.control import registry
     from supervisor.errors import EXIT_PORT_HELD
     from supervisor.reconcile import diagnose
+    from supervisor.system import paths
 
     marker: str | None = args.marker or None
-    found = diagnose.diagnose(args.port, marker, _known_ledgers(args.state_dir))
+    # The same evidence as the daemon's: the default state dir's ledger, --state-dir's, and
+    # with -c the config's state dir and the sidecar configured on this port.
+    folders = [paths.state_dir(None, None)]
+    if args.state_dir:
+        folders.append(paths.state_dir(args.state_dir, None))
+    sidecar = None
+    if args.config:
+        from supervisor import config
+
+        cfg = config.load(paths.config_path(args.config))
+        folders.append(paths.state_dir(None, cfg.supervisor.state_dir))
+        sidecar = next((s for s in cfg.sidecars if s.port == args.port), None)
+    known = registry.known_ledgers(folders)
+    found, next_run = diagnose.diagnose(args.port, marker, known, sidecar)
     if args.json:
-        _out(diagnose.render_json(args.port, found))
+        _out(diagnose.render_json(args.port, found, next_run))
     else:
-        _out(diagnose.render_text(args.port, found, marker))
+        _out(diagnose.render_text(args.port, found, marker, next_run))
     return EXIT_PORT_HELD if found else EXIT_OK
 
 
 def _known_ledgers(state_dir_arg: str | None) -> list[diagnose.Known]:
-    """The spawn ledgers `port` reads: every running daemon's (the registry), and --state-dir's."""
-    from pathlib import Path
+    """The spawn ledgers the MCP tool `diagnose_port` reads: the default state dir's, --state-dir's
+    and every registered daemon's (as `port` without -c)."""
+    from supervisor.control import registry
+    from supervisor.system import paths
 
-    from supervisor import control
-    from supervisor.evidence.ledger import Ledger
-    from supervisor.reconcile import diagnose
-    from supervisor.system.statedir import StateDir
-
-    daemons = {d.state_dir: (d.pid, d.create_time) for d in control.discover()}
-    folders = list(daemons)
+    folders = [paths.state_dir(None, None)]
     if state_dir_arg:
-        folders.append(Path(state_dir_arg).expanduser().absolute())
-    known = []
-    for folder in dict.fromkeys(folders):
-        try:
-            with StateDir.open(folder, create=False) as state:
-                spawns = Ledger(state).entries()
-        except (OSError, SupervisorError):
-            continue  # unreadable or not ours: its ledger proves nothing
-        known.append(diagnose.Known(folder, spawns, daemons.get(folder)))
-    return known
+        folders.append(paths.state_dir(state_dir_arg, None))
+    return registry.known_ledgers(folders)
 
 
 def _cmd_mcp(args: argparse.Namespace) -> int:
@@ -552,10 +558,12 @@ def build_parser() -> argparse.ArgumentParser:
     port = command("port", _cmd_port, "diagnose who holds a TCP port (read-only)")
     port.add_argument("port", type=_port, metavar="PORT", help="the TCP port (1..65535)")
     port.add_argument("--marker", help="command-line substring that marks our program")
+    config_opt(port)
     port.add_argument(
         "--state-dir",
         metavar="DIR",
-        help="also read this state dir's spawn ledger (those of running daemons are always read)",
+        help="also read this state dir's spawn ledger (the default state dir's and those of "
+        "the daemons in the registry are always read)",
     )
     port.add_argument(
         "--json", action="store_true", help="print the holders and verdicts as one JSON object"

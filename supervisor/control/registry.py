@@ -16,12 +16,16 @@ import contextlib
 import os
 import stat
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from supervisor.errors import StateDirError, SupervisorError
 from supervisor.system import paths
 from supervisor.system.statedir import StateDir, float_field, int_field
+
+if TYPE_CHECKING:
+    from supervisor.reconcile import diagnose
 
 PREFIX = "daemon-"
 SUFFIX = ".json"
@@ -167,3 +171,23 @@ def remove(entry: Entry) -> None:
                 folder.remove(entry.file)
     except (OSError, SupervisorError):
         pass
+
+
+def known_ledgers(state_dirs: Sequence[Path]) -> list[diagnose.Known]:
+    """The spawn ledgers `port` reads: those of `state_dirs` and of every daemon in the
+    per-user registry (running, or dead and not cleaned up yet); read-only."""
+    from supervisor import control
+    from supervisor.evidence.ledger import Ledger
+    from supervisor.reconcile.diagnose import Known
+
+    listed = [entry.state_dir for entry in entries()]  # before discover() cleans up
+    daemons = {d.state_dir: (d.pid, d.create_time) for d in control.discover()}
+    known = []
+    for folder in dict.fromkeys([*listed, *daemons, *state_dirs]):
+        try:
+            with StateDir.open(folder, create=False) as state:
+                spawns = Ledger(state, prune=False).entries()
+        except (OSError, SupervisorError):
+            continue  # absent, unreadable or not ours: its ledger proves nothing
+        known.append(Known(folder, spawns, daemons.get(folder)))
+    return known

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 # first used, after the first launches have started, not on the way to the first spawn.
 
 KILL_GRACE_S = 1.0  # past the shutdown bound: SIGKILLed groups get this long to be reaped
+ADOPTED_STOP_S = 5.0  # adopted orphans at shutdown: SIGTERM, then SIGKILL after this
 # While sidecars start (or a reload starts them), systemd is told every EXTEND_EVERY_S that the
 # job needs EXTEND_BY_S more; each sidecar's own ready.timeout and budget bound the wait.
 EXTEND_EVERY_S = 10.0
@@ -477,9 +478,27 @@ class Daemon:
                     with anyio.move_on_after(KILL_GRACE_S):
                         await _all_finished(sidecars)
                 tg.cancel_scope.cancel()  # stops still waiting: their sidecars are given up
+            await self._stop_adopted()
             self.left_behind = any(not s.finished or s.abandoned for s in sidecars)
             with anyio.move_on_after(KILL_GRACE_S):
                 await self.status.write_now()
+
+    async def _stop_adopted(self) -> None:
+        """Orphans of our sidecars' trees that we adopted as their subreaper (a double fork
+        while a child ran): provably ours (docs/evidence.md), and nothing else stops them."""
+        if not self.subreaper:
+            return
+        from supervisor.reconcile.kill import stop_left
+
+        adopted = await anyio.to_thread.run_sync(reaper.adopted_identities)
+        if not adopted:
+            return
+        with anyio.move_on_after(ADOPTED_STOP_S + KILL_GRACE_S):
+            stopped = await stop_left(
+                adopted, stop_signal=signal.SIGTERM, stop_timeout_s=ADOPTED_STOP_S
+            )
+            if stopped:
+                self.log.info("adopted_stopped", count=len(stopped), pids=stopped)
 
     def _kill_all(self) -> None:
         for sidecar in self.sidecars.values():

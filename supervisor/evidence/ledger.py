@@ -5,25 +5,21 @@ rewrites its command line and environment (nginx, redis, setproctitle) and a dae
 before it could sweep. One file per spawn in `<state_dir>/_spawns/` (a name no sidecar can
 have), JSON:
 
-    {"pid": 4242, "create_time": 1767225600.25, "sid": 4242, "pgid": 4242,
-     "command": ["redis-server", "--port", "6380"], "sidecar": "cache",
+    {"pid": 4242, "create_time": 1767225600.25, "boot_id": "6f1c...", "sid": 4242,
+     "pgid": 4242, "command": ["redis-server", "--port", "6380"], "sidecar": "cache",
      "daemon_pid": 4100, "daemon_create_time": 1767225590.5, "spawned_at": "2026-01-01T00:00:00Z"}
 
-An entry is written (atomically; not fsynced, see `Ledger.record`) right after the fork, and
-removed only when its
-process and every member of its session are provably gone: entries of every earlier daemon
-generation stay until their processes are reclaimed or gone.
+An entry is written (atomically; not fsynced, see `Ledger.record`) right after the fork.
 
-Why a stranger cannot match: a holder matches an entry when it is that very process (pid and
-create time), or a member of its session. A session id is the pid of the process that created
-the session; the kernel keeps that pid allocated while any process of the session (or of a
-process group with that id) lives, so no stranger can get it and found a session of the same
-number while one of ours is left. Once our whole session is gone the number may be recycled:
-then a live process with that pid but another create time betrays the stranger, and a member
-must have been created after our process was. What remains is a stranger session of that
-number whose founder also died, created after ours ended and before our next look — it needs
-the pid space to wrap (pid_max) in that window, while the entry was still there; the daemon
-prunes an entry as soon as it sees the session empty (after each stop and at every start).
+What an entry proves (and nothing more): exactly one process, the one with that pid and create
+time in that boot (`boot_id`: /proc/sys/kernel/random/boot_id on Linux, the boot time
+elsewhere). Entries of another boot are dropped when read, and pruned. A process is proven
+ours when it is that process, when its chain of living parents reaches it, or when it is in
+the session or group that process leads *while that leader is alive* (its identity checked
+then: a session or group number cannot be handed to anyone else while its leader lives). A
+matching session number after the leader died proves nothing: after a reboot, a pid wrap or a
+clean stop, a stranger's double-forked daemon may carry it (issue 24; see
+docs/reliability.md). `proven_by` is that rule, pure; `evidence.find_spawn` gathers its facts.
 
 The window before the entry exists (the fork to the write: about 12 ms for a daemon's first
 spawn, see README.md) is covered by the env tags: a child carries them from its very first
@@ -35,10 +31,11 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from supervisor.system.proctime import CREATE_TIME_TOLERANCE_S, same_create_time
+from supervisor.system.proctime import same_create_time
 from supervisor.system.statedir import StateDir, float_field, int_field
 
 LEDGER_DIR = "_spawns"  # a leading "_" can start no sidecar name: the folders never collide
@@ -48,6 +45,7 @@ LEDGER_DIR = "_spawns"  # a leading "_" can start no sidecar name: the folders n
 class Spawn:
     pid: int
     create_time: float
+    boot_id: str
     sid: int
     pgid: int
     command: tuple[str, ...]
@@ -64,6 +62,7 @@ class Spawn:
         return {
             "pid": self.pid,
             "create_time": self.create_time,
+            "boot_id": self.boot_id,
             "sid": self.sid,
             "pgid": self.pgid,
             "command": list(self.command),
@@ -84,6 +83,9 @@ def parse(record: Mapping[str, object] | None) -> Spawn | None:
     created = float_field(record, "create_time")
     daemon_created = float_field(record, "daemon_create_time")
     command, sidecar = record.get("command"), record.get("sidecar")
+    boot_id = record.get("boot_id")
+    if not isinstance(boot_id, str) or not boot_id:
+        return None  # written before boot ids were recorded: its boot cannot be told
     if pid is None or sid is None or pgid is None or daemon_pid is None:
         return None
     if created is None or daemon_created is None or not math.isfinite(created + daemon_created):
@@ -96,6 +98,7 @@ def parse(record: Mapping[str, object] | None) -> Spawn | None:
     return Spawn(
         pid=pid,
         create_time=created,
+        boot_id=boot_id,
         sid=sid,
         pgid=pgid,
         command=tuple(command),
@@ -106,36 +109,68 @@ def parse(record: Mapping[str, object] | None) -> Spawn | None:
     )
 
 
-def session_member(
-    holder_pid: int,
-    holder_create_time: float,
-    holder_sid: int | None,
-    entry: Spawn,
-    *,
-    founder_create_time: float | None,
-) -> bool:
-    """Whether a process is the entry's process or a member of its session (pure).
+@dataclass(frozen=True)
+class Lineage:
+    """The facts that may prove one living process ours (gathered by evidence.find_spawn).
 
-    `founder_create_time`: the create time of whatever process now has pid `entry.sid`
-    (None: no such process).
+    `chain`: the process itself, then its living parents, nearest first, each (pid, create
+    time). `leaders`: the (pid, create time) of whatever now has the pid of the session and of
+    the group the process is in (None: no process has that pid, or its identity could not be
+    read).
     """
-    if holder_pid == entry.pid and same_create_time(holder_create_time, entry.create_time):
-        return True
-    if holder_sid is None or holder_sid != entry.sid or entry.sid != entry.pid:
-        return False
-    if founder_create_time is not None and not same_create_time(
-        founder_create_time, entry.create_time
+
+    chain: tuple[tuple[int, float], ...]
+    sid: int | None
+    pgid: int | None
+    session_leader: tuple[int, float] | None
+    group_leader: tuple[int, float] | None
+
+
+def is_process(entry: Spawn, pid: int, create_time: float) -> bool:
+    """Whether (pid, create time) is the very process the entry recorded (pure)."""
+    return pid == entry.pid and same_create_time(create_time, entry.create_time)
+
+
+def proven_by(lineage: Lineage, spawns: Sequence[Spawn]) -> Spawn | None:
+    """The entry that proves the process ours, if any (pure). See the module docstring."""
+    for pid, created in lineage.chain:
+        for entry in spawns:
+            if is_process(entry, pid, created):
+                return entry
+    for number, leader in (
+        (lineage.sid, lineage.session_leader),
+        (lineage.pgid, lineage.group_leader),
     ):
-        return False  # the session's number now belongs to another process: recycled
-    return holder_create_time + CREATE_TIME_TOLERANCE_S >= entry.create_time
+        if number is None or leader is None or leader[0] != number:
+            continue
+        for entry in spawns:
+            # The leader is alive now, with the entry's identity: the number is its own.
+            if is_process(entry, *leader):
+                return entry
+    return None
+
+
+def current_boot_id() -> str:
+    """This boot's identity: the kernel's boot id on Linux, the boot time elsewhere."""
+    if sys.platform == "linux":
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as file:
+                return file.read().strip()
+        except OSError:
+            pass
+    from supervisor.system import procs
+
+    return f"boot-time-{procs.boot_time():.0f}"
 
 
 class Ledger:
     """The ledger of one state dir. Blocking (file writes, listings): call it from a worker
     thread."""
 
-    def __init__(self, state: StateDir) -> None:
+    def __init__(self, state: StateDir, boot_id: str | None = None, *, prune: bool = True) -> None:
         self.state = state
+        self.boot_id = current_boot_id() if boot_id is None else boot_id
+        self.prune = prune  # False for a reader that must not write (`supervisor port`)
 
     def record(self, spawn: Spawn) -> None:
         # Not fsynced: an entry describes a living process, and a crash of the machine leaves
@@ -148,11 +183,19 @@ class Ledger:
             folder.remove(spawn.file_name)
 
     def entries(self) -> list[Spawn]:
-        """Every entry, of every generation (none if the ledger does not exist yet)."""
+        """Every entry of this boot, of every generation (none if the ledger does not exist
+        yet). Entries of another boot (or unreadable ones) prove nothing: they are pruned."""
         try:
             with self.state.subdir(LEDGER_DIR, create=False) as folder:
                 names = [n for n in os.listdir(folder.fd) if n.endswith(".json")]
-                found = (parse(folder.read(name)) for name in sorted(names))
-                return [entry for entry in found if entry is not None]
+                found: list[Spawn] = []
+                for name in sorted(names):
+                    entry = parse(folder.read(name))
+                    if entry is not None and entry.boot_id == self.boot_id:
+                        found.append(entry)
+                    elif self.prune:
+                        with contextlib.suppress(OSError):
+                            folder.remove(name)
+                return found
         except OSError:
             return []

@@ -136,9 +136,9 @@ def diagnose_port(
 
     if not 1 <= port <= 65535:
         raise _BadPortError(port)
-    found = diagnose.diagnose(port, marker or None, known(state_dir))
-    data: Json = json.loads(diagnose.render_json(port, found))
-    data["text"] = diagnose.render_text(port, found, marker or None)
+    found, next_run = diagnose.diagnose(port, marker or None, known(state_dir))
+    data: Json = json.loads(diagnose.render_json(port, found, next_run))
+    data["text"] = diagnose.render_text(port, found, marker or None, next_run)
     return data
 
 

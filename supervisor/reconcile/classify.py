@@ -1,4 +1,9 @@
-"""Pure verdict on a port holder (SPEC 5.2): foreign, orphan or live, from gathered evidence."""
+"""Pure verdict on a port holder (SPEC 5.2): foreign, orphan, live or unproven, from evidence.
+
+Each verdict's reason names the evidence it rests on (SPEC 11.1): `spawn record` (the ledger
+proves that very process, a living ancestor of it, or the living leader of its session or
+group), `tag` (the env tags), `adopted` (this daemon is its subreaper), `marker only`.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,9 @@ class Verdict(StrEnum):
     FOREIGN = "foreign"  # not ours: never signalled
     ORPHAN = "orphan"  # a leftover of ours: killed silently
     LIVE = "live"  # ours and in use: killed only with consent
+    # It matches the marker only (no record, no tag): maybe ours, maybe a copy the user started
+    # by hand. Never killed silently: asked at an interactive launch, else waited on.
+    UNPROVEN = "unproven"
 
 
 class OwnerState(StrEnum):
@@ -41,6 +49,9 @@ class Evidence:
     ledger_owner: OwnerState = OwnerState.NONE
     # The daemon that started it (by the ledger, else the tag): a waiting sidecar watches it.
     owner: OwnerTag | None = None
+    # This very daemon is its parent as subreaper, and did not fork it: it descends from one
+    # of our children (reaper.adopted), whatever it renamed or wherever it moved.
+    adopted: bool = False
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,9 @@ class Classification:
     reason: str
     # Set by rule 0: a process of this daemon's own sidecar; never killed, not even with consent.
     current_sidecar: str | None = None
+
+
+MARKER_ONLY = "matches the marker only"
 
 
 def classify(evidence: Evidence, *, name: str, marker: str, our_uid: int) -> Classification:
@@ -69,40 +83,65 @@ def classify(evidence: Evidence, *, name: str, marker: str, our_uid: int) -> Cla
     marked = bool(marker) and marker in evidence.command
     tagged = bool(name) and evidence.sidecar_tag == name
     recorded = bool(name) and evidence.ledger_sidecar == name
-    if not marked and not tagged and not recorded:
-        command_part = (
-            f"its command lacks the marker {marker!r}" if marker else "no marker was given"
-        )
-        env_part = (
-            f"its environment lacks SUPERVISOR_SIDECAR={name}"
-            if name
-            else "it carries no SUPERVISOR_SIDECAR tag"
-        )
+    if recorded and evidence.ledger_owner is not OwnerState.NONE:
+        return _by_owner(evidence.ledger_owner, "by its spawn record")
+    if evidence.adopted:
         return Classification(
-            Verdict.FOREIGN, f"{command_part}, {env_part}, and the spawn ledger has no record of it"
+            Verdict.ORPHAN,
+            "adopted by this very daemon (its subreaper): a leftover of one of its children",
         )
-    by_ledger = recorded and evidence.ledger_owner is not OwnerState.NONE
-    owner = evidence.ledger_owner if by_ledger else evidence.owner_state
-    source = " (by the spawn ledger)" if by_ledger else ""
+    owned_tag = marked and evidence.owner_state is not OwnerState.NONE
+    if tagged or owned_tag:
+        if evidence.owner_state is not OwnerState.NONE:
+            return _by_owner(evidence.owner_state, "by its tag")
+        return _untagged_owner(evidence)
+    if marked:
+        return Classification(
+            Verdict.UNPROVEN,
+            f"it {MARKER_ONLY} {marker!r} (no spawn record, no tag): not proven ours; it may "
+            "be a copy started by hand",
+        )
+    command_part = f"its command lacks the marker {marker!r}" if marker else "no marker was given"
+    env_part = (
+        f"its environment lacks SUPERVISOR_SIDECAR={name}"
+        if name
+        else "it carries no SUPERVISOR_SIDECAR tag"
+    )
+    return Classification(
+        Verdict.FOREIGN, f"{command_part}, {env_part}, and no spawn record proves it ours"
+    )
+
+
+def _by_owner(owner: OwnerState, source: str) -> Classification:
     match owner:
         case OwnerState.SELF:
             return Classification(
-                Verdict.ORPHAN, f"it was started by this very daemon earlier{source}"
+                Verdict.ORPHAN, f"it was started by this very daemon earlier ({source})"
             )
         case OwnerState.GONE:
-            return Classification(Verdict.ORPHAN, f"the supervisor that started it is gone{source}")
+            return Classification(
+                Verdict.ORPHAN, f"the supervisor that started it is gone ({source})"
+            )
         case OwnerState.ALIVE:
             return Classification(
-                Verdict.LIVE, f"the supervisor that started it still runs{source}"
+                Verdict.LIVE, f"the supervisor that started it still runs ({source})"
             )
         case OwnerState.NONE:
-            pass
+            raise ValueError("no owner to judge by")
         case _:
             assert_never(owner)
+
+
+def _untagged_owner(evidence: Evidence) -> Classification:
+    """Its SUPERVISOR_SIDECAR tag is ours, but no SUPERVISOR_OWNER names its daemon."""
     if evidence.supervisor_ancestor:
-        return Classification(Verdict.LIVE, "a running supervisor daemon is among its ancestors")
+        return Classification(
+            Verdict.LIVE, "by its tag; a running supervisor daemon is among its ancestors"
+        )
     if evidence.ppid == 1:
-        return Classification(Verdict.ORPHAN, "no owner tag, and its parent is gone (ppid 1)")
+        return Classification(
+            Verdict.ORPHAN, "by its tag; no owner tag, and its parent is gone (ppid 1)"
+        )
     return Classification(
-        Verdict.LIVE, f"no owner tag, and it has a living parent (ppid {evidence.ppid})"
+        Verdict.LIVE, f"by its tag; no owner tag, and it has a living parent (ppid {evidence.ppid})"
     )

@@ -1,5 +1,11 @@
 """Consent to kill a live instance of a sidecar (SPEC 5.4): ask the terminal, a command, or deny.
 
+An unproven holder (it matches the marker only; classify.py) is asked about too, with that
+reason shown; under `consent = "auto"` only a terminal is asked about it, never the consent
+command: a command written to approve killing live instances of our own sidecars must not
+silently kill a copy the user started by hand. `consent = "command"` says the command judges
+every holder: it gets SUPERVISOR_HOLDER_VERDICT (live or unproven) to tell them apart.
+
 `ask` never raises (cancellation aside): a provider that is missing, crashes, errs or exceeds
 `consent_timeout` is a No, with the reason in `ConsentResult.detail`.
 """
@@ -36,6 +42,7 @@ class ConsentRequest:
     user: str | None
     command: str
     started_at: float | None  # the holder's create time, epoch seconds
+    unproven: bool = False  # it matches the marker only: maybe a copy started by hand
 
 
 class Provider(StrEnum):
@@ -51,8 +58,11 @@ class ConsentResult:
     detail: str
 
 
-def choose_provider(reclaim: ReclaimConfig, *, stdin_is_tty: bool) -> Provider:
-    """The provider `reclaim.consent` selects; "auto": tty, else the command, else deny."""
+def choose_provider(
+    reclaim: ReclaimConfig, *, stdin_is_tty: bool, unproven: bool = False
+) -> Provider:
+    """The provider `reclaim.consent` selects; "auto": tty, else the command (never for an
+    unproven holder), else deny."""
     match reclaim.consent:
         case ConsentMode.TTY:
             return Provider.TTY
@@ -63,6 +73,8 @@ def choose_provider(reclaim: ReclaimConfig, *, stdin_is_tty: bool) -> Provider:
         case ConsentMode.AUTO:
             if stdin_is_tty:
                 return Provider.TTY
+            if unproven:
+                return Provider.DENY
             return Provider.COMMAND if reclaim.consent_command else Provider.DENY
         case _:
             assert_never(reclaim.consent)
@@ -74,11 +86,17 @@ async def ask(
     """Ask whether the live holder in `request` may be killed; bounded by consent_timeout."""
     if stdin_is_tty is None:
         stdin_is_tty = _isatty(0)
-    provider = choose_provider(reclaim, stdin_is_tty=stdin_is_tty)
+    provider = choose_provider(reclaim, stdin_is_tty=stdin_is_tty, unproven=request.unproven)
     match provider:
         case Provider.DENY:
             if reclaim.consent is ConsentMode.DENY:
                 return ConsentResult(False, provider, 'consent = "deny"')
+            if request.unproven:
+                return ConsentResult(
+                    False,
+                    provider,
+                    "no terminal to ask about a holder that matches the marker only",
+                )
             return ConsentResult(False, provider, "no terminal and no consent_command")
         case Provider.TTY:
             if not stdin_is_tty:
@@ -128,6 +146,7 @@ def _command_env(request: ConsentRequest) -> dict[str, str]:
         "SUPERVISOR_HOLDER_PID": str(request.pid),
         "SUPERVISOR_HOLDER_COMMAND": request.command,
         "SUPERVISOR_HOLDER_USER": request.user or "",
+        "SUPERVISOR_HOLDER_VERDICT": "unproven" if request.unproven else "live",
     }
 
 
@@ -173,9 +192,13 @@ def _prompt(request: ConsentRequest) -> bytes:
     user = show.printable(request.user or "unknown", 64)
     started = show.local_time(request.started_at)
     sidecar = show.printable(request.sidecar, 64)
+    held_by = (
+        "a process that matches the marker only (not proven ours; maybe started by hand)"
+        if request.unproven
+        else "another running instance"
+    )
     text = (
-        f"\nsupervisor: port {request.port} (sidecar {sidecar}) is held "
-        "by another running instance:\n"
+        f"\nsupervisor: port {request.port} (sidecar {sidecar}) is held by {held_by}:\n"
         f"  pid {request.pid}, user {user}, started {started}\n"
         f"  command: {show.printable(request.command, _COMMAND_LIMIT)}\n"
         "Kill it and start a new one? [y/N] "

@@ -1,9 +1,15 @@
 """`supervisor port PORT`: who holds a port, the verdict a reconcile would reach, and what to do.
 
-The evidence is the reconcile's own: the holder's tags, `--marker`, and the spawn ledgers of the
-running daemons (the per-user registry) and of `--state-dir`. Without `--marker`, a holder passes
-rule 2 only through its `SUPERVISOR_SIDECAR` tag or a ledger entry: the diagnosis judges it as
-the reconcile of that sidecar would. Read-only: nothing is ever signalled.
+One truth with the daemon: the evidence is the reconcile's own (`evidence.gather`: the holder's
+tags, the spawn records that prove it, by the same rules), judged by the same `classify`, and
+what the next `supervisor run` does is the same `decide`. The spawn ledgers read are those of
+the default state dir, of every daemon in the per-user registry (running, or dead and not yet
+cleaned up), of `--state-dir` and of `-c`'s state dir; `-c` also gives the name, marker and
+reclaim policy of the sidecar configured on PORT. Without either, a holder passes rule 2 only
+through `--marker`, its `SUPERVISOR_SIDECAR` tag or a spawn record: it is judged as the
+reconcile of that sidecar would judge it. Read-only: nothing is ever signalled, no ledger
+entry pruned. Every string from outside (argv, user names, config values) is printed through
+`show.printable`: no control character reaches the terminal raw.
 """
 
 from __future__ import annotations
@@ -14,9 +20,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from supervisor.config import ReclaimConfig, SidecarConfig
 from supervisor.core import show
 from supervisor.errors import command as cli_command
 from supervisor.evidence.ledger import Spawn
+from supervisor.reconcile.decide import Act, Action, LaunchKind, decide
 from supervisor.system.proctime import same_create_time
 
 NO_MARKER_NOTE = (
@@ -107,6 +115,12 @@ def advise(
                 f"not ours: the supervisor never touches it; {kill} yourself if you know it is "
                 "safe, or give the sidecar another port"
             )
+        case "unproven":
+            return (
+                "it matches the marker only: maybe ours, maybe a copy started by hand; a "
+                "supervisor run asks before killing it (from a terminal) and otherwise waits; "
+                f"{kill} yourself if you know it is a leftover"
+            )
         case "orphan":
             if state is not None:
                 run = cli_command("run", "--state-dir", state)
@@ -126,7 +140,28 @@ def advise(
             return f'in use by {owner} (state dir {state}); stop it with "{stop}"'
 
 
-def diagnose(port: int, marker: str | None, known: Sequence[Known] = ()) -> list[Diagnosis]:
+@dataclass(frozen=True)
+class NextRun:
+    """What the next `supervisor run` does about the holders (the same `decide`)."""
+
+    interactive: Action  # launched from a terminal, or by start/restart/reload
+    unattended: Action  # a crash restart, or a daemon run with --non-interactive
+    configured: bool  # the sidecar's own reclaim policy (-c); else the defaults
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "interactive": self.interactive.act.value,
+            "unattended": self.unattended.act.value,
+            "configured": self.configured,
+        }
+
+
+def diagnose(
+    port: int,
+    marker: str | None,
+    known: Sequence[Known] = (),
+    sidecar: SidecarConfig | None = None,
+) -> tuple[list[Diagnosis], NextRun]:
     from supervisor.evidence.tags import is_supervisor_daemon
     from supervisor.reconcile.classify import OwnerState, Verdict, classify
     from supervisor.reconcile.evidence import gather
@@ -138,7 +173,10 @@ def diagnose(port: int, marker: str | None, known: Sequence[Known] = ()) -> list
     our_pid = os.getpid()
     our_create_time = procs.create_time(our_pid) or 0.0
     spawns = [spawn for entry in known for spawn in entry.spawns]
+    if sidecar is not None:
+        marker = sidecar.marker
     found = []
+    verdicts = []
     for holder in find_holders(port):
         evidence = gather(
             holder,
@@ -147,8 +185,13 @@ def diagnose(port: int, marker: str | None, known: Sequence[Known] = ()) -> list
             pidfile_pid=None,
             spawns=spawns,
         )
-        name = evidence.ledger_sidecar or evidence.sidecar_tag or ""
+        name = (
+            sidecar.name
+            if sidecar is not None
+            else (evidence.ledger_sidecar or evidence.sidecar_tag or "")
+        )
         result = classify(evidence, name=name, marker=marker or "", our_uid=os.getuid())
+        verdicts.append(result)
         facts = holder.facts
         reason = result.reason
         if result.verdict is Verdict.FOREIGN and facts and is_supervisor_daemon(facts.cmdline):
@@ -180,30 +223,69 @@ def diagnose(port: int, marker: str | None, known: Sequence[Known] = ()) -> list
                 state_dir=str(state) if state else None,
             )
         )
-    return found
+    reclaim = sidecar.reclaim if sidecar is not None else ReclaimConfig()
+    next_run = NextRun(
+        interactive=decide(verdicts, reclaim, LaunchKind.BOOT),
+        unattended=decide(verdicts, reclaim, LaunchKind.UNATTENDED),
+        configured=sidecar is not None,
+    )
+    return found, next_run
 
 
-def render_text(port: int, found: list[Diagnosis], marker: str | None) -> str:
+_ACTS = {
+    Act.LAUNCH: "launches at once",
+    Act.WAIT: "waits until the port is free",
+    Act.FAIL: "gives up (reclaim.foreign = fail)",
+    Act.KILL: "kills it silently, then launches",
+    Act.ASK: "asks for consent to kill it, then launches (a No: it waits)",
+}
+
+
+def describe_next_run(next_run: NextRun) -> str:
+    """One line: what `supervisor run` does, asked and unattended (pure)."""
+    asked, unattended = next_run.interactive.act, next_run.unattended.act
+    policy = "" if next_run.configured else " (default reclaim policy; -c for the sidecar's)"
+    if asked is unattended:
+        return f"the next supervisor run {_ACTS[asked]}{policy}"
+    return (
+        f"the next supervisor run {_ACTS[asked]} when started from a terminal; unattended "
+        f"(crash restart, --non-interactive) it {_ACTS[unattended]}{policy}"
+    )
+
+
+def render_text(
+    port: int, found: list[Diagnosis], marker: str | None, next_run: NextRun | None = None
+) -> str:
+    """The diagnosis for a terminal: every outside string escaped (show.printable)."""
     if not found:
         return f"port {port} is free"
+    text = show.printable
     lines = [f"port {port} is held by {len(found)} holder{'s' if len(found) > 1 else ''}:"]
     for d in found:
         who = f"pid {d.pid}" if d.pid is not None else "pid unknown"
-        user = d.user or "?"
+        user = text(d.user or "?")
         uid = d.uid if d.uid is not None else "?"
         lines.append(
             f"  {who}  user {user} (uid {uid})  ppid {d.ppid if d.ppid is not None else '?'}"
         )
-        lines.append(f"    command:   {d.command or '(unknown)'}")
-        lines.append(f"    listening: {', '.join(d.addresses)}")
+        lines.append(f"    command:   {text(d.command or '(unknown)')}")
+        lines.append(f"    listening: {text(', '.join(d.addresses))}")
         lines.append(f"    started:   {show.local_time(d.create_time)}")
-        lines.append(f"    verdict:   {d.verdict}: {d.reason}")
-        lines.append(f"    to do:     {d.advice}")
-    if marker is None:
+        lines.append(f"    verdict:   {d.verdict}: {text(d.reason)}")
+        lines.append(f"    to do:     {text(d.advice)}")
+    if next_run is not None:
+        lines.append(f"next run: {describe_next_run(next_run)}")
+    if marker is None and (next_run is None or not next_run.configured):
         lines.append(f"note: {NO_MARKER_NOTE}")
     return "\n".join(lines)
 
 
-def render_json(port: int, found: list[Diagnosis]) -> str:
-    document = {"port": port, "free": not found, "holders": [d.as_json() for d in found]}
+def render_json(port: int, found: list[Diagnosis], next_run: NextRun | None = None) -> str:
+    document: dict[str, object] = {
+        "port": port,
+        "free": not found,
+        "holders": [d.as_json() for d in found],
+    }
+    if next_run is not None and found:
+        document["next_run"] = next_run.as_json()
     return json.dumps(document)

@@ -44,6 +44,7 @@ def gather(
     pidfile_pid: int | None,
     current_sessions: Mapping[int, str] | None = None,
     spawns: Sequence[ledger.Spawn] = (),
+    adopted: frozenset[int] = frozenset(),
 ) -> Evidence:
     facts = holder.facts
     environ = facts.environ if facts is not None else None
@@ -66,24 +67,55 @@ def gather(
         ledger_sidecar=entry.sidecar if entry is not None else None,
         ledger_owner=resolve_owner(recorded_owner, our_pid, our_create_time),
         owner=recorded_owner or tagged_owner,
+        adopted=holder.pid is not None and holder.pid in adopted,
     )
+
+
+MAX_CHAIN = 64  # ancestors followed: a deeper tree than this proves nothing more
+
+
+def lineage(pid: int, create_time: float) -> ledger.Lineage:
+    """The facts `ledger.proven_by` judges: the chain of living parents (each with its create
+    time, read after its pid: see docs/reliability.md on why that order is sound) and the
+    identities now behind the session and group numbers."""
+    chain = [(pid, create_time)]
+    current = pid
+    while len(chain) < MAX_CHAIN:
+        parent = procs.parent_pid(current)
+        if parent is None or parent <= 1:
+            break
+        created = procs.create_time(parent)
+        if created is None:
+            break
+        chain.append((parent, created))
+        current = parent
+    sid, pgid = procs.session_id(pid), procs.process_group(pid)
+    return ledger.Lineage(
+        chain=tuple(chain),
+        sid=sid,
+        pgid=pgid,
+        session_leader=_alive(sid),
+        group_leader=_alive(pgid),
+    )
+
+
+def _alive(pid: int | None) -> tuple[int, float] | None:
+    """(pid, create time) of the living, non-zombie process `pid`, if there is one."""
+    if pid is None or pid <= 0:
+        return None
+    created = procs.create_time(pid)
+    if created is None or not proctime.is_alive(pid, created):
+        return None
+    return pid, created
 
 
 def find_spawn(
     pid: int | None, create_time: float, spawns: Sequence[ledger.Spawn]
 ) -> ledger.Spawn | None:
-    """The ledger entry `pid` is, or is in the session of (see ledger.py on why a stranger
-    cannot match)."""
+    """The ledger entry that proves `pid` ours (ledger.proven_by), if any."""
     if pid is None or not spawns:
         return None
-    sid = procs.session_id(pid)
-    for entry in spawns:
-        if entry.pid != pid and entry.sid != sid:
-            continue  # neither that process nor in its session: no lookup needed
-        founder = create_time if entry.sid == pid else procs.create_time(entry.sid)
-        if ledger.session_member(pid, create_time, sid, entry, founder_create_time=founder):
-            return entry
-    return None
+    return ledger.proven_by(lineage(pid, create_time), spawns)
 
 
 def _current_sidecar(pid: int | None, sessions: Mapping[int, str]) -> str | None:

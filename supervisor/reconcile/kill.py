@@ -11,10 +11,11 @@ by number could reach a stranger.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -174,6 +175,35 @@ async def kill_process(
         return True
     finally:
         target.close()
+
+
+async def stop_left(
+    processes: Sequence[tuple[int, float]], *, stop_signal: int, stop_timeout_s: float
+) -> list[int]:
+    """Stop whichever of `processes` (pid, create time; proven ours when listed) still runs,
+    concurrently; the pids that had to be stopped. Identity is re-checked before each signal."""
+    left = [
+        (pid, created)
+        for pid, created in processes
+        if await anyio.to_thread.run_sync(proctime.is_alive, pid, created)
+    ]
+    stopped: list[int] = []
+
+    async def stop(pid: int, created: float) -> None:
+        with contextlib.suppress(KillAborted):
+            await kill_process(
+                pid,
+                created,
+                stop_signal=stop_signal,
+                stop_timeout_s=stop_timeout_s,
+                still_ours=functools.partial(proctime.is_alive, pid, created),
+            )
+            stopped.append(pid)
+
+    async with anyio.create_task_group() as tg:
+        for pid, created in left:
+            tg.start_soon(stop, pid, created)
+    return sorted(stopped)
 
 
 async def kill_holder(

@@ -1,4 +1,8 @@
-"""The reconcile preflight run before every launch: find, classify, act (SPEC 5.3).
+"""The reconcile preflight run before every launch: gather, decide, act (SPEC 5.3).
+
+Gather: the holders and their evidence (`_judge`, in a worker thread), classified (pure).
+Decide: `decide.decide` (pure: the verdicts, the reclaim policy, the launch kind). Act: log,
+ask, kill, or say why we wait or fail.
 
 It never raises into the launch path: any error is logged as `reconcile_failed` and the launch
 proceeds to spawn.
@@ -15,11 +19,12 @@ from enum import StrEnum
 import anyio
 from structlog.typing import FilteringBoundLogger
 
-from supervisor.config import ForeignAction, LiveAction, OrphanAction, SidecarConfig
+from supervisor.config import SidecarConfig
 from supervisor.evidence.ledger import Ledger
 from supervisor.evidence.tags import OwnerTag
 from supervisor.reconcile import holders
 from supervisor.reconcile.classify import Classification, Evidence, Verdict, classify
+from supervisor.reconcile.decide import Act, LaunchKind, decide
 from supervisor.reconcile.evidence import gather
 from supervisor.reconcile.kill import KillAborted, kill_holder
 from supervisor.system import net
@@ -59,6 +64,8 @@ class Context:
     ledger: Ledger | None = None  # this state dir's spawn ledger (every generation)
     # The daemon's own inherited sockets (socket.inherit): never a holder to reclaim.
     own_inodes: Callable[[], frozenset[int]] = frozenset
+    # Orphans this daemon adopted as their subreaper (reaper.adopted): provably ours.
+    adopted: Callable[[], frozenset[int]] = frozenset
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,7 @@ def _judge(
         if holder.pid != ctx.our_pid  # the daemon holds its inherited socket: never a holder
     ]
     spawns = ctx.ledger.entries() if ctx.ledger is not None and found else []
+    adopted = ctx.adopted() if found else frozenset()
     judged = []
     for holder in found:
         evidence = gather(
@@ -93,6 +101,7 @@ def _judge(
             pidfile_pid=recorded_pid,
             current_sessions=sessions,
             spawns=spawns,
+            adopted=adopted,
         )
         verdict = classify(evidence, name=config.name, marker=config.marker, our_uid=os.getuid())
         judged.append(Judged(holder, verdict, evidence))
@@ -143,33 +152,32 @@ async def _attempt(
         return Outcome(Action.LAUNCH)
     for item in judged:
         _log_found(log, port, item, recorded_pid)
-    # The verdict covers the set: one holder we must not touch means nobody is killed, and no
-    # consent is asked for a kill that could not happen anyway.
-    for item in judged:
-        verdict = item.classification.verdict
-        keep_orphan = verdict is Verdict.ORPHAN and config.reclaim.orphan is not OrphanAction.KILL
-        if verdict is Verdict.FOREIGN or keep_orphan:
-            return _foreign(config, item.holder, item.classification, listeners, log)
-    for item in judged:
-        if item.classification.current_sidecar is not None:
-            log.info("live_holder_left", port=port, pid=item.holder.pid)
-            return _live_wait(port, item, listeners)
-    to_kill: list[Judged] = []
-    for item in judged:
-        if item.classification.verdict is Verdict.LIVE:
-            if not await _live_consented(
-                config, item.holder, interactive=interactive, ctx=ctx, log=log
-            ):
-                log.info("live_holder_left", port=port, pid=item.holder.pid)
-                return _live_wait(port, item, listeners)
-            if not ctx.should_run():
-                return Outcome(Action.WAIT, reason="the sidecar was stopped meanwhile")
-        to_kill.append(item)
-    for item in to_kill:
+    # Until issue 29's launch kinds reach the sidecar: an interactive launch is one that may ask.
+    launch = LaunchKind.REQUEST if interactive else LaunchKind.RESTART
+    action = decide([item.classification for item in judged], config.reclaim, launch)
+    match action.act:
+        case Act.LAUNCH:
+            return Outcome(Action.LAUNCH)
+        case Act.WAIT | Act.FAIL:
+            if action.blocker is None:
+                raise RuntimeError(f"decide named no holder to {action.act} on")  # a bug
+            return _left(
+                config, port, judged[action.blocker], action.act, listeners=listeners, log=log
+            )
+        case Act.ASK:
+            for index in action.ask:
+                item = judged[index]
+                if not await _consented(config, item, ctx=ctx, log=log):
+                    return _left(config, port, item, Act.WAIT, listeners=listeners, log=log)
+                if not ctx.should_run():
+                    return Outcome(Action.WAIT, reason="the sidecar was stopped meanwhile")
+        case Act.KILL:
+            pass
+    for index in action.kill:
         if not await _kill(
             config=config,
             port=port,
-            judged=item,
+            judged=judged[index],
             ctx=ctx,
             recorded_pid=recorded_pid,
             sessions=sessions,
@@ -177,6 +185,42 @@ async def _attempt(
         ):
             return None
     return Outcome(Action.LAUNCH)
+
+
+def _left(
+    config: SidecarConfig,
+    port: int,
+    item: Judged,
+    act: Act,
+    *,
+    listeners: tuple[net.Listener, ...],
+    log: FilteringBoundLogger,
+) -> Outcome:
+    """We leave the holder `item` alone: wait (or fail), and say why."""
+    match item.classification.verdict:
+        case Verdict.FOREIGN | Verdict.ORPHAN:
+            return _foreign(
+                config, item.holder, item.classification, act, listeners=listeners, log=log
+            )
+        case Verdict.LIVE:
+            log.info("live_holder_left", port=port, pid=item.holder.pid)
+            return _live_wait(port, item, listeners)
+        case Verdict.UNPROVEN:
+            log.info(
+                "unproven_holder_left",
+                port=port,
+                pid=item.holder.pid,
+                reason=item.classification.reason,
+            )
+            return Outcome(
+                Action.WAIT,
+                reason=f"port {port} is held by pid {item.holder.pid}, which "
+                f"{item.classification.reason}; the supervisor never kills it without asking: "
+                "stop it, or start the sidecar from a terminal to be asked",
+                holder_pid=item.holder.pid,
+                verdict=Verdict.UNPROVEN,
+                listeners=frozenset(listeners),
+            )
 
 
 def _log_found(
@@ -217,12 +261,14 @@ def _foreign(
     config: SidecarConfig,
     holder: holders.Holder,
     verdict: Classification,
+    act: Act,
+    *,
     listeners: tuple[net.Listener, ...],
     log: FilteringBoundLogger,
 ) -> Outcome:
     facts = holder.facts
     who = f"pid {holder.pid}" if holder.pid is not None else f"a process of uid {holder.uid}"
-    fail = config.reclaim.foreign is ForeignAction.FAIL
+    fail = act is Act.FAIL
     advice = (
         f"stop that program or change this sidecar's port; the supervisor "
         f"{'gives up' if fail else 'starts it as soon as the port is free'}"
@@ -248,21 +294,17 @@ def _foreign(
     )
 
 
-async def _live_consented(
-    config: SidecarConfig,
-    holder: holders.Holder,
-    *,
-    interactive: bool,
-    ctx: Context,
-    log: FilteringBoundLogger,
+async def _consented(
+    config: SidecarConfig, item: Judged, *, ctx: Context, log: FilteringBoundLogger
 ) -> bool:
-    if not interactive or config.reclaim.live is LiveAction.LEAVE:
-        return False
+    """Ask (one dialog at a time) whether a live or unproven holder may be killed."""
+    holder = item.holder
     facts = holder.facts
     if holder.pid is None or facts is None or config.port is None:
         return False
-    from supervisor.reconcile import consent  # asked only for a live holder: rare
+    from supervisor.reconcile import consent  # asked only for a live or unproven holder: rare
 
+    unproven = item.classification.verdict is Verdict.UNPROVEN
     request = consent.ConsentRequest(
         sidecar=config.name,
         port=config.port,
@@ -270,10 +312,20 @@ async def _live_consented(
         user=facts.user,
         command=facts.command,
         started_at=facts.create_time,
+        unproven=unproven,
     )
     async with ctx.consent_lock:  # one dialog at a time
-        provider = consent.choose_provider(config.reclaim, stdin_is_tty=ctx.stdin_is_tty)
-        log.info("consent_requested", port=config.port, pid=holder.pid, provider=provider.value)
+        provider = consent.choose_provider(
+            config.reclaim, stdin_is_tty=ctx.stdin_is_tty, unproven=unproven
+        )
+        log.info(
+            "consent_requested",
+            port=config.port,
+            pid=holder.pid,
+            provider=provider.value,
+            verdict=item.classification.verdict.value,
+            reason=item.classification.reason,
+        )
         result = await consent.ask(config.reclaim, request, stdin_is_tty=ctx.stdin_is_tty)
     if result.granted:
         log.info("consent_granted", port=config.port, pid=holder.pid, detail=result.detail)
@@ -327,6 +379,7 @@ async def _kill(
         event,
         port=config.port,
         pid=pid,
+        reason=verdict.reason,
         command=holder.facts.command,
         escalated=result.escalated,
         port_released=result.port_released,

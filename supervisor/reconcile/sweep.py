@@ -3,8 +3,11 @@
 The port preflight only sees processes that hold a port. A child that was still starting when
 its daemon was SIGKILLed (or a grandchild of one) holds none, and would run forever. The ledger
 names every process those daemons spawned, of every generation, so each leftover proven ours
-(it is a ledger process, or in the session of one, and that entry's daemon is gone) is stopped
-as an orphan. Holders of a configured port are left to the preflight, which reports them.
+(ledger.proven_by: it is a recorded process, descends from a living one, or is in the session
+or group a living recorded process leads) whose entry's daemon is gone is stopped as an
+orphan. Holders of a configured port are left to the preflight, which reports them.
+
+Gather (`gather`: the scan, in a worker thread) -> plan (`plan`: pure) -> act (`sweep`).
 
 A process that merely inherited the env tags but left the session (a browser a dev server
 opened with its own setsid) is not proven ours: it is left alone and reported (`orphan_left`),
@@ -39,10 +42,40 @@ def previous_owner(record: Mapping[str, object] | None) -> OwnerTag | None:
 
 
 @dataclass(frozen=True)
+class Seen:
+    """One process of our uid, as the scan found it."""
+
+    facts: procs.ProcessFacts
+    leads_group: bool  # it leads its process group: stopped first (its group goes with it)
+    entry: Spawn | None  # the entry that proves it ours (ledger.proven_by), if any
+    holds_its_port: bool  # it listens on its entry's sidecar's port: the preflight's
+    tagged_by_previous: bool  # its owner tag names a daemon of this state dir that is gone
+
+
+@dataclass(frozen=True)
 class Plan:
     stop: list[tuple[procs.ProcessFacts, Spawn]]  # proven ours, holding no port: reclaimed
     left: list[procs.ProcessFacts]  # tagged by a gone daemon, but not proven ours
-    done: list[Spawn]  # entries whose process and session are gone: forgotten
+    done: list[Spawn]  # entries of gone daemons that prove no living process: forgotten
+
+
+def plan(seen: Sequence[Seen], orphaned: Sequence[Spawn]) -> Plan:
+    """What the sweep does with what the scan saw (pure). `orphaned`: the entries whose daemon
+    is neither us nor alive."""
+    gone = set(orphaned)
+    proving: set[Spawn] = set()
+    stop: list[tuple[procs.ProcessFacts, Spawn]] = []
+    left: list[procs.ProcessFacts] = []
+    for item in seen:
+        if item.entry is not None:
+            proving.add(item.entry)
+            if item.entry in gone and not item.holds_its_port:
+                stop.append((item.facts, item.entry))
+        elif item.tagged_by_previous:
+            left.append(item.facts)
+    leaders = {item.facts.pid for item in seen if item.leads_group}
+    stop.sort(key=lambda pair: pair[0].pid not in leaders)  # leaders first
+    return Plan(stop, left, [entry for entry in orphaned if entry not in proving])
 
 
 def _gone(entry: Spawn, us: OwnerTag) -> bool:
@@ -54,40 +87,43 @@ def _gone(entry: Spawn, us: OwnerTag) -> bool:
     return not proctime.is_alive(entry.daemon_pid, entry.daemon_create_time)
 
 
-def plan(
+def gather(
     spawns: Sequence[Spawn],
     previous: OwnerTag | None,
     sidecars: Mapping[str, SidecarConfig],
     us: OwnerTag,
-) -> Plan:
-    """One scan of our processes against the ledger (blocking: run it in a worker thread)."""
+) -> tuple[list[Seen], list[Spawn]]:
+    """One scan of our uid's processes against the ledger (blocking: run it in a worker
+    thread): what each is, and the entries whose daemon is gone."""
     orphaned = [entry for entry in spawns if _gone(entry, us)]
     previous_daemons = {(e.daemon_pid, e.daemon_create_time) for e in orphaned}
     if previous is not None:
         previous_daemons.add((previous.pid, previous.create_time))
     if not orphaned and previous is None:
-        return Plan([], [], [])
+        return [], []
     me = os.getpid()
-    live_entries: set[Spawn] = set()
-    stop: list[tuple[procs.ProcessFacts, Spawn]] = []
-    left: list[procs.ProcessFacts] = []
+    seen: list[Seen] = []
     for pid in procs.pids_of_uid(os.getuid()):
         if pid == me:
             continue
         facts = procs.facts(pid)
         if facts is None:
             continue
-        mine = find_spawn(pid, facts.create_time, spawns)
-        if mine is not None:
-            live_entries.add(mine)
-            if mine in orphaned and not _holds_its_port(pid, sidecars.get(mine.sidecar)):
-                stop.append((facts, mine))
+        entry = find_spawn(pid, facts.create_time, spawns)
+        tagged = entry is None and _tagged_by(facts, previous_daemons)
+        if entry is None and not tagged:
             continue
-        if _tagged_by(facts, previous_daemons):
-            left.append(facts)
-    done = [entry for entry in orphaned if entry not in live_entries]
-    stop.sort(key=lambda item: procs.process_group(item[0].pid) != item[0].pid)  # leaders first
-    return Plan(stop, left, done)
+        seen.append(
+            Seen(
+                facts=facts,
+                leads_group=procs.process_group(pid) == pid,
+                entry=entry,
+                holds_its_port=entry is not None
+                and _holds_its_port(pid, sidecars.get(entry.sidecar)),
+                tagged_by_previous=tagged,
+            )
+        )
+    return seen, orphaned
 
 
 def _holds_its_port(pid: int, config: SidecarConfig | None) -> bool:
@@ -117,14 +153,16 @@ async def sweep(
 ) -> None:
     """Stop every leftover of earlier daemons that is proven ours and holds no port."""
     spawns = await anyio.to_thread.run_sync(book.entries)
-    work = await anyio.to_thread.run_sync(plan, spawns, previous, sidecars, us)
+    seen, orphaned = await anyio.to_thread.run_sync(gather, spawns, previous, sidecars, us)
+    work = plan(seen, orphaned)
     for facts in work.left:
         log.info(
             "orphan_left",
             pid=facts.pid,
             command=facts.command,
-            reason="it carries the tags of a supervisor that is gone, but left that "
-            "supervisor's session (its own setsid): not proven ours, so not touched",
+            reason="it carries the tags of a supervisor that is gone, but no spawn record "
+            "proves it ours (it left that supervisor's session, or its recorded ancestor is "
+            "gone): not touched",
         )
     async with anyio.create_task_group() as tg:
         for facts, entry in work.stop:
@@ -138,15 +176,17 @@ async def sweep(
 
 
 def _still_there(entry: Spawn) -> bool:
-    return proctime.is_alive(entry.pid, entry.create_time) or bool(procs.session_members(entry.sid))
+    # Only the recorded process itself keeps an entry worth keeping (ledger.py).
+    return proctime.is_alive(entry.pid, entry.create_time)
 
 
 async def _reclaim(
     facts: procs.ProcessFacts, entry: Spawn, stop: StopConfig, log: FilteringBoundLogger
 ) -> None:
     def still_ours() -> bool:
-        now = procs.facts(facts.pid, with_environ=False)
-        return now is not None and find_spawn(now.pid, now.create_time, [entry]) is not None
+        # Proven ours when planned; the same process (pid and create time) stays ours, even
+        # once the leader whose session proved it has exited.
+        return proctime.is_alive(facts.pid, facts.create_time)
 
     try:
         escalated = await kill_process(
@@ -165,5 +205,5 @@ async def _reclaim(
         command=facts.command,
         escalated=escalated,
         reason=f"left by a supervisor that did not exit cleanly (pid {entry.daemon_pid}; "
-        "by the spawn ledger)",
+        "by its spawn record)",
     )

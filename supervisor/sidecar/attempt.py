@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import signal
 import time
 from typing import Protocol
@@ -23,7 +24,7 @@ from supervisor.config import HealthKind, ProbeKind, SidecarConfig
 from supervisor.core import show, status
 from supervisor.core.lifecycle import ExitInfo
 from supervisor.evidence import ledger, tags
-from supervisor.reconcile.kill import KillAborted, kill_process
+from supervisor.reconcile.kill import KillAborted, kill_process, stop_left
 from supervisor.sidecar import inherit, output, probes
 from supervisor.sidecar.outputlog import OutputLog
 from supervisor.sidecar.runtime import Runtime
@@ -31,6 +32,7 @@ from supervisor.system import children, logs, net, notifysock, procs, proctime, 
 from supervisor.system.statedir import SIDECAR_PID_NAME, StateDir, int_field
 
 OUTPUT_DRAIN_S = 0.5
+DAEMONIZED_POLL_S = 0.05  # a daemonized server's late bind: as often as a readiness probe
 # An exec health check's environment: the sidecar's (with its tags), plus these.
 HEALTH_PID_ENV = "SUPERVISOR_SIDECAR_PID"
 HEALTH_PORT_ENV = "SUPERVISOR_PORT"
@@ -154,6 +156,11 @@ class Attempt:
                     failed_start = False
                     await self._became_ready(child, spawned)
                     await self._hold_ready(child)
+                    if child.exited and self.unhealthy is None and _exited_zero(child.pid):
+                        # Ready by a listener in its session, then it exited 0 leaving that
+                        # listener: a daemonizing parent the probe raced (redis --daemonize yes).
+                        with anyio.CancelScope(shield=True):
+                            daemonized = await self._daemonized(child, wait=False)
                 else:
                     self.reason = failure
                     self.log.warning("sidecar_start_failed", pid=child.pid, reason=failure)
@@ -163,7 +170,7 @@ class Attempt:
                     elif failure == EXITED_EARLY:
                         with anyio.CancelScope(shield=True):
                             daemonized = await self._daemonized(child)
-                self._child_ended(child, failed_start)
+                self._child_ended(child, keep_reason=failed_start or daemonized)
                 with anyio.move_on_after(OUTPUT_DRAIN_S):
                     # Output still in the pipes is forwarded; a setsid'd grandchild holding a pipe
                     # open must not keep us here.
@@ -172,7 +179,9 @@ class Attempt:
         finally:
             with anyio.CancelScope(shield=True):
                 if child.status is None and not child.abandoned:
+                    tree = await anyio.to_thread.run_sync(reaper.snapshot_tree, child.pid)
                     await self._stop_child(child)
+                    await self._stop_left(tree)
                 await recorded.wait()
                 chores = self.chores
                 if chores is not None:
@@ -348,13 +357,13 @@ class Attempt:
     def _notify_rejected(self, sender: int | None, why: str) -> None:
         self.log.warning("notify_rejected", sender_pid=sender, reason=why)
 
-    def _child_ended(self, child: children.Child, failed_start: bool) -> None:
+    def _child_ended(self, child: children.Child, *, keep_reason: bool) -> None:
         """The leader exited: kill what is left of its group, reap, record the exit."""
         exit_status = child.finish()
         signal_name = show.signal_name(exit_status.signal)
         if self.unhealthy is not None:
             self.reason = self.unhealthy
-        elif not failed_start:
+        elif not keep_reason:  # a failed start or a daemonized exit said why already
             self.reason = (
                 f"exited with code {exit_status.code}"
                 if exit_status.signal is None
@@ -381,6 +390,17 @@ class Attempt:
             )
         self.log.info("sidecar_stopped", pid=child.pid, escalated=escalated)
 
+    async def _stop_left(self, tree: list[tuple[int, float]]) -> None:
+        """What of the child's tree outlived its group's stop (its own setsid or setpgid):
+        proven ours when the stop began (reaper.snapshot_tree), stopped now."""
+        if not tree:
+            return
+        stopped = await stop_left(
+            tree, stop_signal=self.config.stop.signal, stop_timeout_s=self.config.stop.timeout_s
+        )
+        if stopped:
+            self.log.info("sidecar_leftovers_stopped", count=len(stopped), pids=stopped)
+
     def _release(self, child: children.Child) -> None:
         self._abandoned = self._abandoned or child.abandoned
         child.close()
@@ -391,13 +411,24 @@ class Attempt:
 
     # -- a command that daemonized ------------------------------------------------------------
 
-    async def _daemonized(self, child: children.Child) -> bool:
+    async def _daemonized(self, child: children.Child, *, wait: bool = True) -> bool:
         """The child exited before ready: did it leave a process of its own on the port? (Its
-        session, or an orphan of it adopted by us as subreaper.) If so, say so and stop it."""
+        session, or an orphan of it adopted by us as subreaper.) If so, say so and stop it.
+
+        A server may bind after its parent exited (redis, a delayed bind): while something
+        born of the child lives, we look again, until `ready.timeout`."""
         port = self.config.port
         if port is None:
             return False
-        left = await anyio.to_thread.run_sync(_left_on_port, child.pid, child.create_time, port)
+        born, left = await anyio.to_thread.run_sync(
+            _left_on_port, child.pid, child.create_time, port
+        )
+        with anyio.move_on_after(self.config.ready.timeout_s if wait else 0.0):
+            while born and not left:
+                await anyio.sleep(DAEMONIZED_POLL_S)
+                born, left = await anyio.to_thread.run_sync(
+                    _left_on_port, child.pid, child.create_time, port
+                )
         if not left:
             return False
         pid = left[0][0]
@@ -443,6 +474,7 @@ class Attempt:
         return ledger.Spawn(
             pid=child.pid,
             create_time=child.create_time,
+            boot_id=self.rt.ledger.boot_id,
             sid=child.pid,  # it leads the session it was started in
             pgid=child.pgid,
             command=tuple(self.config.command),
@@ -453,14 +485,13 @@ class Attempt:
         )
 
     async def _forget_spawn(self, child: children.Child) -> None:
-        """Out of the ledger once nothing of its session is left (else a later sweep or
-        preflight still knows the leftovers as ours)."""
+        """Out of the ledger once the child is reaped: an entry proves only its own process
+        (ledger.py), so once that is gone it proves nothing, and a session number left in it
+        could only ever match a stranger."""
         spawn = self._spawn
         if spawn is None or child.abandoned:
             return
-        members = await anyio.to_thread.run_sync(procs.session_members, spawn.sid)
-        if not members:
-            await anyio.to_thread.run_sync(self.rt.ledger.forget, spawn)
+        await anyio.to_thread.run_sync(self.rt.ledger.forget, spawn)
 
     # -- the PID file --------------------------------------------------------------------------
 
@@ -512,8 +543,11 @@ def wants_notify(config: SidecarConfig) -> bool:
     return config.ready.probe is ProbeKind.NOTIFY or config.health.probe is HealthKind.NOTIFY
 
 
-def _left_on_port(child_pid: int, child_created: float, port: int) -> list[tuple[int, float]]:
-    """Processes born of the child (its session's, or orphans of it we adopted) on `port`."""
+def _left_on_port(
+    child_pid: int, child_created: float, port: int
+) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """Processes born of the child (its session's, or orphans of it we adopted): those alive,
+    and those of them listening on `port`."""
     candidates = set(procs.session_members(child_pid)) | set(reaper.adopted())
     born: dict[int, float] = {}
     for pid in candidates:
@@ -523,7 +557,16 @@ def _left_on_port(child_pid: int, child_created: float, port: int) -> list[tuple
         ):
             born[pid] = created
     listening = net.pids_listening(port, born)
-    return sorted((pid, born[pid]) for pid in listening)
+    return sorted(born.items()), sorted((pid, born[pid]) for pid in listening)
+
+
+def _exited_zero(pid: int) -> bool:
+    """The unreaped child `pid` exited with code 0 (peeked: it stays unreaped for finish())."""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return info is not None and info.si_code == os.CLD_EXITED and info.si_status == 0
 
 
 def _descends(pid: int, created: float, child: children.Child) -> bool:

@@ -22,7 +22,7 @@ from supervisor.sidecar import inherit, ports
 from supervisor.sidecar.attempt import Attempt, read_recorded_pid
 from supervisor.sidecar.outputlog import OutputLog
 from supervisor.sidecar.runtime import Runtime
-from supervisor.system import children, exitwatch, logs, net, proctime
+from supervisor.system import children, exitwatch, logs, net, proctime, reaper
 
 WAIT_POLL_S = 1.0
 # The outcomes of a launch (SPEC 7: READY=1 once every sidecar's first launch has one).
@@ -335,6 +335,7 @@ class Sidecar:
             current_sessions=self.rt.current_sessions,
             ledger=self.rt.ledger,
             own_inodes=self.rt.sockets.inodes,
+            adopted=lambda: frozenset(reaper.adopted()),
         )
         return await preflight(self.launch, interactive=interactive, ctx=ctx, log=self.log)
 

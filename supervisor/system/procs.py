@@ -326,3 +326,10 @@ def descendant_pids(pid: int) -> list[int]:
                 found.append(child)
                 queue.append(child)
     return found
+
+
+def boot_time() -> float:
+    """When the system booted (epoch seconds), where no kernel boot id exists (not Linux)."""
+    import psutil
+
+    return float(psutil.boot_time())

@@ -94,3 +94,29 @@ def reap_adopted() -> int:
                 if os.waitpid(pid, os.WNOHANG)[0] == pid:
                     reaped += 1
     return reaped
+
+
+def snapshot_tree(pid: int) -> list[tuple[int, float]]:
+    """Every living descendant of `pid`, each with its create time (blocking: /proc reads).
+
+    Taken while `pid` (our child) still lives, the chain of living parents proves each ours;
+    the exact identities keep that proof once they are orphaned (adopted by us as subreaper,
+    or by init) by the child's stop: a setsid'd server, a setpgid member, a grandchild
+    holding an inherited socket.
+    """
+    found = []
+    for descendant in procs.descendant_pids(pid):
+        created = procs.create_time(descendant)
+        if created is not None:
+            found.append((descendant, created))
+    return found
+
+
+def adopted_identities() -> list[tuple[int, float]]:
+    """`adopted()`, each with its create time (blocking: /proc reads)."""
+    found = []
+    for pid in adopted():
+        created = procs.create_time(pid)
+        if created is not None:
+            found.append((pid, created))
+    return found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import pty
@@ -83,6 +84,35 @@ def test_choose_provider(
 ) -> None:
     reclaim = ReclaimConfig(consent=mode, consent_command=("true",) if has_command else ())
     assert consent.choose_provider(reclaim, stdin_is_tty=stdin_is_tty) is expected
+
+
+@pytest.mark.parametrize(
+    ("mode", "stdin_is_tty", "expected"),
+    [
+        (ConsentMode.AUTO, True, Provider.TTY),
+        (ConsentMode.AUTO, False, Provider.DENY),  # never the command for a marker-only holder
+        (ConsentMode.TTY, False, Provider.TTY),
+        (ConsentMode.COMMAND, False, Provider.COMMAND),  # the user said the command judges
+        (ConsentMode.DENY, True, Provider.DENY),
+    ],
+    ids=lambda v: str(v).lower() if isinstance(v, bool) else str(v),
+)
+def test_choose_provider_for_an_unproven_holder(
+    mode: ConsentMode, stdin_is_tty: bool, expected: Provider
+) -> None:
+    reclaim = ReclaimConfig(consent=mode, consent_command=("true",))
+    chosen = consent.choose_provider(reclaim, stdin_is_tty=stdin_is_tty, unproven=True)
+    assert chosen is expected
+
+
+@pytest.mark.anyio
+async def test_auto_never_runs_the_command_for_an_unproven_holder(tmp_path: Path) -> None:
+    proof = tmp_path / "ran"
+    reclaim = ReclaimConfig(consent_command=("sh", "-c", f"touch {proof}"))
+    request = dataclasses.replace(REQUEST, unproven=True)
+    result = await consent.ask(reclaim, request, stdin_is_tty=False)
+    assert not result.granted and "matches the marker only" in result.detail
+    assert not proof.exists()
 
 
 # --- command provider --------------------------------------------------------------------------
@@ -210,6 +240,7 @@ async def test_command_gets_the_holder_in_its_environment(tmp_path: Path) -> Non
         "SUPERVISOR_HOLDER_PID": "4242",
         "SUPERVISOR_HOLDER_COMMAND": "node server/index.js --title 'a b' \"$HOME\"",
         "SUPERVISOR_HOLDER_USER": "alice",
+        "SUPERVISOR_HOLDER_VERDICT": "live",
     }
 
 

@@ -119,7 +119,7 @@ def test_retitled_orphan_is_reclaimed_by_the_ledger(kind: str, tmp_path: Path) -
             assert killed["pid"] in orphans
             found = second.find("reconcile_holder_found")
             assert found and all(f["verdict"] == "orphan" for f in found)
-            assert any("spawn ledger" in str(f["reason"]) for f in found)
+            assert any("spawn record" in str(f["reason"]) for f in found)
             new_pid = second.wait_for("sidecar_ready", timeout=30)["pid"]
             assert new_pid not in orphans
             wait_until(functools.partial(all_gone, orphans), 10.0, "the orphans to be gone")
@@ -191,34 +191,81 @@ LEAVES_THE_SESSION = textwrap.dedent(
     """
 )
 
+# The same, but the process in between exits: the escaped one's chain of living parents no
+# longer reaches our recorded child (it was adopted by the daemon, then by whoever is next).
+LEAVES_AND_LOSES_ITS_PARENT = textwrap.dedent(
+    """
+    import os, sys, time
+    middle = os.fork()
+    if middle == 0:
+        if os.fork() == 0:
+            os.setsid()
+            os.write(1, b"escaped %d\\n" % os.getpid())
+            time.sleep(3600)
+            os._exit(0)
+        os._exit(0)
+    os.waitpid(middle, 0)
+    os.write(1, b"child %d\\n" % os.getpid())
+    time.sleep(3600)
+    """
+)
 
-def test_a_tagged_process_that_left_the_session_survives_the_sweep(tmp_path: Path) -> None:
+
+def escaped_pid(daemon: Daemon) -> int:
+    line = daemon.wait_for(
+        "child_output", where=lambda e: str(e.get("line", "")).startswith("escaped")
+    )
+    return int(str(line["line"]).split()[1])
+
+
+def test_a_setsid_descendant_of_a_living_leftover_is_swept_with_it(tmp_path: Path) -> None:
+    """Its own setsid does not hide it: its chain of living parents reaches our recorded child
+    (issue 24: setsid'd members of a sidecar's tree were left behind)."""
     state = tmp_path / "state"
     sidecar: dict[str, object] = {"name": "app", "command": [PYTHON, "-c", LEAVES_THE_SESSION]}
     config = write_config(tmp_path / "supervisor.toml", [sidecar])
     left: list[int] = []
     with cleanup(left):
         first = Daemon(config, state)
-        escaped_line = first.wait_for(
-            "child_output", where=lambda e: str(e.get("line", "")).startswith("escaped")
-        )
-        escaped = int(str(escaped_line["line"]).split()[1])
+        escaped = escaped_pid(first)
         child = first.wait_for("sidecar_spawned")["pid"]
         left += [child, escaped]
+        wait_recorded(state, child)
+        first.kill()
+        with Daemon(config, state) as second:
+            killed = {second.wait_for("orphan_killed", count=n, timeout=30)["pid"] for n in (1, 2)}
+            assert killed == {child, escaped}
+            left.append(escaped_pid(second))  # its new child's: cleaned up by `cleanup`
+            assert second.stop() == 0
+        assert pid_gone(child) and pid_gone(escaped)
+
+
+def test_a_tagged_process_that_is_not_proven_ours_survives_the_sweep(tmp_path: Path) -> None:
+    """It carries the tags of the gone daemon, but neither a spawn record nor a chain of living
+    parents proves it ours (the process between it and our child exited): reported, untouched."""
+    state = tmp_path / "state"
+    sidecar: dict[str, object] = {
+        "name": "app",
+        "command": [PYTHON, "-c", LEAVES_AND_LOSES_ITS_PARENT],
+    }
+    config = write_config(tmp_path / "supervisor.toml", [sidecar])
+    left: list[int] = []
+    with cleanup(left):
+        first = Daemon(config, state)
+        escaped = escaped_pid(first)
+        child = first.wait_for("sidecar_spawned")["pid"]
+        left += [child, escaped]
+        first.wait_for("child_output", where=lambda e: str(e.get("line", "")).startswith("child"))
         wait_recorded(state, child)
         first.kill()
         with Daemon(config, state) as second:
             assert second.wait_for("orphan_killed", timeout=30)["pid"] == child
             reported = second.wait_for("orphan_left", timeout=30)
             assert reported["pid"] == escaped
-            # Its own new child escapes the same way, and a clean stop leaves that one too.
-            again = second.wait_for(
-                "child_output", where=lambda e: str(e.get("line", "")).startswith("escaped")
-            )
-            left.append(int(str(again["line"]).split()[1]))
+            left.append(escaped_pid(second))
             assert second.stop() == 0
         assert pid_gone(child)
-        assert not pid_gone(escaped)  # not proven ours: untouched, as a clean stop leaves it
+        assert not pid_gone(escaped)  # not proven ours: untouched
 
 
 def test_second_instance_reclaims_once_the_first_supervisor_dies(tmp_path: Path) -> None:
@@ -304,7 +351,7 @@ def test_port_reads_the_ledgers_and_says_what_to_do(tmp_path: Path) -> None:
         wait_recorded(state, left[0])
         first.kill()
         (orphan,) = port_cli(port, "--state-dir", str(state))["holders"]
-        assert orphan["verdict"] == "orphan" and "spawn ledger" in orphan["reason"]
+        assert orphan["verdict"] == "orphan" and "spawn record" in orphan["reason"]
         assert f"supervisor run --state-dir {state}" in orphan["advice"]
         (foreign,) = port_cli(port)["holders"]  # without the ledger: nothing proves it ours
         assert foreign["verdict"] == "foreign" and "not ours" in foreign["advice"]

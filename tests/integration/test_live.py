@@ -8,11 +8,23 @@ import select
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
+from supervisor.evidence.tags import format_owner_tag
 from tests.support import Daemon, Holder, demo_sidecar, free_port, render_config
 
 MARKER = "live-instance-of-web"
+
+
+def live_tags() -> dict[str, str]:
+    """The tags of a live instance: sidecar web, started by a supervisor that still runs (this
+    test process stands in for it). A holder with the marker alone is `unproven` (issue 24)."""
+    me = psutil.Process()
+    return {
+        "SUPERVISOR_SIDECAR": "web",
+        "SUPERVISOR_OWNER": format_owner_tag(me.pid, me.create_time()),
+    }
 
 
 def config_for(tmp_path: Path, port: int, **tables: object) -> Path:
@@ -34,7 +46,10 @@ def test_consent_granted_at_boot_kills_the_live_holder(tmp_path: Path) -> None:
         port,
         reclaim={"consent": "command", "consent_command": consent_command(tmp_path, 0)},
     )
-    with Holder(port, "127.0.0.1", "-", MARKER) as holder, Daemon(config, tmp_path / "state") as d:
+    with (
+        Holder(port, "127.0.0.1", "-", MARKER, env=live_tags()) as holder,
+        Daemon(config, tmp_path / "state") as d,
+    ):
         assert d.wait_for("reconcile_holder_found")["verdict"] == "live"
         d.wait_for("consent_requested", pid=holder.pid)
         d.wait_for("consent_granted", pid=holder.pid)
@@ -58,7 +73,10 @@ def test_consent_declined_or_timed_out_waits_then_starts_without_asking_again(
             "consent_timeout": 0.5,
         }
         config = config_for(case, port, reclaim=reclaim)
-        with Holder(port, "127.0.0.1", "-", MARKER) as holder, Daemon(config, case / "state") as d:
+        with (
+            Holder(port, "127.0.0.1", "-", MARKER, env=live_tags()) as holder,
+            Daemon(config, case / "state") as d,
+        ):
             declined = d.wait_for("consent_declined", pid=holder.pid)
             if name == "timeout":
                 assert "time" in str(declined["detail"])
@@ -92,7 +110,7 @@ def test_crash_restart_never_asks_for_consent(tmp_path: Path) -> None:
         d.wait_for("sidecar_exited")
         d.wait_for("restart_scheduled")
         # During the backoff, a live instance of our program takes the port.
-        with Holder(port, "127.0.0.1", "-", MARKER) as holder:
+        with Holder(port, "127.0.0.1", "-", MARKER, env=live_tags()) as holder:
             waiting = d.wait_for("sidecar_waiting", timeout=10)
             assert waiting["verdict"] == "live" and waiting["holder_pid"] == holder.pid
             assert not (tmp_path / "consent-ran").exists()
@@ -108,7 +126,7 @@ def test_non_interactive_flag_never_asks(tmp_path: Path) -> None:
     reclaim = {"consent": "command", "consent_command": consent_command(tmp_path, 0)}
     config = config_for(tmp_path, port, reclaim=reclaim)
     with (
-        Holder(port, "127.0.0.1", "-", MARKER) as holder,
+        Holder(port, "127.0.0.1", "-", MARKER, env=live_tags()) as holder,
         Daemon(config, tmp_path / "state", "--non-interactive") as d,
     ):
         waiting = d.wait_for("sidecar_waiting")
@@ -155,7 +173,7 @@ def test_daemon_on_a_terminal_asks_there(tmp_path: Path, answer: bytes, granted:
     master, slave = pty.openpty()
     try:
         with (
-            Holder(port, "127.0.0.1", "-", MARKER) as holder,
+            Holder(port, "127.0.0.1", "-", MARKER, env=live_tags()) as holder,
             Daemon(config, tmp_path / "state", stdin=slave) as d,
         ):
             prompt = _read_until(master, b"[y/N]", 15)

@@ -201,17 +201,22 @@ def test_holder_of_another_uid_is_foreign_and_untouched(tmp_path: Path) -> None:
         assert daemon.stop() == 0
 
 
-def test_hand_started_instance_with_a_living_parent_is_live_and_untouched(tmp_path: Path) -> None:
+def test_hand_started_instance_with_a_living_parent_is_unproven_and_untouched(
+    tmp_path: Path,
+) -> None:
+    """It matches the marker only (issue 24: was `live`; the action is the same: untouched,
+    the sidecar waits; consent is asked only at an interactive launch with a terminal)."""
     port = free_port()
     marker = "hand-started-sidecar"
     sidecar = demo_sidecar("web", port, marker=marker)
     config = config_for(tmp_path, [sidecar])
     with Holder(port, "127.0.0.1", "-", marker) as holder, Daemon(config, tmp_path / "state") as d:
         found = d.wait_for("reconcile_holder_found")
-        assert found["pid"] == holder.pid and found["verdict"] == "live"
+        assert found["pid"] == holder.pid and found["verdict"] == "unproven"
+        assert "matches the marker only" in found["reason"]
         waiting = d.wait_for("sidecar_waiting")
-        assert waiting["verdict"] == "live"
-        d.wait_for("live_holder_left")
+        assert waiting["verdict"] == "unproven"
+        d.wait_for("unproven_holder_left")
         assert holder.untouched()
         assert d.stop() == 0
 

@@ -88,7 +88,57 @@ CASES: list[tuple[str, Evidence, Verdict]] = [
         Verdict.FOREIGN,
     ),
     ("marker absent but tag matches", replace(BASE, command="nginx", ppid=1), Verdict.ORPHAN),
-    ("tag absent but marker present", replace(BASE, sidecar_tag=None, ppid=1), Verdict.ORPHAN),
+    # Marker only (issue 24): no spawn record, no tag. Was orphan at ppid 1: the hand-started,
+    # detached copy (`setsid python3 -m http.server P`) was killed silently.
+    (
+        "tag absent but marker present (marker only, ppid 1)",
+        replace(BASE, sidecar_tag=None, ppid=1),
+        Verdict.UNPROVEN,
+    ),
+    (
+        "marker only, living parent",
+        replace(BASE, sidecar_tag=None),
+        Verdict.UNPROVEN,
+    ),
+    (
+        "marker only, a supervisor ancestor",
+        replace(BASE, sidecar_tag=None, supervisor_ancestor=True),
+        Verdict.UNPROVEN,
+    ),
+    (
+        "marker and a dead owner tag, another sidecar's name (by its tag)",
+        replace(BASE, sidecar_tag="other", owner_state=OwnerState.GONE),
+        Verdict.ORPHAN,
+    ),
+    # The spawn record (a sound proof: evidence.find_spawn) beats what the tags say.
+    (
+        "spawn record, its daemon gone, no marker, no tag",
+        replace(
+            BASE,
+            command="redis-server *:6380",
+            sidecar_tag=None,
+            ledger_sidecar=NAME,
+            ledger_owner=OwnerState.GONE,
+        ),
+        Verdict.ORPHAN,
+    ),
+    (
+        "spawn record, its daemon alive",
+        replace(BASE, ledger_sidecar=NAME, ledger_owner=OwnerState.ALIVE, ppid=1),
+        Verdict.LIVE,
+    ),
+    (
+        "spawn record of another sidecar, marker only otherwise",
+        replace(BASE, sidecar_tag=None, ledger_sidecar="other", ledger_owner=OwnerState.GONE),
+        Verdict.UNPROVEN,
+    ),
+    # Adopted by this very daemon (its subreaper): a descendant of one of our children.
+    (
+        "adopted, clobbered title and environment",
+        replace(BASE, command="redis-server *:6380", sidecar_tag=None, adopted=True),
+        Verdict.ORPHAN,
+    ),
+    ("adopted, other uid", replace(BASE, uid=0, adopted=True), Verdict.FOREIGN),
     # Rule 3: owner tag readable.
     ("owner is this daemon", replace(BASE, owner_state=OwnerState.SELF), Verdict.ORPHAN),
     ("owner dead or recycled", replace(BASE, owner_state=OwnerState.GONE), Verdict.ORPHAN),
@@ -120,6 +170,22 @@ def test_classify_truth_table(evidence: Evidence, expected: Verdict) -> None:
     result = classify(evidence, name=NAME, marker=MARKER, our_uid=UID)
     assert result.verdict is expected
     assert result.reason
+
+
+@pytest.mark.parametrize(
+    ("evidence", "words"),
+    [
+        (replace(BASE, ledger_sidecar=NAME, ledger_owner=OwnerState.GONE), "spawn record"),
+        (replace(BASE, owner_state=OwnerState.GONE), "by its tag"),
+        (replace(BASE, ppid=1), "by its tag"),
+        (replace(BASE, sidecar_tag=None, ppid=1), "matches the marker only"),
+        (replace(BASE, command="x", sidecar_tag=None, adopted=True), "subreaper"),
+        (replace(BASE, command="x", sidecar_tag=None), "no spawn record proves it ours"),
+    ],
+    ids=["spawn record", "tag", "tag without owner", "marker only", "adopted", "foreign"],
+)
+def test_the_reason_names_the_evidence(evidence: Evidence, words: str) -> None:
+    assert words in classify(evidence, name=NAME, marker=MARKER, our_uid=UID).reason
 
 
 @pytest.mark.parametrize(
