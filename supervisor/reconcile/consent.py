@@ -18,7 +18,7 @@ from typing import assert_never
 
 import anyio
 
-from supervisor import children, show
+from supervisor import children, logs, show
 from supervisor.config import ConsentMode, ReclaimConfig
 
 _ANSWER_LIMIT = 256
@@ -95,7 +95,10 @@ async def ask(
         # A consent provider must never break the launch path: whatever goes wrong is a No.
         try:
             if provider is Provider.TTY:
-                granted, detail = await _ask_tty(request)
+                # Log lines wait until the question is answered: nothing is written after the
+                # prompt on its line, nothing scrolls it away.
+                with logs.hold_console():
+                    granted, detail = await _ask_tty(request)
             else:
                 granted, detail = await _ask_command(reclaim.consent_command, request)
         except Exception as exc:
