@@ -566,7 +566,22 @@ def build_parser() -> argparse.ArgumentParser:
     service.add_argument(
         "--force", action="store_true", help="overwrite a different existing service file"
     )
+    completion = command(
+        "completion", _cmd_completion, "print a shell completion script (bash, zsh or fish)"
+    )
+    completion.add_argument(
+        "shell",
+        choices=["bash", "zsh", "fish"],
+        help='e.g. bash: eval "$(supervisor completion bash)" in ~/.bashrc',
+    )
     return parser
+
+
+def _cmd_completion(args: argparse.Namespace) -> int:
+    from supervisor import completion
+
+    sys.stdout.write(completion.render(args.shell, build_parser()))
+    return EXIT_OK
 
 
 def _report(args: argparse.Namespace, exc: SupervisorError) -> None:
@@ -641,7 +656,11 @@ def _start_failed_event(exc: SupervisorError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     from supervisor import signals
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):
+        parser.print_help()  # a bare `supervisor`: what it can do, not a usage error
+        return EXIT_OK
+    args = parser.parse_args(argv)
     daemon = args.command == "run"
     if not daemon:
         signals.unblock()  # blocked by the entry point for the daemon's sake only

@@ -251,6 +251,24 @@ def _sidecar(table: Table, base_dir: Path | None) -> SidecarConfig:
     )
 
 
+def _entry_keys(entries: list[object]) -> list[str]:
+    """How problems name each [[sidecar]]: `sidecar "api"` by its name, as a person calls it;
+    `sidecar[1]` (its place in the file) when it has no usable or no unique name."""
+    names = [
+        e.get("name") if isinstance(e, Mapping) and isinstance(e.get("name"), str) else None
+        for e in entries
+    ]
+    return [
+        f'sidecar "{name}"' if name and NAME_RE.fullmatch(name) and names.count(name) == 1
+        else f"sidecar[{index}]"
+        for index, name in enumerate(names)
+    ]
+
+
+def _sep(key: str) -> str:
+    return ": " if key.endswith('"') else "."
+
+
 def parse(
     raw: Mapping[str, object], path: Path | None = None, *, interpreter: str | None = None
 ) -> Config:
@@ -270,8 +288,10 @@ def parse(
             entries = []
         seen: dict[str, int] = {}
         ports: dict[int, str] = {}
+        keys = _entry_keys(entries)
         for index, entry in enumerate(entries):
-            table = Table(entry, f"sidecar[{index}]", problems, interpreter=interpreter)
+            key = keys[index]
+            table = Table(entry, key, problems, interpreter=interpreter, sep=_sep(key))
             sidecar = _sidecar(table, base_dir)
             if sidecar.name in seen:
                 problems.add(
@@ -283,7 +303,7 @@ def parse(
             # Two sidecars on one port would each find the other's child holding it.
             if sidecar.port is not None and sidecar.port in ports:
                 problems.add(
-                    f"sidecar[{index}].port",
+                    table.path("port"),
                     f'{sidecar.port} is already used by sidecar "{ports[sidecar.port]}"',
                 )
             elif sidecar.port is not None:

@@ -11,9 +11,9 @@ from supervisor import console
 T = "12:04:31"
 
 
-def ev(event: str, sidecar: str | None = "api", level: str = "info", **facts: object) -> dict[
-    str, object
-]:
+def ev(
+    event: str, sidecar: str | None = "api", level: str = "info", **facts: object
+) -> dict[str, object]:
     found: dict[str, object] = {"event": event, "level": level, "timestamp": T, **facts}
     if sidecar is not None:
         found["sidecar"] = sidecar
@@ -25,39 +25,69 @@ CASES = [
         ev("sidecar_ready", pid=7, elapsed_ms=38.2, url="http://127.0.0.1:8080/health"),
         "12:04:31  api         ready         http://127.0.0.1:8080/health  (38 ms)",
     ),
-    (ev("sidecar_spawned", pid=7843, attempt=0, interactive=True),
-     "12:04:31  api         started       pid 7843"),
-    (ev("sidecar_spawned", pid=7843, attempt=2, interactive=False),
-     "12:04:31  api         started       pid 7843  attempt 2"),
-    (ev("sidecar_exited", pid=7, code=1, signal=None),
-     "12:04:31  api         exited        exit code 1  pid 7"),
-    (ev("sidecar_exited", pid=7, code=None, signal="SIGKILL"),
-     "12:04:31  api         exited        killed by SIGKILL  pid 7"),
+    (
+        ev("sidecar_spawned", pid=7843, attempt=0, interactive=True),
+        "12:04:31  api         started       pid 7843",
+    ),
+    (
+        ev("sidecar_spawned", pid=7843, attempt=2, interactive=False),
+        "12:04:31  api         started       pid 7843  attempt 2",
+    ),
+    (
+        ev("sidecar_exited", pid=7, code=1, signal=None),
+        "12:04:31  api         exited        exit code 1  pid 7",
+    ),
+    (
+        ev("sidecar_exited", pid=7, code=None, signal="SIGKILL"),
+        "12:04:31  api         exited        killed by SIGKILL  pid 7",
+    ),
     (ev("sidecar_stopped", pid=None, escalated=False), "12:04:31  api         stopped"),
-    (ev("sidecar_stopped", pid=9, escalated=True),
-     "12:04:31  api         stopped       pid 9  (had to SIGKILL)"),
-    (ev("restart_scheduled", attempt=2, max_attempts=5, delay_s=2.0),
-     "12:04:31  api         restarting    in 2 s  (attempt 2 of 5)"),
-    (ev("restart_budget_exhausted", attempts=5, max_attempts=5),
-     "12:04:31  api         gave up       after 5 attempts; not restarting"),
-    (ev("sidecar_start_failed", level="error", reason="command not found: pyhton3"),
-     "12:04:31  api         failed        command not found: pyhton3"),
-    (ev("sidecar_waiting", port=80, holder_pid=None, verdict=None, reason="port 80 is held"),
-     "12:04:31  api         waiting       port 80 is held"),
-    (ev("daemon_started", sidecar=None, pid=5, sidecars=["a", "b"], config="/c.toml"),
-     "12:04:31  supervisor  started       2 sidecars  pid 5"),
+    (
+        ev("sidecar_stopped", pid=9, escalated=True),
+        "12:04:31  api         stopped       pid 9  (had to SIGKILL)",
+    ),
+    (
+        ev("restart_scheduled", attempt=2, max_attempts=5, delay_s=2.0),
+        "12:04:31  api         restarting    in 2 s  (attempt 2 of 5)",
+    ),
+    (
+        ev("restart_budget_exhausted", attempts=5, max_attempts=5),
+        "12:04:31  api         gave up       after 5 attempts; not restarting",
+    ),
+    (
+        ev("sidecar_start_failed", level="error", reason="command not found: pyhton3"),
+        "12:04:31  api         failed        command not found: pyhton3",
+    ),
+    (
+        ev("sidecar_waiting", port=80, holder_pid=None, verdict=None, reason="port 80 is held"),
+        "12:04:31  api         waiting       port 80 is held",
+    ),
+    (
+        ev("daemon_started", sidecar=None, pid=5, sidecars=["a", "b"], config="/c.toml"),
+        "12:04:31  supervisor  started       2 sidecars  pid 5",
+    ),
     (ev("daemon_stopped", sidecar=None, pid=5), "12:04:31  supervisor  stopped       pid 5"),
-    (ev("config_reloaded", sidecar=None, added=["b"], removed=[], changed=["a"], unchanged=[]),
-     "12:04:31  supervisor  reloaded      added b  changed a"),
-    (ev("health_check_failed", reason="HTTP 500", failures=2),
-     "12:04:31  api         health check  HTTP 500  (2 in a row)"),
+    (
+        ev("config_reloaded", sidecar=None, added=["b"], removed=[], changed=["a"], unchanged=[]),
+        "12:04:31  supervisor  reloaded      added b  changed a",
+    ),
+    (
+        ev("health_check_failed", reason="HTTP 500", failures=2),
+        "12:04:31  api         health check  HTTP 500  (2 in a row)",
+    ),
     # An event the console has no words for: its name and its facts, never a None.
-    (ev("something_new", sidecar=None, count=3, path=None, note=""),
-     "12:04:31  supervisor  something new  count=3"),
-    (ev("child_output", stream="stdout", line="listening on 127.0.0.1:8080"),
-     "12:04:31  api         | listening on 127.0.0.1:8080"),
-    (ev("child_output", stream="stderr", line="Traceback\t(most recent call last):"),
-     "12:04:31  api         ! Traceback (most recent call last):"),
+    (
+        ev("something_new", sidecar=None, count=3, path=None, note=""),
+        "12:04:31  supervisor  something new  count=3",
+    ),
+    (
+        ev("child_output", stream="stdout", line="listening on 127.0.0.1:8080"),
+        "12:04:31  api         | listening on 127.0.0.1:8080",
+    ),
+    (
+        ev("child_output", stream="stderr", line="Traceback\t(most recent call last):"),
+        "12:04:31  api         ! Traceback (most recent call last):",
+    ),
 ]
 
 
