@@ -61,6 +61,14 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         for line in exc.lines():
             _fail(line)
         return exc.exit_code
+    from supervisor import checks
+
+    # Valid, but could each sidecar start here? Its program on its PATH, its cwd, its files.
+    found = [problem for sidecar in cfg.sidecars for problem in checks.problems(sidecar)]
+    for problem in found:
+        _fail(f"config {path}: {problem}")
+    if found:
+        return EXIT_USAGE
     _out(f"{path}: valid; {cfg.summary()}")
     return EXIT_OK
 

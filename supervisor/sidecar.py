@@ -195,7 +195,7 @@ class Sidecar:
                     self._transition(Event.RETRY, reason=self.reason)
                     await anyio.sleep(decision.delay_s)
                     interactive = False
-                case Event.GIVE_UP if exit_info.daemonized:
+                case Event.GIVE_UP if exit_info.daemonized or exit_info.unstartable:
                     self._transition(Event.GIVE_UP, reason=self.reason)
                     return
                 case Event.GIVE_UP:
