@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 
 Handler = Callable[[argparse.Namespace], int]
 
+# How long `stop` waits for the daemon to be gone by default: past the daemon's own bound
+# (shutdown_timeout, 30 s by default, then it kills what is left).
+STOP_WAIT_S = 120.0
+
 
 def _fail(message: str) -> None:
     # Never raises: stderr may be closed or a broken pipe (the launcher went away).
@@ -177,17 +181,29 @@ def _cmd_stop(args: argparse.Namespace) -> int:
             return _act(args, control.Command.STOP, args.wait)
         except NoAnswerError:
             raise StillStoppingError(args.names, args.wait or 0.0) from None
-    control.stop(_running(args), args.wait)
+    daemon = _running(args)
+    if args.no_wait:
+        control.stop(daemon, None)
+        _out(f"asked the daemon (pid {daemon.pid}) to stop; it stops its sidecars, then exits")
+        return EXIT_OK
+    # Until it is gone: a `status` (or a new `run`) right after sees no daemon, not `stopping`.
+    control.stop(daemon, args.wait if args.wait is not None else STOP_WAIT_S)
+    _out(f"stopped: the daemon (pid {daemon.pid}) and its sidecars are gone")
     return EXIT_OK
 
 
 def _cmd_reload(args: argparse.Namespace) -> int:
     from supervisor import control
 
-    result = control.reload(_running(args), wait=args.wait)
+    daemon = _running(args)
+    result = control.reload(daemon, wait=args.wait)
     if not result.applied:
         _fail(f"the new config was rejected: {result.error}; the daemon keeps the old one")
         return EXIT_USAGE
+    if args.wait:
+        _out(f"reloaded: the daemon (pid {daemon.pid}) applied the new config")
+    else:
+        _out(f"asked the daemon (pid {daemon.pid}) to reload its config (--wait waits for it)")
     return EXIT_OK
 
 
@@ -198,7 +214,9 @@ def _cmd_restart(args: argparse.Namespace) -> int:
 
     if args.names:
         return _act(args, control.Command.RESTART, None)
-    control.send(_running(args), signal.SIGUSR1)
+    daemon = _running(args)
+    control.send(daemon, signal.SIGUSR1)
+    _out(f"asked the daemon (pid {daemon.pid}) to restart every sidecar")
     return EXIT_OK
 
 
@@ -257,7 +275,9 @@ def _cmd_logs(args: argparse.Namespace) -> int:
 
     configured = _configured_sidecars(args.config)
     state_dir = control.resolve_state_dir(args.config, args.state_dir)
-    reader = tail.OutputReader.open(state_dir, args.name, configured)
+    if len(args.names) != 1:
+        return _merged_logs(args, state_dir, configured)
+    reader = tail.OutputReader.open(state_dir, args.names[0], configured)
     out = sys.stdout.buffer
     try:
         out.write(b"".join(reader.last(args.lines)))
@@ -271,6 +291,42 @@ def _cmd_logs(args: argparse.Namespace) -> int:
                 time.sleep(tail.POLL_S)
     finally:
         reader.close()
+    return EXIT_OK
+
+
+def _merged_logs(
+    args: argparse.Namespace, state_dir: Path, configured: Sequence[SidecarConfig]
+) -> int:
+    """`logs` with no name (every sidecar) or several: one stream in time order, prefixed."""
+    import time
+
+    from supervisor import console, logmerge, tail
+
+    if args.names:
+        names = logmerge.ordered(args.names)
+    else:
+        with_file = [s.name for s in configured if s.output.file]
+        off = {s.name for s in configured if not s.output.file}
+        known = tail.known_names(state_dir, with_file)
+        names = logmerge.ordered([*with_file, *sorted(known - set(with_file) - off)])
+    readers = {name: tail.OutputReader.open(state_dir, name, configured) for name in names}
+    colours = console.colour_wanted(sys.stdout.isatty(), os.environ)
+    out = sys.stdout.buffer
+    try:
+        last = logmerge.merge({n: r.last(args.lines) for n, r in readers.items()}, args.lines)
+        out.write(logmerge.render(last, names, colours=colours))
+        out.flush()
+        follower = logmerge.Follower(names)
+        while args.follow:  # until interrupted (Ctrl-C: exit 130, quietly)
+            batch = follower.batch({n: r.follow() for n, r in readers.items()})
+            if batch:
+                out.write(logmerge.render(batch, names, colours=colours))
+                out.flush()
+            else:
+                time.sleep(tail.POLL_S)
+    finally:
+        for reader in readers.values():
+            reader.close()
     return EXIT_OK
 
 
@@ -496,7 +552,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     names_opt(stop, "stop only these sidecars (they stay configured, in state stopped)")
     stop.add_argument(
-        "--wait", type=_positive_float, metavar="S", help="wait up to S seconds until it is gone"
+        "--wait",
+        type=_positive_float,
+        metavar="S",
+        help=f"wait up to S seconds until it is gone (default {STOP_WAIT_S:g})",
+    )
+    stop.add_argument(
+        "--no-wait", action="store_true", help="return as soon as the daemon was asked to stop"
     )
     daemon_opts(stop)
 
@@ -528,8 +590,15 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--json", action="store_true", help="one JSON object per line")
     daemon_opts(events)
 
-    logs_cmd = command("logs", _cmd_logs, "show a sidecar's output (its output.log)")
-    logs_cmd.add_argument("name", metavar="NAME", help="the sidecar")
+    logs_cmd = command(
+        "logs", _cmd_logs, "show sidecars' output (their output.log), merged in time order"
+    )
+    logs_cmd.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="the sidecars (default: every one, each line prefixed with its name)",
+    )
     logs_cmd.add_argument(
         "-n",
         "--lines",

@@ -40,6 +40,18 @@ _BOLD, _DIM, _RESET = "\x1b[1m", "\x1b[2m", "\x1b[0m"
 PALETTE = ("\x1b[36m", "\x1b[35m", "\x1b[32m", "\x1b[34m", "\x1b[33m", "\x1b[96m", "\x1b[95m")
 
 
+def colour_wanted(tty: bool, environ: Mapping[str, str]) -> bool:
+    """NO_COLOR (https://no-color.org) turns colour off, FORCE_COLOR on, TERM=dumb off;
+    otherwise only on a TTY. Non-empty values count, as no-color.org says."""
+    if environ.get("NO_COLOR"):
+        return False
+    if environ.get("FORCE_COLOR"):
+        return True
+    if environ.get("TERM") == "dumb":
+        return False
+    return tty
+
+
 def colour_of(name: str, names: Sequence[str] = ()) -> str:
     """A stable colour per sidecar: its place in `names`, else a hash of the name."""
     index = names.index(name) if name in names else sum(name.encode()) % len(PALETTE)

@@ -231,16 +231,11 @@ def uses_json(log_format: LogFormat, stream: TextIO | LineWriter) -> bool:
 def use_colors(stream: TextIO | LineWriter, environ: Mapping[str, str] = os.environ) -> bool:
     """Colour in console logs: NO_COLOR (https://no-color.org) turns it off, FORCE_COLOR on,
     TERM=dumb off; otherwise only on a TTY. Non-empty values count, as no-color.org says."""
-    if environ.get("NO_COLOR"):
-        return False
-    if environ.get("FORCE_COLOR"):
-        return True
-    if environ.get("TERM") == "dumb":
-        return False
     try:
-        return stream.isatty()
+        tty = stream.isatty()
     except (AttributeError, ValueError):
-        return False
+        tty = False
+    return console.colour_wanted(tty, environ)
 
 
 class ConsoleLines:
