@@ -143,9 +143,38 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
         from supervisor import status
 
+        for doc in docs:
+            _with_usage(doc)
         now = time.time()
         _out("\n\n".join(status.render_table(doc, now) for doc in docs if isinstance(doc, dict)))
     return EXIT_OK
+
+
+USAGE_SAMPLE_S = 0.1  # CPU is a rate: two readings this far apart (only without the daemon's)
+
+
+def _with_usage(doc: object) -> None:
+    """CPU and memory of each sidecar's process tree, when the daemon's status lacks them."""
+    import time
+
+    from supervisor import procs
+
+    entries = doc.get("sidecars") if isinstance(doc, dict) else None
+    lacking = [
+        e
+        for e in (entries if isinstance(entries, list) else [])
+        if isinstance(e, dict) and isinstance(e.get("pid"), int) and "cpu_percent" not in e
+    ]
+    if not lacking:
+        return
+    sampler = procs.UsageSampler()
+    sampler.sample(e["pid"] for e in lacking)
+    time.sleep(USAGE_SAMPLE_S)
+    usage = sampler.sample(e["pid"] for e in lacking)
+    for entry in lacking:
+        if (found := usage.get(entry["pid"])) is not None:
+            entry["cpu_percent"] = found.cpu_percent
+            entry["memory_bytes"] = found.memory_bytes
 
 
 def _act(args: argparse.Namespace, cmd: control.Command, timeout_s: float | None) -> int:
@@ -252,6 +281,20 @@ def _cmd_events(args: argparse.Namespace) -> int:
                 print(line, flush=True)  # a pipe (| grep) sees each event as it happens
         except KeyboardInterrupt:
             pass  # the normal way to stop following
+    return EXIT_OK
+
+
+def _cmd_top(args: argparse.Namespace) -> int:
+    from supervisor.errors import NoTerminalError
+
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise NoTerminalError("top", '"supervisor status" prints the same table once')
+    from supervisor import top
+
+    daemon = _running(args)
+    view = top.Top(daemon, _configured_sidecars(args.config), daemon.state_dir)
+    if not view.run():
+        _out(f"the daemon (pid {daemon.pid}) stopped")
     return EXIT_OK
 
 
@@ -585,6 +628,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=_positive_float, metavar="S", help="give up after S seconds (exit 4)"
     )
     daemon_opts(wait)
+
+    top_cmd = command(
+        "top", _cmd_top, "a live full-screen view of the sidecars, with keys to act on them"
+    )
+    daemon_opts(top_cmd)
 
     events = command("events", _cmd_events, "follow the running daemon's state changes")
     events.add_argument("--json", action="store_true", help="one JSON object per line")

@@ -242,8 +242,13 @@ class Sidecar:
             current_sessions=self.rt.current_sessions,
             ledger=self.rt.ledger,
             own_inodes=self.rt.sockets.inodes,
+            asking=self._asking,
         )
         return await preflight(self.config, interactive=interactive, ctx=ctx, log=self.log)
+
+    def _asking(self, why: str | None) -> None:
+        self.reason = why
+        self.rt.on_change(self)
 
     async def _wait_for_port(self, outcome: Outcome) -> None:
         if self.config.port is not None:

@@ -52,6 +52,11 @@ def _duration(seconds: float) -> str:
     return f"{secs}s"
 
 
+def render_duration(seconds: float) -> str:
+    """`42s`, `3m5s`, `2h10m`, `4d1h`."""
+    return _duration(seconds)
+
+
 def _last_exit(value: object) -> str:
     if not isinstance(value, Mapping):
         return "-"
@@ -59,6 +64,24 @@ def _last_exit(value: object) -> str:
         return str(value["signal"])
     code = value.get("code")
     return f"code {code}" if code is not None else "-"
+
+
+def cpu_text(value: object) -> str:
+    """`12%` of one core (`0.4%` below 10); `-` when unknown."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "-"
+    return f"{value:.1f}%" if value < 10 else f"{value:.0f}%"
+
+
+def memory_text(value: object) -> str:
+    """Bytes as `512K`, `38.2M`, `1.1G`; `-` when unknown."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        return "-"
+    for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if value >= size:
+            number = value / size
+            return f"{number:.1f}{unit}" if number < 100 else f"{number:.0f}{unit}"
+    return f"{value}B"
 
 
 def render_table(doc: Mapping[str, object], now_s: float) -> str:
@@ -73,7 +96,9 @@ def render_table(doc: Mapping[str, object], now_s: float) -> str:
         lines.append(
             f"supervisor pid {daemon.get('pid')}, up {up}, config {daemon.get('config')}{where}"
         )
-    header = ("NAME", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "LAST EXIT", "REASON")
+    header = (
+        "NAME", "STATE", "PID", "PORT", "UPTIME", "CPU", "MEM", "RESTARTS", "LAST EXIT", "REASON"
+    )  # fmt: skip
     rows: list[tuple[str, ...]] = [header]
     for sidecar in sidecars if isinstance(sidecars, list) else []:
         if not isinstance(sidecar, Mapping):
@@ -91,6 +116,8 @@ def render_table(doc: Mapping[str, object], now_s: float) -> str:
                 str(sidecar.get("pid") or "-"),
                 str(sidecar.get("port") or "-"),
                 uptime,
+                cpu_text(sidecar.get("cpu_percent")),
+                memory_text(sidecar.get("memory_bytes")),
                 str(sidecar.get("restarts", 0)),
                 _last_exit(sidecar.get("last_exit")),
                 str(sidecar.get("reason") or ""),

@@ -59,6 +59,8 @@ class Context:
     ledger: Ledger | None = None  # this state dir's spawn ledger (every generation)
     # The daemon's own inherited sockets (socket.inherit): never a holder to reclaim.
     own_inodes: Callable[[], frozenset[int]] = frozenset
+    # Says why the launch pauses while a person is asked (status shows it), then None.
+    asking: Callable[[str | None], None] = lambda _why: None
 
 
 @dataclass(frozen=True)
@@ -274,7 +276,12 @@ async def _live_consented(
     async with ctx.consent_lock:  # one dialog at a time
         provider = consent.choose_provider(config.reclaim, stdin_is_tty=ctx.stdin_is_tty)
         log.info("consent_requested", port=config.port, pid=holder.pid, provider=provider.value)
-        result = await consent.ask(config.reclaim, request, stdin_is_tty=ctx.stdin_is_tty)
+        if provider is consent.Provider.TTY:
+            ctx.asking(f"waiting for your answer in the terminal (kill pid {holder.pid}?)")
+        try:
+            result = await consent.ask(config.reclaim, request, stdin_is_tty=ctx.stdin_is_tty)
+        finally:
+            ctx.asking(None)
     if result.granted:
         log.info("consent_granted", port=config.port, pid=holder.pid, detail=result.detail)
     else:
