@@ -205,11 +205,12 @@ def shown(event: Mapping[str, object], *, debug: bool) -> bool:
 
 
 def next_steps(config: str) -> list[str]:
-    """What to do next, said once per run after the summary."""
+    """What to do next, said once per run after the summary (one command a line)."""
     flag = f" -c {shlex.quote(config)}" if config else ""
     return [
-        f"next: `supervisor status{flag}` in another terminal; "
-        f"`supervisor logs{flag} -f` follows every sidecar; Ctrl-C stops them all"
+        f"next: supervisor status{flag}     (in another terminal)",
+        f"      supervisor logs{flag} -f    every sidecar's output",
+        f"      supervisor top{flag}        a live view; Ctrl-C here stops them all",
     ]
 
 

@@ -190,5 +190,7 @@ def test_no_summary_after_a_shutdown_began() -> None:
 
 
 def test_next_steps_name_the_config() -> None:
-    (line,) = console.next_steps("/my configs/s.toml")
-    assert "supervisor status -c '/my configs/s.toml'" in line and "Ctrl-C" in line
+    lines = console.next_steps("/my configs/s.toml")
+    assert "supervisor status -c '/my configs/s.toml'" in lines[0]
+    assert "supervisor logs -c '/my configs/s.toml' -f" in lines[1]
+    assert "Ctrl-C" in lines[-1] and all(len(line) < 100 for line in lines)
