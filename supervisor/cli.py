@@ -315,9 +315,15 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     import time
 
     from supervisor import control, tail
+    from supervisor.control import client
 
     configured = _configured_sidecars(args.config)
     state_dir = control.resolve_state_dir(args.config, args.state_dir)
+    if not client.explicit(args.config, args.state_dir):
+        # Like status: the one running daemon's logs (its sidecars are known by its state dir).
+        daemons = control.discover()
+        if len(daemons) == 1:
+            state_dir = daemons[0].state_dir
     if len(args.names) != 1:
         return _merged_logs(args, state_dir, configured)
     reader = tail.OutputReader.open(state_dir, args.names[0], configured)
@@ -447,10 +453,14 @@ def _cmd_init(args: argparse.Namespace) -> int:
         path = Path(args.path).expanduser().absolute() if args.path else paths.config_path(None)
     except RuntimeError:  # ~user of an unknown user, or no home directory
         raise PathError("PATH", args.path, "its ~ cannot be expanded") from None
-    starter.write(path)
+    starter.write(path, minimal=args.minimal)
     quoted = shlex.quote(str(path))
-    _out(f"wrote {path}: a commented starter config (every key, with its default)")
-    _out("it supervises the bundled demo sidecar; replace that [[sidecar]] with your programs")
+    if args.minimal:
+        _out(f"wrote {path}: two sidecars (the bundled demo), only the keys most configs need")
+        _out("replace their name, command and port with your programs'")
+    else:
+        _out(f"wrote {path}: a commented starter config (every key, with its default)")
+        _out("it supervises the bundled demo sidecar; replace that [[sidecar]] with your programs")
     _out(f"check it:  supervisor check-config -c {quoted}")
     _out(f"run it:    supervisor run -c {quoted}")
     return EXIT_OK
@@ -567,6 +577,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="where to write it (default: $SUPERVISOR_CONFIG, then "
         "<user config dir>/supervisor.toml, where every command looks)",
+    )
+    init.add_argument(
+        "--minimal",
+        action="store_true",
+        help="a short starter instead: two sidecars, only the keys most configs need",
     )
 
     def names_opt(p: argparse.ArgumentParser, what: str, *, required: bool = False) -> None:

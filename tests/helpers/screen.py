@@ -54,18 +54,17 @@ class Screen:
             self._tmux("new-window", "-d", "-t", "t", *where, line)
 
     def exit_status(self, name: str, timeout: float = 30.0) -> int:
-        """Wait until the program in the pane exits; its exit status."""
+        """Wait until the program in the pane exits; its exit status (-N: killed by signal N)."""
         deadline = time.monotonic() + timeout
         while True:
-            dead, _, code = (
+            dead, code, killed = (
                 self._tmux(
-                    "display-message", "-p", "-t", f"t:{name}", "#{pane_dead} #{pane_dead_status}"
-                )
-                .strip()
-                .partition(" ")
-            )
-            if dead == "1":
-                return int(code)
+                    "display-message", "-p", "-t", f"t:{name}",
+                    "#{pane_dead}:#{pane_dead_status}:#{pane_dead_signal}",
+                ).strip().split(":")
+            )  # fmt: skip
+            if dead == "1" and (code or killed):  # (tmux may mark it dead a moment earlier)
+                return int(code) if code else -int(killed)  # -N: killed by signal N
             if time.monotonic() > deadline:
                 raise AssertionError(f"{name!r} did not exit; it shows:\n{self.text(name)}")
             time.sleep(READ_EVERY_S)
