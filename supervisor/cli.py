@@ -71,10 +71,25 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     found = [problem for sidecar in cfg.sidecars for problem in checks.problems(sidecar)]
     for problem in found:
         _fail(f"config {path}: {problem}")
+    _service_notes(cfg.sidecars)
     if found:
         return EXIT_USAGE
     _out(f"{path}: valid; {cfg.summary()}")
     return EXIT_OK
+
+
+def _service_notes(sidecars: Sequence[SidecarConfig]) -> None:
+    """With a user service installed: the programs its minimal PATH would not find (notes)."""
+    from supervisor import service
+
+    kind = service.default_kind()
+    try:
+        installed = (service.service_dir(kind, service.home()) / service.file_name(kind)).exists()
+    except SupervisorError:
+        return
+    if installed:
+        for line in service.path_notes(kind, sidecars):
+            _fail(f"note: under the installed {kind} service: {line}")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

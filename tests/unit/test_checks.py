@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from supervisor import cli
+from tests.support import PYTHON, ROOT
 
 
 def _check(tmp_path: Path, body: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -71,3 +74,37 @@ def test_missing_cwd_and_the_other_commands(
     assert f'sidecar "a": cwd: "{tmp_path}/gone" does not exist' in lines[0]
     assert 'health.command[0]: "no-such-health-check" is not found' in lines[1]
     assert 'reclaim.consent_command[0]: "no-such-dialog" is not found' in lines[2]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="installs a systemd user unit (Linux)")
+def test_an_installed_service_adds_notes_for_what_its_path_would_miss(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tool = bin_dir / "my-tool"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    config = tmp_path / "supervisor.toml"
+    config.write_text('[[sidecar]]\nname = "a"\ncommand = ["my-tool"]\n')
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SUPERVISOR_", "XDG_"))},
+        "HOME": str(tmp_path),
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+    }
+
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PYTHON, "-m", "supervisor", "check-config", "-c", str(config)],
+            capture_output=True, text=True, env=env, cwd=ROOT, timeout=60, check=False,
+        )  # fmt: skip
+
+    before = check()
+    assert before.returncode == 0 and before.stderr == "", before.stderr
+    installed = subprocess.run(
+        [PYTHON, "-m", "supervisor", "service", "install", "-c", str(config), "--kind", "systemd"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60, check=False,
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stderr
+    after = check()
+    assert after.returncode == 0, after.stderr
+    assert after.stderr.startswith("supervisor: note: under the installed systemd service: ")
+    assert "my-tool" in after.stderr
