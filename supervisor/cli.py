@@ -373,6 +373,9 @@ def _merged_logs(
         off = {s.name for s in configured if not s.output.file}
         known = tail.known_names(state_dir, with_file)
         names = logmerge.ordered([*with_file, *sorted(known - set(with_file) - off)])
+        if not names:
+            _fail(f"note: no sidecar is configured or known in {state_dir}; nothing to show")
+            return EXIT_OK
     readers = {name: tail.OutputReader.open(state_dir, name, configured) for name in names}
     colours = console.colour_wanted(sys.stdout.isatty(), os.environ)
     out = sys.stdout.buffer

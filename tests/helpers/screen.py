@@ -53,20 +53,27 @@ class Screen:
         else:
             self._tmux("new-window", "-d", "-t", "t", *where, line)
 
-    def exit_status(self, name: str, timeout: float = 30.0) -> int:
-        """Wait until the program in the pane exits; its exit status (-N: killed by signal N)."""
+    def exit_status(self, name: str, timeout: float = 30.0) -> int | None:
+        """Wait until the program in the pane has exited: its exit status (-N: killed by signal
+        N), or None when its process is gone but tmux could not tell how it ended."""
         deadline = time.monotonic() + timeout
         while True:
-            dead, code, killed = (
+            dead, code, killed, pid = (
                 self._tmux(
                     "display-message", "-p", "-t", f"t:{name}",
-                    "#{pane_dead}:#{pane_dead_status}:#{pane_dead_signal}",
+                    "#{pane_dead}:#{pane_dead_status}:#{pane_dead_signal}:#{pane_pid}",
                 ).strip().split(":")
             )  # fmt: skip
-            if dead == "1" and (code or killed):  # (tmux may mark it dead a moment earlier)
-                return int(code) if code else -int(killed)  # -N: killed by signal N
+            if dead == "1" and (code or killed):
+                return int(code) if code else -int(killed)
+            if dead == "1" and pid and not os.path.exists(f"/proc/{pid}"):
+                return None  # reaped, yet no status reached tmux (seen under heavy load)
             if time.monotonic() > deadline:
-                raise AssertionError(f"{name!r} did not exit; it shows:\n{self.text(name)}")
+                state = _proc_state(pid)
+                raise AssertionError(
+                    f"{name!r} did not exit (dead={dead}, pid {pid}: {state}); it shows:\n"
+                    + self.text(name)
+                )
             time.sleep(READ_EVERY_S)
 
     def text(self, name: str, *, history: bool = False) -> str:
@@ -93,3 +100,11 @@ class Screen:
         for path in (self.socket, self.socket.with_name("tmux.conf")):
             if path.exists():
                 os.unlink(path)
+
+
+def _proc_state(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0]
+    except (OSError, IndexError):
+        return "gone"
