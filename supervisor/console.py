@@ -111,6 +111,21 @@ def _facts(event: Mapping[str, object]) -> list[str]:
             ]
         case "orphan_killed" | "live_holder_killed":
             return [f"port {event.get('port')}" if event.get("port") else "", _pid(event)]
+        case "live_holder_left" | "foreign_holder_left" | "kill_aborted":
+            return [
+                f"port {event.get('port')}",
+                _pid(event),
+                str(event.get("user") or ""),
+                str(event.get("reason") or ""),
+            ]
+        case "reconcile_failed":
+            return [f"port {event.get('port')}", str(event.get("error") or "")]
+        case "sidecar_wait_owner_exited":
+            return [f"its owner (pid {event.get('owner_pid')}) is gone: looking again"]
+        case "sidecar_daemonized":
+            return [str(event.get("reason") or "")]
+        case "log_lines_dropped" | "output_lines_dropped":
+            return [f"{event.get('count')} lines lost", str(event.get("error") or "")]
         case "consent_requested":
             return [f"port {event.get('port')} held by pid {event.get('pid')}", "answer below"]
         case "consent_granted" | "consent_declined":
@@ -153,6 +168,14 @@ _WHAT = {
     "health_check_failed": "health check",
     "config_reloaded": "reloaded",
     "config_invalid": "bad config",
+    "live_holder_left": "left running",
+    "foreign_holder_left": "not ours",
+    "kill_aborted": "kill aborted",
+    "reconcile_failed": "lookup failed",
+    "sidecar_wait_owner_exited": "owner gone",
+    "sidecar_daemonized": "daemonized",
+    "log_lines_dropped": "lost lines",
+    "output_lines_dropped": "lost lines",
 }
 
 _HIDDEN = frozenset({"event", "level", "timestamp", "sidecar", "logger", "stream", "line"})

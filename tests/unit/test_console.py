@@ -75,6 +75,26 @@ CASES = [
         ev("health_check_failed", reason="HTTP 500", failures=2),
         "12:04:31  api         health check  HTTP 500  (2 in a row)",
     ),
+    (
+        ev("live_holder_left", port=8080, pid=42),
+        "12:04:31  api         left running  port 8080  pid 42",
+    ),
+    (
+        ev(
+            "foreign_holder_left",
+            level="warning",
+            port=80,
+            pid=7,
+            user="www",
+            uid=33,
+            reason="another user's process",
+        ),
+        "12:04:31  api         not ours      port 80  pid 7  www  another user's process",
+    ),
+    (
+        ev("log_lines_dropped", sidecar=None, level="warning", count=12, total=40),
+        "12:04:31  supervisor  lost lines    12 lines lost",
+    ),
     # An event the console has no words for: its name and its facts, never a None.
     (
         ev("something_new", sidecar=None, count=3, path=None, note=""),
