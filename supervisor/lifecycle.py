@@ -111,7 +111,8 @@ class Decision:
 def decide_after_exit(restart: RestartConfig, attempts: int, exit_info: ExitInfo) -> Decision:
     """What to do when a child exits (or fails to start) while the sidecar should run."""
     if exit_info.daemonized or exit_info.unstartable:
-        # Every restart would daemonize again and fight the server it left: give up, say why.
+        # Every restart would daemonize again and fight the server it left, or fail to exec
+        # the same way: give up, say why.
         return Decision(Event.GIVE_UP, attempts, 0.0)
     match restart.policy:
         case RestartPolicy.NEVER:

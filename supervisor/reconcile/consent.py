@@ -180,7 +180,8 @@ def _prompt(request: ConsentRequest) -> bytes:
         "by another running instance:\n"
         f"  pid {request.pid}, user {user}, started {started}\n"
         f"  command: {show.printable(request.command, _COMMAND_LIMIT)}\n"
-        "Kill it and start a new one? [y/N] "
+        # The question itself repeats whom it is about: it is the line left in view.
+        f"Kill pid {request.pid} and start a new {sidecar}? [y/N] "
     )
     return text.encode("utf-8", "replace")
 

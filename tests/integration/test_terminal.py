@@ -30,7 +30,7 @@ from tests.support import (
 pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed (apt-get install tmux)")
 
 MARKER = "live-instance-of-held"
-PROMPT = "Kill it and start a new one? [y/N]"
+PROMPT = "Kill pid {pid} and start a new held? [y/N]"  # the question names the holder
 # Prints all the time: the question must stay the last thing on the screen all the same.
 TICKER = (
     "import itertools, time\n"
@@ -83,16 +83,17 @@ def test_run_says_ready_sums_up_and_asks_alone_on_its_line(tmp_path: Path, scree
     config = tmp_path / "supervisor.toml"
     config.write_text(render_config(sidecars))
     with Holder(held, "127.0.0.1", "-", MARKER) as holder, stopped_at_the_end(state):
+        prompt = PROMPT.format(pid=holder.pid)
         screen.start("run", _cli("run", "-c", str(config), "--state-dir", str(state)),
                      _env(tmp_path), ROOT)  # fmt: skip
-        screen.wait_for("run", PROMPT)
+        screen.wait_for("run", prompt)
         # The ticker keeps printing while the question is open (its output.log grows) ...
         log = state / "ticker" / "output.log"
         grown = _lines_in(log) + 25
         wait_until(lambda: _lines_in(log) >= grown, 15, "the ticker to print 25 more lines")
         # ... yet nothing is written after the question: it stays the last thing on screen.
         shown = [line.rstrip() for line in screen.text("run").splitlines() if line.strip()]
-        assert shown[-1] == PROMPT, shown[-6:]
+        assert shown[-1] == prompt, shown[-6:]
         question = "\n".join(shown[-12:])
         assert f"pid {holder.pid}, user " in question and "  command: " in question
         # `status` says what the launch waits for.
@@ -103,7 +104,7 @@ def test_run_says_ready_sums_up_and_asks_alone_on_its_line(tmp_path: Path, scree
         history = screen.wait_for("run", "3/4 ready", history=True)
         lines = history.splitlines()
         # The answer sits on the question's line, and nothing else does.
-        assert f"{PROMPT} n" in lines
+        assert f"{prompt} n" in lines
         assert re.search(
             rf"^\d\d:\d\d:\d\d  api +ready +http://127\.0\.0\.1:{api}/health  \(\d+ ms\)$",
             history,
