@@ -66,8 +66,10 @@ class Screen:
             )  # fmt: skip
             if dead == "1" and (code or killed):
                 return int(code) if code else -int(killed)
-            if dead == "1" and pid and not os.path.exists(f"/proc/{pid}"):
-                return None  # reaped, yet no status reached tmux (seen under heavy load)
+            if dead == "1" and pid and _proc_state(pid)[:1] in ("g", "Z"):
+                # It exited, but tmux 3.3a sometimes never reaps it (a zombie of the server,
+                # SIGCHLD neither blocked nor ignored), so its status never comes.
+                return None
             if time.monotonic() > deadline:
                 state = _proc_state(pid)
                 raise AssertionError(
@@ -103,8 +105,15 @@ class Screen:
 
 
 def _proc_state(pid: str) -> str:
+    """`Z, parent 123 (tmux: server ...) SigBlk=...`: what to know of a pane that did not end."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0]
+            fields = stat.read().split(")")[-1].split()
+        state, ppid = fields[0], fields[1]
+        with open(f"/proc/{ppid}/cmdline", "rb") as cmdline:
+            parent = cmdline.read().replace(b"\0", b" ").decode(errors="replace")[:60]
+        with open(f"/proc/{ppid}/status") as status:
+            masks = [line.strip() for line in status if line.startswith(("SigBlk", "SigIgn"))]
     except (OSError, IndexError):
         return "gone"
+    return f"{state}, parent {ppid} ({parent}) {' '.join(masks)}"
