@@ -8,9 +8,7 @@ format for machines (off a TTY, for apps); this module is only ever used on a TT
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 MAX_WIDTH = 160  # a line never grows past this, whatever the terminal says
 NAME_WIDTH = 10  # the sidecar column; longer names are cut
@@ -229,6 +227,8 @@ def shown(event: Mapping[str, object], *, debug: bool) -> bool:
 
 def next_steps(config: str) -> list[str]:
     """What to do next, said once per run after the summary (one command a line)."""
+    import shlex
+
     flag = f" -c {shlex.quote(config)}" if config else ""
     return [
         f"next: supervisor status{flag}     (in another terminal)",
@@ -240,15 +240,18 @@ def next_steps(config: str) -> list[str]:
 # --- the first launches' summary -------------------------------------------------------------
 
 
-@dataclass
 class Summary:
-    """Watches events until every sidecar's first launch settled; then says how, once."""
+    """Watches events until every sidecar's first launch settled; then says how, once.
 
-    hint: Callable[[str], list[str]] = field(default=next_steps)
-    _names: list[str] = field(default_factory=list)
-    _settled: dict[str, str] = field(default_factory=dict)  # name -> "" (ready) or why not
-    _config: str = ""
-    _done: bool = True
+    (A plain class: the daemon imports this module at start, and a dataclass costs its import.)
+    """
+
+    def __init__(self, hint: Callable[[str], list[str]] = next_steps) -> None:
+        self.hint = hint
+        self._names: list[str] = []
+        self._settled: dict[str, str] = {}  # name -> "" (ready) or why not
+        self._config = ""
+        self._done = True
 
     def feed(self, event: Mapping[str, object]) -> list[str]:
         """The lines to print after this event (the summary and the hint, once)."""
