@@ -90,7 +90,13 @@ def logs(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def wait_for_text(path: Path, text: bytes, timeout: float = 15.0) -> None:
-    wait_until(lambda: path.exists() and text in path.read_bytes(), timeout, f"{text!r} in {path}")
+    def shown() -> bool:
+        try:
+            return text in path.read_bytes()
+        except FileNotFoundError:  # not yet, or renamed by a rotation between two looks
+            return False
+
+    wait_until(shown, timeout, f"{text!r} in {path}")
 
 
 def contents(folder: Path) -> list[bytes]:
