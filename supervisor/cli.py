@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 
 Handler = Callable[[argparse.Namespace], int]
 
+# How long `stop` waits for the daemon to be gone by default: past the daemon's own bound
+# (shutdown_timeout, 30 s by default, then it kills what is left).
+STOP_WAIT_S = 120.0
+
 
 def _fail(message: str) -> None:
     from supervisor.core import show
@@ -65,8 +69,31 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         for line in exc.lines():
             _fail(line)
         return exc.exit_code
+    from supervisor import checks
+
+    # Valid, but could each sidecar start here? Its program on its PATH, its cwd, its files.
+    found = [problem for sidecar in cfg.sidecars for problem in checks.problems(sidecar)]
+    for problem in found:
+        _fail(f"config {path}: {problem}")
+    _service_notes(cfg.sidecars)
+    if found:
+        return EXIT_USAGE
     _out(f"{path}: valid; {cfg.summary()}")
     return EXIT_OK
+
+
+def _service_notes(sidecars: Sequence[SidecarConfig]) -> None:
+    """With a user service installed: the programs its minimal PATH would not find (notes)."""
+    from supervisor import service
+
+    kind = service.default_kind()
+    try:
+        installed = (service.service_dir(kind, service.home()) / service.file_name(kind)).exists()
+    except SupervisorError:
+        return
+    if installed:
+        for line in service.path_notes(kind, sidecars):
+            _fail(f"note: under the installed {kind} service: {line}")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -135,9 +162,38 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
         from supervisor.core import status
 
+        for doc in docs:
+            _with_usage(doc)
         now = time.time()
         _out("\n\n".join(status.render_table(doc, now) for doc in docs if isinstance(doc, dict)))
     return EXIT_OK
+
+
+USAGE_SAMPLE_S = 0.1  # CPU is a rate: two readings this far apart (only without the daemon's)
+
+
+def _with_usage(doc: object) -> None:
+    """CPU and memory of each sidecar's process tree, when the daemon's status lacks them."""
+    import time
+
+    from supervisor.system import procs
+
+    entries = doc.get("sidecars") if isinstance(doc, dict) else None
+    lacking = [
+        e
+        for e in (entries if isinstance(entries, list) else [])
+        if isinstance(e, dict) and isinstance(e.get("pid"), int) and "cpu_percent" not in e
+    ]
+    if not lacking:
+        return
+    sampler = procs.UsageSampler()
+    sampler.sample(e["pid"] for e in lacking)
+    time.sleep(USAGE_SAMPLE_S)
+    usage = sampler.sample(e["pid"] for e in lacking)
+    for entry in lacking:
+        if (found := usage.get(entry["pid"])) is not None:
+            entry["cpu_percent"] = found.cpu_percent
+            entry["memory_bytes"] = found.memory_bytes
 
 
 def _act(args: argparse.Namespace, cmd: control.Command, timeout_s: float | None) -> int:
@@ -173,17 +229,29 @@ def _cmd_stop(args: argparse.Namespace) -> int:
             return _act(args, control.Command.STOP, args.wait)
         except NoAnswerError:
             raise StillStoppingError(args.names, args.wait or 0.0) from None
-    control.stop(_running(args), args.wait)
+    daemon = _running(args)
+    if args.no_wait:
+        control.stop(daemon, None)
+        _out(f"asked the daemon (pid {daemon.pid}) to stop; it stops its sidecars, then exits")
+        return EXIT_OK
+    # Until it is gone: a `status` (or a new `run`) right after sees no daemon, not `stopping`.
+    control.stop(daemon, args.wait if args.wait is not None else STOP_WAIT_S)
+    _out(f"stopped: the daemon (pid {daemon.pid}) and its sidecars are gone")
     return EXIT_OK
 
 
 def _cmd_reload(args: argparse.Namespace) -> int:
     from supervisor import control
 
-    result = control.reload(_running(args), wait=args.wait)
+    daemon = _running(args)
+    result = control.reload(daemon, wait=args.wait)
     if not result.applied:
         _fail(f"the new config was rejected: {result.error}; the daemon keeps the old one")
         return EXIT_USAGE
+    if args.wait:
+        _out(f"reloaded: the daemon (pid {daemon.pid}) applied the new config")
+    else:
+        _out(f"asked the daemon (pid {daemon.pid}) to reload its config (--wait waits for it)")
     return EXIT_OK
 
 
@@ -194,7 +262,9 @@ def _cmd_restart(args: argparse.Namespace) -> int:
 
     if args.names:
         return _act(args, control.Command.RESTART, None)
-    control.send(_running(args), signal.SIGUSR1)
+    daemon = _running(args)
+    control.send(daemon, signal.SIGUSR1)
+    _out(f"asked the daemon (pid {daemon.pid}) to restart every sidecar")
     return EXIT_OK
 
 
@@ -234,6 +304,20 @@ def _cmd_events(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_top(args: argparse.Namespace) -> int:
+    from supervisor.errors import NoTerminalError
+
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise NoTerminalError("top", '"supervisor status" prints the same table once')
+    from supervisor import top
+
+    daemon = _running(args)
+    view = top.Top(daemon, _configured_sidecars(args.config), daemon.state_dir)
+    if not view.run():
+        _out(f"the daemon (pid {daemon.pid}) stopped")
+    return EXIT_OK
+
+
 def _configured_sidecars(config_arg: str | None) -> tuple[SidecarConfig, ...]:
     """The config's sidecars; none when the default config is missing or broken (an explicit
     -c that cannot be read is an error)."""
@@ -252,10 +336,18 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     import time
 
     from supervisor import control, tail
+    from supervisor.control import client
 
     configured = _configured_sidecars(args.config)
     state_dir = control.resolve_state_dir(args.config, args.state_dir)
-    reader = tail.OutputReader.open(state_dir, args.name, configured)
+    if not client.explicit(args.config, args.state_dir):
+        # Like status: the one running daemon's logs (its sidecars are known by its state dir).
+        daemons = control.discover()
+        if len(daemons) == 1:
+            state_dir = daemons[0].state_dir
+    if len(args.names) != 1:
+        return _merged_logs(args, state_dir, configured)
+    reader = tail.OutputReader.open(state_dir, args.names[0], configured)
     out = sys.stdout.buffer
     try:
         out.write(b"".join(reader.last(args.lines)))
@@ -269,6 +361,46 @@ def _cmd_logs(args: argparse.Namespace) -> int:
                 time.sleep(tail.POLL_S)
     finally:
         reader.close()
+    return EXIT_OK
+
+
+def _merged_logs(
+    args: argparse.Namespace, state_dir: Path, configured: Sequence[SidecarConfig]
+) -> int:
+    """`logs` with no name (every sidecar) or several: one stream in time order, prefixed."""
+    import time
+
+    from supervisor import logmerge, tail
+    from supervisor.core import console
+
+    if args.names:
+        names = logmerge.ordered(args.names)
+    else:
+        with_file = [s.name for s in configured if s.output.file]
+        off = {s.name for s in configured if not s.output.file}
+        known = tail.known_names(state_dir, with_file)
+        names = logmerge.ordered([*with_file, *sorted(known - set(with_file) - off)])
+        if not names:
+            _fail(f"note: no sidecar is configured or known in {state_dir}; nothing to show")
+            return EXIT_OK
+    readers = {name: tail.OutputReader.open(state_dir, name, configured) for name in names}
+    colours = console.colour_wanted(sys.stdout.isatty(), os.environ)
+    out = sys.stdout.buffer
+    try:
+        last = logmerge.merge({n: r.last(args.lines) for n, r in readers.items()}, args.lines)
+        out.write(logmerge.render(last, names, colours=colours))
+        out.flush()
+        follower = logmerge.Follower(names)
+        while args.follow:  # until interrupted (Ctrl-C: exit 130, quietly)
+            batch = follower.batch({n: r.follow() for n, r in readers.items()})
+            if batch:
+                out.write(logmerge.render(batch, names, colours=colours))
+                out.flush()
+            else:
+                time.sleep(tail.POLL_S)
+    finally:
+        for reader in readers.values():
+            reader.close()
     return EXIT_OK
 
 
@@ -356,10 +488,14 @@ def _cmd_init(args: argparse.Namespace) -> int:
         path = Path(args.path).expanduser().absolute() if args.path else paths.config_path(None)
     except RuntimeError:  # ~user of an unknown user, or no home directory
         raise PathError("PATH", args.path, "its ~ cannot be expanded") from None
-    starter.write(path)
+    starter.write(path, minimal=args.minimal)
     quoted = shlex.quote(str(path))
-    _out(f"wrote {path}: a commented starter config (every key, with its default)")
-    _out("it supervises the bundled demo sidecar; replace that [[sidecar]] with your programs")
+    if args.minimal:
+        _out(f"wrote {path}: two sidecars (the bundled demo), only the keys most configs need")
+        _out("replace their name, command and port with your programs'")
+    else:
+        _out(f"wrote {path}: a commented starter config (every key, with its default)")
+        _out("it supervises the bundled demo sidecar; replace that [[sidecar]] with your programs")
     _out(f"check it:  supervisor check-config -c {quoted}")
     _out(f"run it:    supervisor run -c {quoted}")
     return EXIT_OK
@@ -477,6 +613,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to write it (default: $SUPERVISOR_CONFIG, then "
         "<user config dir>/supervisor.toml, where every command looks)",
     )
+    init.add_argument(
+        "--minimal",
+        action="store_true",
+        help="a short starter instead: two sidecars, only the keys most configs need",
+    )
 
     def names_opt(p: argparse.ArgumentParser, what: str, *, required: bool = False) -> None:
         p.add_argument("names", nargs="+" if required else "*", metavar="NAME", help=what)
@@ -504,7 +645,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     names_opt(stop, "stop only these sidecars (they stay configured, in state stopped)")
     stop.add_argument(
-        "--wait", type=_positive_float, metavar="S", help="wait up to S seconds until it is gone"
+        "--wait",
+        type=_positive_float,
+        metavar="S",
+        help=f"wait up to S seconds until it is gone (default {STOP_WAIT_S:g})",
+    )
+    stop.add_argument(
+        "--no-wait", action="store_true", help="return as soon as the daemon was asked to stop"
     )
     daemon_opts(stop)
 
@@ -532,12 +679,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     daemon_opts(wait)
 
+    top_cmd = command(
+        "top", _cmd_top, "a live full-screen view of the sidecars, with keys to act on them"
+    )
+    daemon_opts(top_cmd)
+
     events = command("events", _cmd_events, "follow the running daemon's state changes")
     events.add_argument("--json", action="store_true", help="one JSON object per line")
     daemon_opts(events)
 
-    logs_cmd = command("logs", _cmd_logs, "show a sidecar's output (its output.log)")
-    logs_cmd.add_argument("name", metavar="NAME", help="the sidecar")
+    logs_cmd = command(
+        "logs", _cmd_logs, "show sidecars' output (their output.log), merged in time order"
+    )
+    logs_cmd.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="the sidecars (default: every one, each line prefixed with its name)",
+    )
     logs_cmd.add_argument(
         "-n",
         "--lines",
@@ -591,7 +750,22 @@ def build_parser() -> argparse.ArgumentParser:
     service.add_argument(
         "--force", action="store_true", help="overwrite a different existing service file"
     )
+    completion = command(
+        "completion", _cmd_completion, "print a shell completion script (bash, zsh or fish)"
+    )
+    completion.add_argument(
+        "shell",
+        choices=["bash", "zsh", "fish"],
+        help='e.g. bash: eval "$(supervisor completion bash)" in ~/.bashrc',
+    )
     return parser
+
+
+def _cmd_completion(args: argparse.Namespace) -> int:
+    from supervisor import completion
+
+    sys.stdout.write(completion.render(args.shell, build_parser()))
+    return EXIT_OK
 
 
 def _report(args: argparse.Namespace, exc: SupervisorError) -> None:
@@ -667,7 +841,11 @@ def _start_failed_event(exc: SupervisorError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     from supervisor.system import signals
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):
+        parser.print_help()  # a bare `supervisor`: what it can do, not a usage error
+        return EXIT_OK
+    args = parser.parse_args(argv)
     daemon = args.command == "run"
     if not daemon:
         signals.unblock()  # blocked by the entry point for the daemon's sake only

@@ -35,12 +35,15 @@ def _answer(conn: socket.socket) -> None:
         except OSError:
             pass
         parts = request.split(b" ", 2)
+        kind = b"application/json"
         if len(parts) >= 2 and parts[0] == b"GET" and parts[1] == b"/health":
             status, body = b"200 OK", _OK
+        elif len(parts) >= 2 and parts[0] == b"GET" and parts[1] == b"/":
+            status, body, kind = b"200 OK", _page(), b"text/html; charset=utf-8"
         else:
-            status, body = b"404 Not Found", b"not found\n"
+            status, body, kind = b"404 Not Found", b"not found\n", b"text/plain"
         head = (
-            b"HTTP/1.0 " + status + b"\r\nContent-Type: application/json\r\n"
+            b"HTTP/1.0 " + status + b"\r\nContent-Type: " + kind + b"\r\n"
             b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n"
         )
         try:
@@ -48,6 +51,22 @@ def _answer(conn: socket.socket) -> None:
         except OSError:  # the prober hung up; contextlib.suppress would cost an import
             return
 
+
+def _page() -> bytes:
+    """GET /: a small page saying what this is and what to try next."""
+    return (
+        "<!doctype html><meta charset=utf-8><title>supervisor demo</title>"
+        "<h1>The demo sidecar is running</h1>"
+        f"<p>pid {os.getpid()}, up {time.monotonic() - _STARTED:.0f} s. "
+        "This tiny server is supervised by <code>supervisor run</code>.</p>"
+        "<p>Its readiness and health probe: <a href=/health>/health</a>.</p>"
+        "<p>Try, in another terminal: <code>supervisor status</code>, "
+        "<code>supervisor logs -f</code>, <code>supervisor top</code>; "
+        "<code>kill -9 " + str(os.getpid()) + "</code> and watch it come back.</p>\n"
+    ).encode()
+
+
+_STARTED = time.monotonic()
 
 USAGE = """usage: python -m supervisor.demo --port N [--host H] [--crash-after S] [--exit-code C]
                                 [--ignore-sigterm] [--fork-grandchild] [--report FILE]

@@ -299,3 +299,14 @@ class PathError(SupervisorError):
         self.value = value
         self.reason = reason
         super().__init__(f"{source} {value!r} cannot be used: {reason}; give an absolute path")
+
+
+class NoTerminalError(SupervisorError):
+    """A command that draws on the terminal (`top`) run without one."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, command: str, instead: str) -> None:
+        self.command = command
+        self.instead = instead
+        super().__init__(f"{command} needs a terminal; {instead}")

@@ -31,12 +31,14 @@ class InitError(SupervisorError):
         super().__init__(f"{path} {problem}; {remedy}")
 
 
-def example_text() -> str:
-    """The starter config: every key with its default, supervising the bundled demo."""
-    return resources.files("supervisor.config").joinpath("example.toml").read_text("utf-8")
+def example_text(*, minimal: bool = False) -> str:
+    """The starter config: every key with its default, supervising the bundled demo; or with
+    `minimal`, two sidecars and only the keys most configs need (`minimal.toml`)."""
+    name = "minimal.toml" if minimal else "example.toml"
+    return resources.files("supervisor.config").joinpath(name).read_text("utf-8")
 
 
-def write(path: Path) -> None:
+def write(path: Path, *, minimal: bool = False) -> None:
     """Write the starter to `path` (parent folders created), atomically, never replacing a file.
 
     The text goes to a temporary file that is then hard-linked into place: `link` fails if
@@ -49,7 +51,7 @@ def write(path: Path) -> None:
         path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     except OSError as exc:
         raise _unwritable(path.parent, exc) from None
-    data = example_text().encode("utf-8")
+    data = example_text(minimal=minimal).encode("utf-8")
     tmp = path.parent / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     try:
         _write_new(tmp, data)

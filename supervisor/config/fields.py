@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from enum import StrEnum
 from typing import TypeVar
 
@@ -40,13 +41,26 @@ def describe(value: object) -> str:
     return repr(value)[:80]
 
 
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """`; did you mean "port"?` for a near miss of a known key, else ""."""
+    close = difflib.get_close_matches(word, sorted(known), n=1, cutoff=0.6)
+    return f'; did you mean "{close[0]}"?' if close else ""
+
+
 class Table:
     """A view of one TOML table that tracks which keys were read, to report unknown ones."""
 
     def __init__(
-        self, raw: object, key: str, problems: Problems, *, interpreter: str | None = None
+        self,
+        raw: object,
+        key: str,
+        problems: Problems,
+        *,
+        interpreter: str | None = None,
+        sep: str = ".",
     ) -> None:
         self.key = key
+        self.sep = sep  # between this table's key and its own keys: `sidecar "api": port`
         self.problems = problems
         # What PYTHON_PLACEHOLDER stands for: the daemon's own interpreter (None: unknown).
         self.interpreter = interpreter
@@ -58,7 +72,7 @@ class Table:
         self.seen: set[str] = set()
 
     def path(self, name: str) -> str:
-        return f"{self.key}.{name}" if self.key else name
+        return f"{self.key}{self.sep}{name}" if self.key else name
 
     def get(self, name: str) -> object:
         self.seen.add(name)
@@ -72,7 +86,7 @@ class Table:
     def finish(self) -> None:
         for name in self.raw:
             if name not in self.seen:
-                self.problems.add(self.path(name), "unknown key")
+                self.problems.add(self.path(name), "unknown key" + did_you_mean(name, self.seen))
 
     def typed(self, name: str, default: T, check: Callable[[object], T | None], want: str) -> T:
         value = self.get(name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shlex
 import stat
 import sys
@@ -48,6 +49,25 @@ def _read(path: Path) -> bytes:
         os.close(fd)
 
 
+_AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)$|\s*\(at end of document\)$")
+
+
+def toml_problem(message: str, text: str) -> str:
+    """`line 5, column 6: invalid TOML: expected '=' ...: prot 8080` (the line quoted)."""
+    found = _AT.search(message)
+    what = message[: found.start()] if found else message
+    what = what[:1].lower() + what[1:]
+    if found is None:
+        return show.printable(f"invalid TOML: {what}", 300)
+    if found.group(1) is None:
+        return show.printable(f"at the end of the file: invalid TOML: {what}", 300)
+    line, column = int(found.group(1)), int(found.group(2))
+    lines = text.splitlines()
+    quoted = lines[line - 1].strip() if 0 < line <= len(lines) else ""
+    shown = f": {show.printable(quoted, 80)}" if quoted else ""
+    return show.printable(f"line {line}, column {column}: invalid TOML: {what}", 200) + shown
+
+
 def load(path: Path) -> Config:
     """Read and validate the config file at `path`."""
     data = _read(path)
@@ -63,7 +83,7 @@ def load(path: Path) -> Config:
     except RecursionError:
         raise ConfigError(path, ["is nested too deeply to be read"]) from None
     except Exception as exc:  # TOMLDecodeError, an integer too long to convert, ...
-        raise ConfigError(path, [show.printable(f"invalid TOML: {exc}", 300)]) from None
+        raise ConfigError(path, [toml_problem(str(exc), text)]) from None
     try:
         # "{python}" is the interpreter this process runs on, as is: a venv's python is a
         # symlink to the base interpreter, and only the venv's path runs with its packages.

@@ -321,21 +321,45 @@ def _depends_on(table: Table) -> dict[str, Condition]:
     return result
 
 
-def _check_dependencies(sidecars: list[SidecarConfig], problems: Problems) -> None:
+def _check_dependencies(
+    sidecars: list[SidecarConfig], keys: list[str], problems: Problems
+) -> None:
     """Every dependency names a sidecar of this file, not itself, and they form no cycle."""
     index = {s.name: i for i, s in enumerate(sidecars)}
+
+    def where(i: int) -> str:
+        return keys[i] + _sep(keys[i])
+
     for i, sidecar in enumerate(sidecars):
         for name in sidecar.depends_on:
             if name == sidecar.name:
-                problems.add(f"sidecar[{i}].depends_on.{name}", "a sidecar cannot depend on itself")
+                problems.add(f"{where(i)}depends_on.{name}", "a sidecar cannot depend on itself")
             elif name not in index:
                 known = ", ".join(f'"{n}"' for n in index) or "none"
-                problems.add(f"sidecar[{i}].depends_on.{name}", f"unknown sidecar (known: {known})")
+                problems.add(f"{where(i)}depends_on.{name}", f"unknown sidecar (known: {known})")
     graph = {s.name: [d for d in s.depends_on if d != s.name] for s in sidecars}
     cycle = depgraph.find_cycle(graph)
     if cycle is not None:
         first = index[cycle[0]]
-        problems.add(f"sidecar[{first}].depends_on", "dependency cycle: " + " -> ".join(cycle))
+        problems.add(f"{where(first)}depends_on", "dependency cycle: " + " -> ".join(cycle))
+
+
+def _entry_keys(entries: list[object]) -> list[str]:
+    """How problems name each [[sidecar]]: `sidecar "api"` by its name, as a person calls it;
+    `sidecar[1]` (its place in the file) when it has no usable or no unique name."""
+    names = [
+        e.get("name") if isinstance(e, Mapping) and isinstance(e.get("name"), str) else None
+        for e in entries
+    ]
+    return [
+        f'sidecar "{name}"' if name and NAME_RE.fullmatch(name) and names.count(name) == 1
+        else f"sidecar[{index}]"
+        for index, name in enumerate(names)
+    ]
+
+
+def _sep(key: str) -> str:
+    return ": " if key.endswith('"') else "."
 
 
 def parse(
@@ -357,8 +381,10 @@ def parse(
             entries = []
         seen: dict[str, int] = {}
         ports: dict[int, str] = {}
+        keys = _entry_keys(entries)
         for index, entry in enumerate(entries):
-            table = Table(entry, f"sidecar[{index}]", problems, interpreter=interpreter)
+            key = keys[index]
+            table = Table(entry, key, problems, interpreter=interpreter, sep=_sep(key))
             sidecar = _sidecar(table, base_dir)
             if sidecar.name in seen:
                 problems.add(
@@ -370,13 +396,13 @@ def parse(
             # Two sidecars on one port would each find the other's child holding it.
             if sidecar.port is not None and sidecar.port in ports:
                 problems.add(
-                    f"sidecar[{index}].port",
+                    table.path("port"),
                     f'{sidecar.port} is already used by sidecar "{ports[sidecar.port]}"',
                 )
             elif sidecar.port is not None:
                 ports[sidecar.port] = sidecar.name
             sidecars.append(sidecar)
-        _check_dependencies(sidecars, problems)
+        _check_dependencies(sidecars, keys, problems)
     top.finish()
     if problems.items:
         raise ConfigError(path, problems.items)

@@ -94,6 +94,9 @@ class ExitInfo:
     failed_start: bool  # never became ready (exited early, timed out, or could not spawn)
     daemonized: bool = False  # it exited and left a process of its own serving the port
     unhealthy: bool = False  # stopped by us: `health.failures` consecutive checks failed
+    # The program cannot be executed at all (not found, not executable, no cwd): no retry
+    # would change that, so the sidecar fails at once with the reason instead of backing off.
+    unstartable: bool = False
 
     @property
     def clean(self) -> bool:
@@ -115,8 +118,9 @@ class Decision:
 
 def decide_after_exit(restart: RestartConfig, attempts: int, exit_info: ExitInfo) -> Decision:
     """What to do when a child exits (or fails to start) while the sidecar should run."""
-    if exit_info.daemonized:
-        # Every restart would daemonize again and fight the server it left: give up, say why.
+    if exit_info.daemonized or exit_info.unstartable:
+        # Every restart would daemonize again and fight the server it left, or fail to exec
+        # the same way: give up, say why.
         return Decision(Event.GIVE_UP, attempts, 0.0)
     match restart.policy:
         case RestartPolicy.NEVER:

@@ -56,6 +56,11 @@ def _duration(seconds: float) -> str:
     return f"{secs}s"
 
 
+def render_duration(seconds: float) -> str:
+    """`42s`, `3m5s`, `2h10m`, `4d1h`."""
+    return _duration(seconds)
+
+
 def _last_exit(value: object) -> str:
     if not isinstance(value, Mapping):
         return "-"
@@ -72,8 +77,27 @@ def _depends(value: object) -> str:
     return ",".join(f"{name}:{condition}" for name, condition in value.items())
 
 
+def cpu_text(value: object) -> str:
+    """`12%` of one core (`0.4%` below 10); `-` when unknown."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "-"
+    return f"{value:.1f}%" if value < 10 else f"{value:.0f}%"
+
+
+def memory_text(value: object) -> str:
+    """Bytes as `512K`, `38.2M`, `1.1G`; `-` when unknown."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        return "-"
+    for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if value >= size:
+            number = value / size
+            return f"{number:.1f}{unit}" if number < 100 else f"{number:.0f}{unit}"
+    return f"{value}B"
+
+
 def render_table(doc: Mapping[str, object], now_s: float) -> str:
-    """Human table: name, state, pid, port, uptime, restarts, last exit, reason."""
+    """Human table: name, state, pid, port, uptime, cpu, memory, restarts, last exit, [depends,]
+    reason."""
     daemon = doc.get("supervisor")
     sidecars = doc.get("sidecars")
     lines = []
@@ -89,7 +113,9 @@ def render_table(doc: Mapping[str, object], now_s: float) -> str:
     ]
     # The DEPENDS column only when some sidecar has dependencies (SPEC 11.2).
     with_deps = any(s.get("depends_on") for s in entries)
-    header: tuple[str, ...] = ("NAME", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "LAST EXIT")
+    header: tuple[str, ...] = (
+        "NAME", "STATE", "PID", "PORT", "UPTIME", "CPU", "MEM", "RESTARTS", "LAST EXIT"
+    )  # fmt: skip
     header += ("DEPENDS", "REASON") if with_deps else ("REASON",)
     rows: list[tuple[str, ...]] = [header]
     for sidecar in entries:
@@ -105,6 +131,8 @@ def render_table(doc: Mapping[str, object], now_s: float) -> str:
             str(sidecar.get("pid") or "-"),
             str(sidecar.get("port") or "-"),
             uptime,
+            cpu_text(sidecar.get("cpu_percent")),
+            memory_text(sidecar.get("memory_bytes")),
             str(sidecar.get("restarts", 0)),
             _last_exit(sidecar.get("last_exit")),
         )

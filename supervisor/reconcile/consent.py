@@ -26,7 +26,7 @@ import anyio
 
 from supervisor.config import ConsentMode, ReclaimConfig
 from supervisor.core import show
-from supervisor.system import children
+from supervisor.system import children, logs
 
 _ANSWER_LIMIT = 256
 _COMMAND_LIMIT = 512
@@ -114,7 +114,10 @@ async def ask(
         # A consent provider must never break the launch path: whatever goes wrong is a No.
         try:
             if provider is Provider.TTY:
-                granted, detail = await _ask_tty(request)
+                # Log lines wait until the question is answered: nothing is written after the
+                # prompt on its line, nothing scrolls it away.
+                with logs.hold_console():
+                    granted, detail = await _ask_tty(request)
             else:
                 granted, detail = await _ask_command(reclaim.consent_command, request)
         except Exception as exc:
@@ -201,7 +204,8 @@ def _prompt(request: ConsentRequest) -> bytes:
         f"\nsupervisor: port {request.port} (sidecar {sidecar}) is held by {held_by}:\n"
         f"  pid {request.pid}, user {user}, started {started}\n"
         f"  command: {show.printable(request.command, _COMMAND_LIMIT)}\n"
-        "Kill it and start a new one? [y/N] "
+        # The question itself repeats whom it is about: it is the line left in view.
+        f"Kill pid {request.pid} and start a new {sidecar}? [y/N] "
     )
     return text.encode("utf-8", "replace")
 

@@ -66,6 +66,8 @@ class Context:
     own_inodes: Callable[[], frozenset[int]] = frozenset
     # Orphans this daemon adopted as their subreaper (reaper.adopted): provably ours.
     adopted: Callable[[], frozenset[int]] = frozenset
+    # Says why the launch pauses while a person is asked (status shows it), then None.
+    asking: Callable[[str | None], None] = lambda _why: None
 
 
 @dataclass(frozen=True)
@@ -326,7 +328,12 @@ async def _consented(
             verdict=item.classification.verdict.value,
             reason=item.classification.reason,
         )
-        result = await consent.ask(config.reclaim, request, stdin_is_tty=ctx.stdin_is_tty)
+        if provider is consent.Provider.TTY:
+            ctx.asking(f"waiting for your answer in the terminal (kill pid {holder.pid}?)")
+        try:
+            result = await consent.ask(config.reclaim, request, stdin_is_tty=ctx.stdin_is_tty)
+        finally:
+            ctx.asking(None)
     if result.granted:
         log.info("consent_granted", port=config.port, pid=holder.pid, detail=result.detail)
     else:

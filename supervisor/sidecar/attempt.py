@@ -133,7 +133,7 @@ class Attempt:
             self.reason = str(exc)
             self.log.error("sidecar_start_failed", reason=self.reason)
             self.host.ended(self.reason, _last_exit(None, None))
-            return ExitInfo(code=None, signal=None, failed_start=True)
+            return ExitInfo(code=None, signal=None, failed_start=True, unstartable=exc.fatal)
         self.child = child
         spawned = time.monotonic()
         self.log.info("sidecar_spawned", pid=child.pid, attempt=attempt, interactive=interactive)

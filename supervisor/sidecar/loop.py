@@ -285,7 +285,7 @@ class Sidecar:
                     self._transition(Event.RETRY, reason=self.reason)
                     await anyio.sleep(decision.delay_s)
                     interactive = False
-                case Event.GIVE_UP if exit_info.daemonized:
+                case Event.GIVE_UP if exit_info.daemonized or exit_info.unstartable:
                     self._transition(Event.GIVE_UP, reason=self.reason)
                     return
                 case Event.GIVE_UP:
@@ -336,8 +336,13 @@ class Sidecar:
             ledger=self.rt.ledger,
             own_inodes=self.rt.sockets.inodes,
             adopted=lambda: frozenset(reaper.adopted()),
+            asking=self._asking,
         )
         return await preflight(self.launch, interactive=interactive, ctx=ctx, log=self.log)
+
+    def _asking(self, why: str | None) -> None:
+        self.reason = why
+        self.rt.on_change(self)
 
     async def _wait_for_port(self, outcome: Outcome) -> None:
         if self.port is not None:

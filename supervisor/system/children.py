@@ -29,10 +29,11 @@ KILL_WAIT_S = 2.0
 class SpawnError(Exception):
     """The command could not be started (not found, not executable, bad cwd)."""
 
-    def __init__(self, argv0: str, reason: str) -> None:
+    def __init__(self, argv0: str, reason: str, *, fatal: bool = False) -> None:
         super().__init__(f"cannot start {argv0}: {reason}")
         self.argv0 = argv0
         self.reason = reason
+        self.fatal = fatal  # ENOENT / EACCES: the program cannot run; retrying will not help
 
 
 @dataclass(frozen=True)
@@ -231,9 +232,10 @@ def spawn(
             if cwd is not None and missing == str(cwd)
             else ("command not found")
         )
-        raise SpawnError(argv[0], f"{what}: {missing}") from None
+        raise SpawnError(argv[0], f"{what}: {missing}", fatal=True) from None
     except PermissionError as exc:
-        raise SpawnError(argv[0], f"permission denied: {exc.filename or argv[0]}") from None
+        reason = f"permission denied: {exc.filename or argv[0]}"
+        raise SpawnError(argv[0], reason, fatal=True) from None
     except OSError as exc:
         raise SpawnError(argv[0], exc.strerror or str(exc)) from None
     for stream in (popen.stdout, popen.stderr):

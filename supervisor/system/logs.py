@@ -14,15 +14,17 @@ import contextlib
 import functools
 import logging
 import os
+import shutil
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, TextIO
 
 import structlog
 
 from supervisor.config import LogFormat, LogLevel
+from supervisor.core import console
 
 if TYPE_CHECKING:
     from supervisor.system.logfile import LogFile
@@ -57,6 +59,7 @@ class LineWriter:
         self._pending: collections.deque[bytes] = collections.deque()
         self._pending_bytes = 0
         self._busy = False  # the thread holds lines it took from the buffer
+        self._paused = False  # a question is open on the terminal: hold lines (see `paused`)
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
         self._thread.start()
@@ -88,7 +91,7 @@ class LineWriter:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._pending:
+                while not self._pending or self._paused:
                     self._busy = False
                     self._cond.notify_all()  # drain() waits for an idle writer
                     self._cond.wait()
@@ -131,13 +134,31 @@ class LineWriter:
         self.dropped += count
         self.dropped_total += count
 
+    @contextlib.contextmanager
+    def paused(self, timeout_s: float = FLUSH_TIMEOUT_S) -> Iterator[None]:
+        """Hold every line (buffered, bounded as ever) while a question is open on the terminal,
+        so nothing is written over or after it; lines already taken are written first (bounded)."""
+        with self._cond:
+            deadline = time.monotonic() + timeout_s
+            while (self._pending or self._busy) and (remaining := deadline - time.monotonic()) > 0:
+                self._cond.wait(remaining)  # what was said before the question comes before it
+            self._paused = True
+            while self._busy and (remaining := deadline - time.monotonic()) > 0:
+                self._cond.wait(remaining)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._paused = False
+                self._cond.notify_all()
+
     # -- exit ---------------------------------------------------------------------------------
 
     def drain(self, timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
         """Wait (bounded) until every buffered line was written or dropped; True if it was."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
-            while self._pending or self._busy:
+            while (self._pending and not self._paused) or self._busy:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -210,16 +231,48 @@ def uses_json(log_format: LogFormat, stream: TextIO | LineWriter) -> bool:
 def use_colors(stream: TextIO | LineWriter, environ: Mapping[str, str] = os.environ) -> bool:
     """Colour in console logs: NO_COLOR (https://no-color.org) turns it off, FORCE_COLOR on,
     TERM=dumb off; otherwise only on a TTY. Non-empty values count, as no-color.org says."""
-    if environ.get("NO_COLOR"):
-        return False
-    if environ.get("FORCE_COLOR"):
-        return True
-    if environ.get("TERM") == "dumb":
-        return False
     try:
-        return stream.isatty()
+        tty = stream.isatty()
     except (AttributeError, ValueError):
-        return False
+        tty = False
+    return console.colour_wanted(tty, environ)
+
+
+class ConsoleLines:
+    """structlog's last processor on a terminal: console.render, plus the first-launch summary.
+
+    Kept across a reconfigure (a reload) so that the summary is said once per run.
+    """
+
+    _summary: console.Summary | None = None
+
+    def __init__(self, *, colours: bool, debug: bool) -> None:
+        self.colours = colours
+        self.debug = debug
+        if ConsoleLines._summary is None:
+            ConsoleLines._summary = console.Summary()
+        self.summary = ConsoleLines._summary
+        self.names: list[str] = []
+
+    def __call__(self, _logger: object, _name: str, event: structlog.types.EventDict) -> str:
+        if not console.shown(event, debug=self.debug):
+            raise structlog.DropEvent
+        if event.get("event") == "daemon_started" and isinstance(event.get("sidecars"), list):
+            self.names = [str(n) for n in event["sidecars"]]
+        width = shutil.get_terminal_size((console.MAX_WIDTH, 24)).columns
+        line = console.render(event, colours=self.colours, width=width, names=self.names)
+        stamp = str(event.get("timestamp") or "")[:8]
+        extra = self.summary.feed(event)
+        if self.colours and extra:
+            extra = [f"\x1b[1m{extra[0]}\x1b[0m", *extra[1:]]
+        return "\n".join([line, *(f"{stamp}  {text}" for text in extra)])
+
+
+def hold_console() -> contextlib.AbstractContextManager[None]:
+    """Hold the stderr log lines while a question is open on the terminal (consent)."""
+    if writer.cache_info().currsize == 0:
+        return contextlib.nullcontext()
+    return writer().paused()
 
 
 def configure(
@@ -236,19 +289,25 @@ def configure(
     out: TextIO | LineWriter = (
         log_file.stream if log_file is not None else stream if stream is not None else writer()
     )
-    renderer: structlog.types.Processor
+    processors: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+    ]
     if log_file is not None or uses_json(log_format, out):
-        renderer = structlog.processors.JSONRenderer()
-    else:
-        renderer = structlog.dev.ConsoleRenderer(colors=use_colors(out))
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
+        processors += [
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            renderer,
-        ],
+            structlog.processors.JSONRenderer(),
+        ]
+    else:
+        # A person at a terminal: local time to the second, one short line (console.py).
+        processors += [
+            structlog.processors.TimeStamper(fmt="%H:%M:%S", utc=False),
+            structlog.processors.format_exc_info,
+            ConsoleLines(colours=use_colors(out), debug=level is LogLevel.DEBUG),
+        ]
+    structlog.configure(
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=_Factory(out),
         cache_logger_on_first_use=False,

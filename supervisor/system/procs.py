@@ -333,3 +333,47 @@ def boot_time() -> float:
     import psutil
 
     return float(psutil.boot_time())
+
+
+@dataclass(frozen=True)
+class Usage:
+    """CPU and memory of a process with its descendants (a sidecar's whole tree)."""
+
+    cpu_percent: float  # over the sampling interval; 100 = one core
+    memory_bytes: int  # resident set sizes, summed
+
+
+class UsageSampler:
+    """CPU needs two readings: `sample()` returns each tree's usage since the previous call."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._procs: dict[int, psutil.Process] = {}
+
+    def sample(self, pids: Iterable[int]) -> dict[int, Usage]:
+        import psutil
+
+        found: dict[int, Usage] = {}
+        seen: dict[int, psutil.Process] = {}
+        for pid in pids:
+            cpu, memory, alive = 0.0, 0, False
+            try:
+                root = self._procs.get(pid) or psutil.Process(pid)
+                tree = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                continue
+            for found_proc in tree:
+                proc = self._procs.get(found_proc.pid, found_proc)
+                try:
+                    with proc.oneshot():
+                        cpu += proc.cpu_percent(None)  # 0.0 at a process's first reading
+                        memory += proc.memory_info().rss
+                    alive = True
+                    seen[proc.pid] = proc
+                except psutil.Error:
+                    continue
+            if alive:
+                found[pid] = Usage(cpu, memory)
+        self._procs = seen
+        return found

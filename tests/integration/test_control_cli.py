@@ -26,6 +26,7 @@ from tests.support import (
     Holder,
     demo_sidecar,
     free_port,
+    live_tags,
     one_line,
     pid_gone,
     render_config,
@@ -512,7 +513,8 @@ def test_start_and_restart_of_one_sidecar_are_interactive_launches(tmp_path: Pat
     )
     state = tmp_path / "state"
     sd = ("--state-dir", str(state))
-    with Holder(port, "127.0.0.1", "-", marker) as holder, Daemon(config, state) as daemon:
+    live = Holder(port, "127.0.0.1", "-", marker, env=live_tags())
+    with live as holder, Daemon(config, state) as daemon:
         api = daemon.wait_for("sidecar_ready", sidecar="api")["pid"]
         daemon.wait_for("consent_declined", pid=holder.pid)  # the boot launch asked
         daemon.wait_for("sidecar_waiting", sidecar="web", verdict="live")

@@ -222,6 +222,28 @@ def test_child_output_is_forwarded_and_long_lines_are_capped(tmp_path: Path) -> 
         assert daemon.stop() == 0
 
 
+@pytest.mark.parametrize("program", ["/nonexistent/bin/ghost", "not-a-program-on-any-path", "."])
+def test_a_program_that_cannot_run_fails_at_once_without_backoff(
+    tmp_path: Path, program: str
+) -> None:
+    sidecar: dict[str, object] = {
+        "name": "ghost",
+        "command": [program],
+        "restart": {"policy": "always", "max_attempts": 5, "base_delay": 0.05},
+    }
+    with start(tmp_path, [sidecar, demo_sidecar("web", free_port())]) as daemon:
+        failed = daemon.wait_for("sidecar_start_failed", sidecar="ghost")
+        assert program in str(failed["reason"])
+        # The next thing after it (the other sidecar's ready line comes later): no retry.
+        daemon.wait_for("sidecar_ready", sidecar="web")
+        status = {s["name"]: s for s in daemon.dump_status()["status"]["sidecars"]}
+        assert status["ghost"]["state"] == "failed"
+        assert status["ghost"]["reason"] == failed["reason"]
+        assert daemon.find("restart_scheduled", sidecar="ghost") == []
+        assert len(daemon.find("sidecar_start_failed", sidecar="ghost")) == 1
+        assert daemon.stop() == 0
+
+
 @pytest.mark.parametrize("policy", ["never"])
 def test_missing_command_is_a_failed_start_not_a_crash(tmp_path: Path, policy: str) -> None:
     sidecar: dict[str, object] = {

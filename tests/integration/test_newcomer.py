@@ -246,24 +246,24 @@ def _console_run(tmp_path: Path) -> list[str]:
 
 
 def test_console_log_on_a_tty_is_coloured(tmp_path: Path) -> None:
-    code, output = on_tty(_console_run(tmp_path), until=b"daemon_started")
+    code, output = on_tty(_console_run(tmp_path), until=b"0/0 ready")
     assert code == 0
-    assert b"daemon_stopped" in output
+    assert b"stopped" in output
     assert ESC in output
 
 
 def test_no_color_turns_colour_off_on_a_tty(tmp_path: Path) -> None:
-    code, output = on_tty(_console_run(tmp_path), env={"NO_COLOR": "1"}, until=b"daemon_started")
+    code, output = on_tty(_console_run(tmp_path), env={"NO_COLOR": "1"}, until=b"0/0 ready")
     assert code == 0
-    assert b"daemon_stopped" in output
+    assert b"supervisor  stopped" in output
     assert ESC not in output
 
 
 def test_force_color_colours_console_logs_off_a_tty(tmp_path: Path) -> None:
     args = [*_console_run(tmp_path), "--log-format", "console"]
-    code, plain = on_tty(args, until=b"daemon_started", tty=False)
+    code, plain = on_tty(args, until=b"0/0 ready", tty=False)
     assert code == 0
-    assert b"daemon_stopped" in plain and ESC not in plain
-    code, forced = on_tty(args, env={"FORCE_COLOR": "1"}, until=b"daemon_started", tty=False)
+    assert b"supervisor  stopped" in plain and ESC not in plain
+    code, forced = on_tty(args, env={"FORCE_COLOR": "1"}, until=b"0/0 ready", tty=False)
     assert code == 0
-    assert b"daemon_stopped" in forced and ESC in forced
+    assert b"stopped" in forced and ESC in forced

@@ -91,7 +91,13 @@ def logs(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def wait_for_text(path: Path, text: bytes, timeout: float = 15.0) -> None:
-    wait_until(lambda: path.exists() and text in path.read_bytes(), timeout, f"{text!r} in {path}")
+    def shown() -> bool:
+        try:
+            return text in path.read_bytes()
+        except FileNotFoundError:  # not yet, or renamed by a rotation between two looks
+            return False
+
+    wait_until(shown, timeout, f"{text!r} in {path}")
 
 
 def contents(folder: Path) -> list[bytes]:
@@ -377,3 +383,52 @@ def test_the_launchagents_daemon_log_goes_to_a_rotated_file(tmp_path: Path) -> N
         assert all({"event", "level", "timestamp"} <= set(e) for e in events)
     last = json.loads((folder / "supervisor.log").read_bytes().splitlines()[-1])
     assert last["event"] == "daemon_stopped"
+
+
+# -- `logs` with no name: every sidecar merged in time order ---------------------------------
+
+TAKE_TURNS = """
+import pathlib, sys, time
+mine, theirs, steps = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3:]
+for step in steps:
+    if step.startswith("wait:"):
+        want = step[5:].encode()
+        while not (theirs.exists() and want in theirs.read_bytes()):
+            time.sleep(0.005)
+        time.sleep(0.005)  # the next stamp is a later millisecond than theirs
+    else:
+        print(step, flush=True)
+time.sleep(3600)
+"""
+
+
+def test_logs_without_a_name_merges_every_sidecar_in_time_order(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    turns = {
+        "a": ["a1", "wait:b1", "a2", "wait:b2", "a3"],
+        "b": ["wait:a1", "b1", "wait:a2", "b2"],
+    }
+    sidecars = [
+        {
+            "name": name,
+            "command": [PYTHON, "-c", TAKE_TURNS, name, str(state / other / "output.log"), *steps],
+            "ready": {"probe": "none"},
+            "stop": {"timeout": 2.0},
+        }
+        for (name, steps), other in zip(turns.items(), ["b", "a"], strict=True)
+    ]
+    config = tmp_path / "supervisor.toml"
+    config.write_text(render_config(sidecars))
+    with Daemon(config, state) as daemon:
+        wait_for_text(state / "a" / "output.log", b"a3")
+        result = run_cli("logs", "-c", str(config), "--state-dir", str(state))
+        assert result.returncode == 0, result.stderr
+        said = [
+            (line.split(" | ")[0].strip(), line.split()[-1]) for line in result.stdout.splitlines()
+        ]
+        assert said == [("a", "a1"), ("b", "b1"), ("a", "a2"), ("b", "b2"), ("a", "a3")]
+        # -n counts lines of the merge; two names merge the same way.
+        last = run_cli("logs", "b", "a", "-n", "2", "--state-dir", str(state)).stdout
+        assert [line.split()[-1] for line in last.splitlines()] == ["b2", "a3"]
+        assert last.splitlines()[0].startswith("b | ")
+        assert daemon.stop() == 0

@@ -48,7 +48,7 @@ def test_reload_wait_reports_a_rejected_config(tmp_path: Path) -> None:
         assert result.returncode == 2
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith("supervisor: the new config was rejected: ")
-        assert "sidecar[0].command: is required" in line
+        assert 'sidecar "web": command: is required' in line
         daemon.wait_for("config_invalid")
         assert daemon.proc.poll() is None
         assert daemon.stop() == 0

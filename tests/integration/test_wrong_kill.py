@@ -82,7 +82,7 @@ def test_duplicate_port_is_a_config_error_with_the_key_path(tmp_path: Path) -> N
         result = run_cli(*command, "-c", str(config))
         assert result.returncode == 2, result.stderr
         line = one_error_line(result.stderr)
-        assert f'sidecar[1].port: {port} is already used by sidecar "a"' in line
+        assert f'sidecar "b": port: {port} is already used by sidecar "a"' in line
     assert not state.exists()
 
 

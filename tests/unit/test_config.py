@@ -78,7 +78,11 @@ BAD_CONFIGS = [
     bad("sidecar-not-array", 'sidecar = "agent"\n', "sidecar: must be an array of tables"),
     bad("sidecar-entry-not-table", "sidecar = [1]\n", "sidecar[0]: must be a table, got 1"),
     # [[sidecar]] keys
-    bad("sidecar-unknown-key", SIDECAR + 'nmae = "x"\n', "sidecar[0].nmae: unknown key"),
+    bad(
+        "sidecar-unknown-key",
+        SIDECAR + 'nmae = "x"\n',
+        'sidecar "agent": nmae: unknown key; did you mean "name"?',
+    ),
     bad("name-missing", '[[sidecar]]\ncommand = ["x"]\n', "sidecar[0].name: is required"),
     bad("name-empty", '[[sidecar]]\nname = ""\ncommand = ["x"]\n', "sidecar[0].name: must be"),
     bad("name-int", '[[sidecar]]\nname = 5\ncommand = ["x"]\n', "sidecar[0].name: must be"),
@@ -111,328 +115,342 @@ BAD_CONFIGS = [
     bad(
         "port-duplicate",
         PORTED + '[[sidecar]]\nname = "other"\ncommand = ["x"]\nport = 47820\n',
-        'sidecar[1].port: 47820 is already used by sidecar "agent"',
+        'sidecar "other": port: 47820 is already used by sidecar "agent"',
     ),
     bad(
         "port-duplicate-third-names-the-first",
         PORTED
         + '[[sidecar]]\nname = "b"\ncommand = ["x"]\nport = 47821\n'
         + '[[sidecar]]\nname = "c"\ncommand = ["x"]\nport = 47820\n',
-        'sidecar[2].port: 47820 is already used by sidecar "agent"',
+        'sidecar "c": port: 47820 is already used by sidecar "agent"',
     ),
-    bad("command-missing", '[[sidecar]]\nname = "a"\n', "sidecar[0].command: is required"),
+    bad("command-missing", '[[sidecar]]\nname = "a"\n', 'sidecar "a": command: is required'),
     bad(
         "command-empty",
         '[[sidecar]]\nname = "a"\ncommand = []\n',
-        "sidecar[0].command: must be a non-empty list of strings, got an empty list",
+        'sidecar "a": command: must be a non-empty list of strings, got an empty list',
     ),
     bad(
         "command-string",
         '[[sidecar]]\nname = "a"\ncommand = "node server.js"\n',
-        'sidecar[0].command: must be a non-empty list of strings, got "node server.js"',
+        'sidecar "a": command: must be a non-empty list of strings, got "node server.js"',
     ),
     bad(
         "command-non-string",
         '[[sidecar]]\nname = "a"\ncommand = ["node", 1]\n',
-        "sidecar[0].command: must be a non-empty list of strings, got a list",
+        'sidecar "a": command: must be a non-empty list of strings, got a list',
     ),
     bad(
         "command-empty-program",
         '[[sidecar]]\nname = "a"\ncommand = ["", "--save"]\n',
-        'sidecar[0].command[0]: the program must not be empty, got ""',
+        'sidecar "a": command[0]: the program must not be empty, got ""',
     ),
     bad(
         "command-nul-arg",
         '[[sidecar]]\nname = "a"\ncommand = ["node", "a\\u0000b"]\n',
-        "sidecar[0].command[1]: must not contain a NUL character",
+        'sidecar "a": command[1]: must not contain a NUL character',
     ),
     bad(
         "consent-command-empty-program",
         PORTED + '[sidecar.reclaim]\nconsent_command = [""]\n',
-        'sidecar[0].reclaim.consent_command[0]: the program must not be empty, got ""',
+        'sidecar "agent": reclaim.consent_command[0]: the program must not be empty, got ""',
     ),
-    bad("port-zero", SIDECAR + "port = 0\n", "sidecar[0].port: must be an integer 1..65535, got 0"),
-    bad("port-65536", SIDECAR + "port = 65536\n", "sidecar[0].port: must be an integer 1..65535"),
-    bad("port-negative", SIDECAR + "port = -80\n", "sidecar[0].port: must be an integer 1..65535"),
+    bad(
+        "port-zero",
+        SIDECAR + "port = 0\n",
+        'sidecar "agent": port: must be an integer 1..65535, got 0',
+    ),
+    bad(
+        "port-65536",
+        SIDECAR + "port = 65536\n",
+        'sidecar "agent": port: must be an integer 1..65535',
+    ),
+    bad(
+        "port-negative",
+        SIDECAR + "port = -80\n",
+        'sidecar "agent": port: must be an integer 1..65535',
+    ),
     bad(
         "port-string",
         SIDECAR + 'port = "80"\n',
-        'sidecar[0].port: must be an integer 1..65535, got "80"',
+        'sidecar "agent": port: must be an integer 1..65535, got "80"',
     ),
-    bad("port-float", SIDECAR + "port = 80.0\n", "sidecar[0].port: must be an integer"),
-    bad("port-bool", SIDECAR + "port = true\n", "sidecar[0].port: must be an integer"),
-    bad("host-empty", PORTED + 'host = ""\n', "sidecar[0].host: must be a non-empty string"),
-    bad("marker-int", SIDECAR + "marker = 5\n", "sidecar[0].marker: must be"),
-    bad("cwd-list", SIDECAR + 'cwd = ["/opt"]\n', "sidecar[0].cwd: must be"),
-    bad("env-string", SIDECAR + 'env = "A=1"\n', "sidecar[0].env: must be a table of strings"),
+    bad("port-float", SIDECAR + "port = 80.0\n", 'sidecar "agent": port: must be an integer'),
+    bad("port-bool", SIDECAR + "port = true\n", 'sidecar "agent": port: must be an integer'),
+    bad("host-empty", PORTED + 'host = ""\n', 'sidecar "agent": host: must be a non-empty string'),
+    bad("marker-int", SIDECAR + "marker = 5\n", 'sidecar "agent": marker: must be'),
+    bad("cwd-list", SIDECAR + 'cwd = ["/opt"]\n', 'sidecar "agent": cwd: must be'),
+    bad(
+        "env-string", SIDECAR + 'env = "A=1"\n', 'sidecar "agent": env: must be a table of strings'
+    ),
     bad(
         "env-int-value",
         SIDECAR + "env = { DASHBOARD_PORT = 4820 }\n",
-        "sidecar[0].env.DASHBOARD_PORT: must be a string, got 4820",
+        'sidecar "agent": env.DASHBOARD_PORT: must be a string, got 4820',
     ),
     bad(
         "env-bool-value",
         SIDECAR + "env = { DEBUG = true }\n",
-        "sidecar[0].env.DEBUG: must be a string, got True",
+        'sidecar "agent": env.DEBUG: must be a string, got True',
     ),
     bad(
         "env-bad-name",
         SIDECAR + 'env = { "A=B" = "1" }\n',
-        "sidecar[0].env.A=B: is not a valid variable name",
+        'sidecar "agent": env.A=B: is not a valid variable name',
     ),
     # [sidecar.ready]
     bad(
         "ready-not-table",
         SIDECAR + 'ready = "tcp"\n',
-        'sidecar[0].ready: must be a table, got "tcp"',
+        'sidecar "agent": ready: must be a table, got "tcp"',
     ),
     bad(
         "ready-unknown-key",
         PORTED + "[sidecar.ready]\ntimout = 5\n",
-        "sidecar[0].ready.timout: unknown key",
+        'sidecar "agent": ready.timout: unknown key',
     ),
     bad(
         "ready-probe-enum",
         PORTED + '[sidecar.ready]\nprobe = "udp"\n',
-        'sidecar[0].ready.probe: must be one of "tcp" | "http" | "none" | "log" | "exec" | '
+        'sidecar "agent": ready.probe: must be one of "tcp" | "http" | "none" | "log" | "exec" | '
         '"notify", got "udp"',
     ),
     bad(
         "ready-http-without-port",
         SIDECAR + '[sidecar.ready]\nprobe = "http"\n',
-        'sidecar[0].ready.probe: "http" needs a port',
+        'sidecar "agent": ready.probe: "http" needs a port',
     ),
     bad(
         "ready-tcp-without-port",
         SIDECAR + '[sidecar.ready]\nprobe = "tcp"\n',
-        'sidecar[0].ready.probe: "tcp" needs a port',
+        'sidecar "agent": ready.probe: "tcp" needs a port',
     ),
     bad(
         "ready-path-relative",
         PORTED + '[sidecar.ready]\nprobe = "http"\npath = "health"\n',
-        'sidecar[0].ready.path: must start with "/", got "health"',
+        'sidecar "agent": ready.path: must start with "/", got "health"',
     ),
     bad(
         "ready-timeout-zero",
         PORTED + "[sidecar.ready]\ntimeout = 0\n",
-        "sidecar[0].ready.timeout: must be a number > 0, got 0",
+        'sidecar "agent": ready.timeout: must be a number > 0, got 0',
     ),
     bad(
         "ready-interval-negative",
         PORTED + "[sidecar.ready]\ninterval = -0.5\n",
-        "sidecar[0].ready.interval: must be a number > 0, got -0.5",
+        'sidecar "agent": ready.interval: must be a number > 0, got -0.5',
     ),
     # [sidecar.restart]
     bad(
         "restart-unknown-key",
         SIDECAR + "[sidecar.restart]\nretries = 3\n",
-        "sidecar[0].restart.retries: unknown key",
+        'sidecar "agent": restart.retries: unknown key',
     ),
     bad(
         "restart-policy-enum",
         SIDECAR + '[sidecar.restart]\npolicy = "sometimes"\n',
-        'sidecar[0].restart.policy: must be one of "always" | "on-failure" | "never"',
+        'sidecar "agent": restart.policy: must be one of "always" | "on-failure" | "never"',
     ),
     bad(
         "restart-max-attempts-negative",
         SIDECAR + "[sidecar.restart]\nmax_attempts = -1\n",
-        "sidecar[0].restart.max_attempts: must be an integer >= 0, got -1",
+        'sidecar "agent": restart.max_attempts: must be an integer >= 0, got -1',
     ),
     bad(
         "restart-max-attempts-float",
         SIDECAR + "[sidecar.restart]\nmax_attempts = 1.5\n",
-        "sidecar[0].restart.max_attempts: must be an integer >= 0, got 1.5",
+        'sidecar "agent": restart.max_attempts: must be an integer >= 0, got 1.5',
     ),
     bad(
         "restart-base-delay-string-second-sidecar",
         '[[sidecar]]\nname = "one"\ncommand = ["x"]\n'
         + '[[sidecar]]\nname = "two"\ncommand = ["y"]\n[sidecar.restart]\nbase_delay = "fast"\n',
-        'sidecar[1].restart.base_delay: must be a number >= 0, got "fast"',
+        'sidecar "two": restart.base_delay: must be a number >= 0, got "fast"',
     ),
     bad(
         "restart-base-delay-negative",
         SIDECAR + "[sidecar.restart]\nbase_delay = -1\n",
-        "sidecar[0].restart.base_delay: must be a number >= 0, got -1",
+        'sidecar "agent": restart.base_delay: must be a number >= 0, got -1',
     ),
     bad(
         "restart-base-delay-nan",
         SIDECAR + "[sidecar.restart]\nbase_delay = nan\n",
-        "sidecar[0].restart.base_delay: must be a number >= 0, got nan",
+        'sidecar "agent": restart.base_delay: must be a number >= 0, got nan',
     ),
     bad(
         "restart-max-delay-inf",
         SIDECAR + "[sidecar.restart]\nmax_delay = inf\n",
-        "sidecar[0].restart.max_delay: must be a number >= 0, got inf",
+        'sidecar "agent": restart.max_delay: must be a number >= 0, got inf',
     ),
     bad(
         "restart-max-delay-below-base-delay",
         SIDECAR + "[sidecar.restart]\nbase_delay = 10\nmax_delay = 5\n",
-        "sidecar[0].restart.max_delay: must be >= base_delay (10), got 5",
+        'sidecar "agent": restart.max_delay: must be >= base_delay (10), got 5',
     ),
     bad(
         "restart-reset-after-negative",
         SIDECAR + "[sidecar.restart]\nreset_after = -10\n",
-        "sidecar[0].restart.reset_after: must be a number >= 0",
+        'sidecar "agent": restart.reset_after: must be a number >= 0',
     ),
     # [sidecar.stop]
     bad(
         "stop-unknown-key",
         SIDECAR + "[sidecar.stop]\nsignl = 15\n",
-        "sidecar[0].stop.signl: unknown key",
+        'sidecar "agent": stop.signl: unknown key',
     ),
     bad(
         "stop-signal-unknown-name",
         SIDECAR + '[sidecar.stop]\nsignal = "SIGFOO"\n',
-        'sidecar[0].stop.signal: must be a signal name such as "SIGTERM", got "SIGFOO"',
+        'sidecar "agent": stop.signal: must be a signal name such as "SIGTERM", got "SIGFOO"',
     ),
     bad(
         "stop-signal-number",
         SIDECAR + "[sidecar.stop]\nsignal = 15\n",
-        "sidecar[0].stop.signal: must be a signal name",
+        'sidecar "agent": stop.signal: must be a signal name',
     ),
     bad(
         "stop-timeout-negative",
         SIDECAR + "[sidecar.stop]\ntimeout = -2\n",
-        "sidecar[0].stop.timeout: must be a number >= 0, got -2",
+        'sidecar "agent": stop.timeout: must be a number >= 0, got -2',
     ),
     # [sidecar.reclaim]
     bad(
         "reclaim-unknown-key",
         PORTED + "[sidecar.reclaim]\nconsent_timout = 5\n",
-        "sidecar[0].reclaim.consent_timout: unknown key",
+        'sidecar "agent": reclaim.consent_timout: unknown key',
     ),
     bad(
         "reclaim-enabled-string",
         PORTED + '[sidecar.reclaim]\nenabled = "true"\n',
-        'sidecar[0].reclaim.enabled: must be true or false, got "true"',
+        'sidecar "agent": reclaim.enabled: must be true or false, got "true"',
     ),
     bad(
         "reclaim-orphan-enum",
         PORTED + '[sidecar.reclaim]\norphan = "ignore"\n',
-        'sidecar[0].reclaim.orphan: must be one of "kill" | "leave", got "ignore"',
+        'sidecar "agent": reclaim.orphan: must be one of "kill" | "leave", got "ignore"',
     ),
     bad(
         "reclaim-live-enum",
         PORTED + '[sidecar.reclaim]\nlive = "kill"\n',
-        'sidecar[0].reclaim.live: must be one of "ask" | "leave", got "kill"',
+        'sidecar "agent": reclaim.live: must be one of "ask" | "leave", got "kill"',
     ),
     bad(
         "reclaim-foreign-enum",
         PORTED + '[sidecar.reclaim]\nforeign = "kill"\n',
-        'sidecar[0].reclaim.foreign: must be one of "wait" | "fail" | "relocate", got "kill"',
+        'sidecar "agent": reclaim.foreign: must be one of "wait" | "fail" | "relocate", got "kill"',
     ),
     bad(
         "reclaim-consent-enum",
         PORTED + '[sidecar.reclaim]\nconsent = "yes"\n',
-        'sidecar[0].reclaim.consent: must be one of "auto" | "tty" | "command" | "deny"',
+        'sidecar "agent": reclaim.consent: must be one of "auto" | "tty" | "command" | "deny"',
     ),
     bad(
         "reclaim-consent-command-missing",
         PORTED + '[sidecar.reclaim]\nconsent = "command"\n',
-        'sidecar[0].reclaim.consent_command: is required when consent = "command"',
+        'sidecar "agent": reclaim.consent_command: is required when consent = "command"',
     ),
     bad(
         "reclaim-consent-command-non-strings",
         PORTED + '[sidecar.reclaim]\nconsent_command = ["zenity", 1]\n',
-        "sidecar[0].reclaim.consent_command: must be a list of strings",
+        'sidecar "agent": reclaim.consent_command: must be a list of strings',
     ),
     bad(
         "reclaim-consent-timeout-zero",
         PORTED + "[sidecar.reclaim]\nconsent_timeout = 0\n",
-        "sidecar[0].reclaim.consent_timeout: must be a number > 0, got 0",
+        'sidecar "agent": reclaim.consent_timeout: must be a number > 0, got 0',
     ),
     # [sidecar.health]
     bad(
         "health-unknown-key",
         PORTED + "[sidecar.health]\nintervall = 5\n",
-        "sidecar[0].health.intervall: unknown key",
+        'sidecar "agent": health.intervall: unknown key',
     ),
     bad(
         "health-probe-enum",
         PORTED + '[sidecar.health]\nprobe = "grpc"\n',
-        'sidecar[0].health.probe: must be one of "none" | "tcp" | "http" | "exec" | "notify", '
-        'got "grpc"',
+        'sidecar "agent": health.probe: must be one of "none" | "tcp" | "http" | "exec" | '
+        '"notify", got "grpc"',
     ),
     bad(
         "health-http-without-port",
         SIDECAR + '[sidecar.health]\nprobe = "http"\n',
-        'sidecar[0].health.probe: "http" needs a port; set port or probe = "none"',
+        'sidecar "agent": health.probe: "http" needs a port; set port or probe = "none"',
     ),
     bad(
         "health-tcp-without-port",
         SIDECAR + '[sidecar.health]\nprobe = "tcp"\n',
-        'sidecar[0].health.probe: "tcp" needs a port',
+        'sidecar "agent": health.probe: "tcp" needs a port',
     ),
     bad(
         "health-exec-without-command",
         SIDECAR + '[sidecar.health]\nprobe = "exec"\n',
-        'sidecar[0].health.command: is required when probe = "exec"',
+        'sidecar "agent": health.command: is required when probe = "exec"',
     ),
     bad(
         "health-command-string",
         SIDECAR + '[sidecar.health]\nprobe = "exec"\ncommand = "curl -f x"\n',
-        'sidecar[0].health.command: must be a list of strings, got "curl -f x"',
+        'sidecar "agent": health.command: must be a list of strings, got "curl -f x"',
     ),
     bad(
         "health-path-relative",
         PORTED + '[sidecar.health]\nprobe = "http"\npath = "health"\n',
-        'sidecar[0].health.path: must start with "/", got "health"',
+        'sidecar "agent": health.path: must start with "/", got "health"',
     ),
     bad(
         "health-interval-zero",
         PORTED + "[sidecar.health]\ninterval = 0\n",
-        "sidecar[0].health.interval: must be a number > 0, got 0",
+        'sidecar "agent": health.interval: must be a number > 0, got 0',
     ),
     bad(
         "health-timeout-zero",
         PORTED + "[sidecar.health]\ntimeout = 0\n",
-        "sidecar[0].health.timeout: must be a number > 0, got 0",
+        'sidecar "agent": health.timeout: must be a number > 0, got 0',
     ),
     bad(
         "health-timeout-above-interval",
         PORTED + "[sidecar.health]\ninterval = 1\ntimeout = 1.5\n",
-        "sidecar[0].health.timeout: must be <= interval (1), got 1.5",
+        'sidecar "agent": health.timeout: must be <= interval (1), got 1.5',
     ),
     bad(
         "health-failures-zero",
         PORTED + "[sidecar.health]\nfailures = 0\n",
-        "sidecar[0].health.failures: must be an integer >= 1, got 0",
+        'sidecar "agent": health.failures: must be an integer >= 1, got 0',
     ),
     bad(
         "health-failures-float",
         PORTED + "[sidecar.health]\nfailures = 2.5\n",
-        "sidecar[0].health.failures: must be an integer >= 1, got 2.5",
+        'sidecar "agent": health.failures: must be an integer >= 1, got 2.5',
     ),
     # [sidecar.output]
     bad(
         "output-unknown-key",
         SIDECAR + "[sidecar.output]\nmax_size = 5\n",
-        "sidecar[0].output.max_size: unknown key",
+        'sidecar "agent": output.max_size: unknown key',
     ),
     bad(
         "output-file-string",
         SIDECAR + '[sidecar.output]\nfile = "yes"\n',
-        'sidecar[0].output.file: must be true or false, got "yes"',
+        'sidecar "agent": output.file: must be true or false, got "yes"',
     ),
     bad(
         "output-max-bytes-tiny",
         SIDECAR + "[sidecar.output]\nmax_bytes = 100\n",
-        "sidecar[0].output.max_bytes: must be an integer >= 1024, got 100",
+        'sidecar "agent": output.max_bytes: must be an integer >= 1024, got 100',
     ),
     bad(
         "output-max-bytes-string",
         SIDECAR + '[sidecar.output]\nmax_bytes = "10M"\n',
-        'sidecar[0].output.max_bytes: must be an integer >= 1024, got "10M"',
+        'sidecar "agent": output.max_bytes: must be an integer >= 1024, got "10M"',
     ),
     bad(
         "output-backups-negative",
         SIDECAR + "[sidecar.output]\nbackups = -1\n",
-        "sidecar[0].output.backups: must be an integer 0..100, got -1",
+        'sidecar "agent": output.backups: must be an integer 0..100, got -1',
     ),
     bad(
         "output-backups-huge",
         SIDECAR + "[sidecar.output]\nbackups = 1000000\n",
-        "sidecar[0].output.backups: must be an integer 0..100, got 1000000",
+        'sidecar "agent": output.backups: must be an integer 0..100, got 1000000',
     ),
     # [supervisor] log_file
     bad(
@@ -463,24 +481,61 @@ BAD_CONFIGS = [
         "invalid TOML",
         "line 4",
     ),
+    bad(
+        "invalid-toml-names-line-column-and-quotes-the-line",
+        '[supervisor]\nlog_level = "info"\n[[sidecar]]\nname = "api"\nprot 8080\n',
+        "line 5, column 6: invalid TOML: expected '=' after a key in a key/value pair: prot 8080",
+    ),
+    bad(
+        "invalid-toml-at-the-end",
+        "[supervisor]\nstate_dir = [1,\n",
+        "at the end of the file: invalid TOML: ",
+    ),
     bad("not-utf8", b'[[sidecar]]\nname = "\xff"\n', "is not UTF-8 text"),
+    # near misses: "did you mean"
+    bad(
+        "did-you-mean-sidecar-table",
+        '[[sidecars]]\nname = "a"\n',
+        'sidecars: unknown key; did you mean "sidecar"?',
+    ),
+    bad(
+        "did-you-mean-port-and-ready",
+        SIDECAR + 'prot = 8080\nreadyy = {probe = "tcp"}\n',
+        'sidecar "agent": prot: unknown key; did you mean "port"?',
+        'sidecar "agent": readyy: unknown key; did you mean "ready"?',
+    ),
+    bad(
+        "did-you-mean-nested",
+        SIDECAR + "[sidecar.ready]\ntimout = 3\n",
+        'sidecar "agent": ready.timout: unknown key; did you mean "timeout"?',
+    ),
+    bad(
+        "no-did-you-mean-for-a-stranger",
+        SIDECAR + "xyzzy = 1\n",
+        'sidecar "agent": xyzzy: unknown key\n',
+    ),
+    bad(
+        "duplicate-names-fall-back-to-the-place",
+        SIDECAR + SIDECAR + "port = 0\n",
+        "sidecar[1].port: must be an integer",
+    ),
     # [sidecar.socket]
     bad(
         "socket-inherit-without-port",
         SIDECAR + "[sidecar.socket]\ninherit = true\n",
-        "sidecar[0].socket.inherit: needs a port; set port or inherit = false",
+        'sidecar "agent": socket.inherit: needs a port; set port or inherit = false',
     ),
     bad(
         "socket-inherit-string",
         PORTED + '[sidecar.socket]\ninherit = "yes"\n',
-        'sidecar[0].socket.inherit: must be true or false, got "yes"',
+        'sidecar "agent": socket.inherit: must be true or false, got "yes"',
     ),
     bad(
         "socket-unknown-key",
         PORTED + "[sidecar.socket]\nbacklog = 10\n",
-        "sidecar[0].socket.backlog: unknown key",
+        'sidecar "agent": socket.backlog: unknown key',
     ),
-    bad("socket-not-table", PORTED + "socket = true\n", "sidecar[0].socket: must be a table"),
+    bad("socket-not-table", PORTED + "socket = true\n", 'sidecar "agent": socket: must be a table'),
 ]
 
 
@@ -573,9 +628,9 @@ def test_every_problem_is_reported_at_once(
 def test_config_error_carries_problems() -> None:
     with pytest.raises(ConfigError) as info:
         config.parse({"sidecar": [{"name": "a", "command": ["x"], "port": 0}]}, Path("/etc/s.toml"))
-    assert info.value.problems == ("sidecar[0].port: must be an integer 1..65535, got 0",)
+    assert info.value.problems == ('sidecar "a": port: must be an integer 1..65535, got 0',)
     assert info.value.lines() == [
-        "config /etc/s.toml: sidecar[0].port: must be an integer 1..65535, got 0"
+        'config /etc/s.toml: sidecar "a": port: must be an integer 1..65535, got 0'
     ]
     assert info.value.exit_code == 2
 
@@ -593,7 +648,7 @@ def test_huge_integer_delay_is_a_config_error(
     path = write(tmp_path, SIDECAR + f"[sidecar.restart]\nbase_delay = {huge_integer(400)}\n")
     assert cli.main(["check-config", "-c", str(path)]) == 2
     out, err = capsys.readouterr()
-    assert_user_error(out, err, ("sidecar[0].restart.base_delay: must be a number",), path)
+    assert_user_error(out, err, ('sidecar "agent": restart.base_delay: must be a number',), path)
 
 
 def test_integer_beyond_int_str_limit_is_a_config_error(
@@ -608,7 +663,7 @@ def test_integer_beyond_int_str_limit_is_a_config_error(
 @pytest.mark.parametrize(
     ("text", "key"),
     [
-        (SIDECAR + 'cwd = "~no-such-user-4711/app"\n', "sidecar[0].cwd"),
+        (SIDECAR + 'cwd = "~no-such-user-4711/app"\n', 'sidecar "agent": cwd'),
         ('[supervisor]\nstate_dir = "~no-such-user-4711"\n', "supervisor.state_dir"),
     ],
     ids=["cwd", "state-dir"],
@@ -940,7 +995,7 @@ def test_python_placeholder_without_a_known_interpreter_is_a_key_path_error() ->
     with pytest.raises(ConfigError) as caught:
         config.parse(tomllib.loads(text))
     (problem,) = caught.value.problems
-    assert problem.startswith("sidecar[0].command[0]: {python} stands for the daemon's Python")
+    assert problem.startswith('sidecar "a": command[0]: {python} stands for the daemon\'s Python')
 
 
 def test_load_replaces_python_placeholder_with_this_interpreter_unresolved(

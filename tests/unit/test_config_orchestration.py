@@ -45,55 +45,64 @@ BAD = [
     (
         entry("a", 'depends_on = { b = "ready" }\n')
         + entry("b", 'depends_on = { a = "started" }\n'),
-        "sidecar[0].depends_on: dependency cycle: a -> b -> a",
+        'sidecar "a": depends_on: dependency cycle: a -> b -> a',
     ),
     (
         entry("a", 'depends_on = { b = "ready" }\n')
         + entry("b", 'depends_on = { c = "ready" }\n')
         + entry("c", 'depends_on = { b = "healthy" }\n'),
-        "sidecar[1].depends_on: dependency cycle: b -> c -> b",
+        'sidecar "b": depends_on: dependency cycle: b -> c -> b',
     ),
     (
         entry("a", 'depends_on = { nope = "ready" }\n'),
-        'sidecar[0].depends_on.nope: unknown sidecar (known: "a")',
+        'sidecar "a": depends_on.nope: unknown sidecar (known: "a")',
     ),
     (
         entry("a", 'depends_on = { a = "ready" }\n'),
-        "sidecar[0].depends_on.a: a sidecar cannot depend",
+        'sidecar "a": depends_on.a: a sidecar cannot depend',
     ),
     (
         entry("a") + entry("b", 'depends_on = { a = "up" }\n'),
-        'sidecar[1].depends_on.a: must be one of "started" | "ready" | "healthy" | "completed", '
+        'sidecar "b": depends_on.a: must be one of "started" | "ready" | "healthy" | "completed", '
         'got "up"',
     ),
-    (entry("a", 'depends_on = ["b"]\n'), "sidecar[0].depends_on: must be a table"),
-    (entry("a", '[sidecar.ready]\nprobe = "log"\n'), "sidecar[0].ready.pattern: is required when"),
+    (entry("a", 'depends_on = ["b"]\n'), 'sidecar "a": depends_on: must be a table'),
+    (
+        entry("a", '[sidecar.ready]\nprobe = "log"\n'),
+        'sidecar "a": ready.pattern: is required when',
+    ),
     (
         entry("a", '[sidecar.ready]\nprobe = "log"\npattern = "(unclosed"\n'),
-        "sidecar[0].ready.pattern: is not a valid regular expression",
+        'sidecar "a": ready.pattern: is not a valid regular expression',
     ),
-    (entry("a", '[sidecar.ready]\nprobe = "exec"\n'), "sidecar[0].ready.command: is required when"),
+    (
+        entry("a", '[sidecar.ready]\nprobe = "exec"\n'),
+        'sidecar "a": ready.command: is required when',
+    ),
     (
         entry("a", 'port = 47000\n[sidecar.ready]\nprobe = "tcp"\npattern = "x"\n'),
-        'sidecar[0].ready.pattern: is only used with probe = "log"',
+        'sidecar "a": ready.pattern: is only used with probe = "log"',
     ),
     (
         entry("a", '[sidecar.ready]\nprobe = "notify"\ncommand = ["x"]\n'),
-        'sidecar[0].ready.command: is only used with probe = "exec"',
+        'sidecar "a": ready.command: is only used with probe = "exec"',
     ),
-    (entry("a", '[sidecar.health]\nprobe = "notify"\n'), "sidecar[0].health.watchdog: is required"),
+    (
+        entry("a", '[sidecar.health]\nprobe = "notify"\n'),
+        'sidecar "a": health.watchdog: is required',
+    ),
     (
         entry("a", "[sidecar.health]\nwatchdog = 5\n"),
-        'sidecar[0].health.watchdog: is only used with probe = "notify"',
+        'sidecar "a": health.watchdog: is only used with probe = "notify"',
     ),
-    (entry("a", 'port = "any"\n'), 'sidecar[0].port: must be an integer 1..65535, got "any"'),
+    (entry("a", 'port = "any"\n'), 'sidecar "a": port: must be an integer 1..65535, got "any"'),
     (
         entry("a", '[sidecar.reclaim]\nforeign = "relocate"\n'),
-        'sidecar[0].reclaim.foreign: "relocate" needs a port',
+        'sidecar "a": reclaim.foreign: "relocate" needs a port',
     ),
     (
         '[[sidecar]]\nname = "a"\ncommand = ["prog", "--port", "{port}"]\n',
-        "sidecar[0].command: {port} is used, but no port is set",
+        'sidecar "a": command: {port} is used, but no port is set',
     ),
 ]
 

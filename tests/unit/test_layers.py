@@ -21,6 +21,7 @@ LONG_MODULES: dict[str, str] = {
     "supervisor.control.client": "every command's request, its errors and discovery of daemons",
     "supervisor.sidecar.attempt": "one attempt's whole life: spawn, readiness, hold, end",
     "supervisor.sidecar.loop": "the restart loop and each wait it can be in (port, dependency)",
+    "supervisor.config.parse": "every key's validation, in the order of the file's tables",
 }
 
 

@@ -158,6 +158,16 @@ def test_an_unhealthy_stop_is_never_a_clean_exit(exit_info: ExitInfo) -> None:
     assert decide_after_exit(never, 0, exit_info) == Decision(Event.FINISH, 0, 0.0)
 
 
+@pytest.mark.parametrize("policy", list(RestartPolicy))
+@pytest.mark.parametrize("attempts", [0, 2])
+def test_a_program_that_cannot_run_gives_up_at_once(policy: RestartPolicy, attempts: int) -> None:
+    unstartable = ExitInfo(code=None, signal=None, failed_start=True, unstartable=True)
+    restart = RestartConfig(policy=policy, max_attempts=5)
+    assert decide_after_exit(restart, attempts, unstartable) == Decision(
+        Event.GIVE_UP, attempts, 0.0
+    )
+
+
 def test_a_zero_budget_gives_up_at_the_first_failure() -> None:
     restart = RestartConfig(max_attempts=0)
     assert decide_after_exit(restart, 0, CRASHED) == Decision(Event.GIVE_UP, 0, 0.0)
