@@ -273,3 +273,13 @@ class PathError(SupervisorError):
         self.value = value
         self.reason = reason
         super().__init__(f"{source} {value!r} cannot be used: {reason}; give an absolute path")
+
+
+class IsolationError(SupervisorError):
+    """`isolation = "cgroup"`, and no cgroup v2 subtree can be used here."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f'isolation = "cgroup": no cgroup can be used here: {reason}')

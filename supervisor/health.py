@@ -5,7 +5,9 @@ Checks start on a fixed cadence (ready + interval, + 2 intervals, ...), never ov
 config keeps timeout <= interval), so a server that hangs is found unhealthy at most
 `interval * failures + timeout` after it hung. An `exec` check runs in its own session; one that
 outlives its timeout, or is cancelled (the sidecar is being stopped), is killed with its whole
-process group before anything else happens to the sidecar.
+process group before anything else happens to the sidecar. With a cgroup (the sidecar's
+`_check-<name>`, cgroups.py), every check is killed whole when it ends, whatever it forked:
+a check that double-forks leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import anyio
 from structlog.typing import FilteringBoundLogger
 
 from supervisor import children, output, probes, show
+from supervisor.cgroups import Cgroup
 from supervisor.config import HealthKind, SidecarConfig
 
 KILL_WAIT_S = 2.0  # after SIGKILL to a check's group: how long its members may take to vanish
@@ -27,7 +30,11 @@ REASON_CAP = 200  # characters of a check's output quoted in a failure reason
 
 
 async def watch(
-    config: SidecarConfig, env: Mapping[str, str], log: FilteringBoundLogger
+    config: SidecarConfig,
+    env: Mapping[str, str],
+    log: FilteringBoundLogger,
+    *,
+    cgroup: Cgroup | None = None,
 ) -> tuple[str, int]:
     """Check until `failures` consecutive checks failed; return (last reason, failures).
 
@@ -39,7 +46,7 @@ async def watch(
     due = anyio.current_time() + health.interval_s
     while True:
         await anyio.sleep_until(due)
-        reason = await check(config, env)
+        reason = await check(config, env, cgroup=cgroup)
         # The next check is due one interval after this one was; if the loop fell behind that
         # far, one interval from now (never two checks back to back).
         due = max(due + health.interval_s, anyio.current_time())
@@ -54,7 +61,9 @@ async def watch(
             return reason, failures
 
 
-async def check(config: SidecarConfig, env: Mapping[str, str]) -> str | None:
+async def check(
+    config: SidecarConfig, env: Mapping[str, str], *, cgroup: Cgroup | None = None
+) -> str | None:
     """One check: None when healthy, else why not."""
     health = config.health
     timeout_s = health.timeout_s
@@ -64,7 +73,9 @@ async def check(config: SidecarConfig, env: Mapping[str, str]) -> str | None:
         case HealthKind.HTTP:
             return await probes.http_failure(config.host, _port(config), health.path, timeout_s)
         case HealthKind.EXEC:
-            return await run_exec(health.command, cwd=config.cwd, env=env, timeout_s=timeout_s)
+            return await run_exec(
+                health.command, cwd=config.cwd, env=env, timeout_s=timeout_s, cgroup=cgroup
+            )
         case HealthKind.NONE:
             return None
         case _:
@@ -78,14 +89,26 @@ def _port(config: SidecarConfig) -> int:
 
 
 async def run_exec(
-    argv: Sequence[str], *, cwd: Path | None, env: Mapping[str, str], timeout_s: float
+    argv: Sequence[str],
+    *,
+    cwd: Path | None,
+    env: Mapping[str, str],
+    timeout_s: float,
+    cgroup: Cgroup | None = None,
 ) -> str | None:
     """Run `argv` (no shell) in a session of its own: None on exit 0 within `timeout_s`.
 
-    Whatever happens (timeout, cancellation), no process of its group survives this call.
+    Whatever happens (timeout, cancellation), no process of its group survives this call; with
+    `cgroup`, nothing of that cgroup (it is emptied before the check, and killed after).
     """
     try:
-        child = children.spawn(argv, cwd=cwd, env=env)
+        if cgroup is not None:
+            cgroup.ensure()
+            if cgroup.kill():
+                await cgroup.wait_empty(KILL_WAIT_S)
+        child = children.spawn(argv, cwd=cwd, env=env, cgroup=cgroup)
+    except OSError as exc:
+        return f"cannot use the check's cgroup: {exc.strerror or exc}"
     except children.SpawnError as exc:
         return str(exc)
     said: list[str] = []
@@ -125,6 +148,8 @@ async def run_exec(
         with anyio.CancelScope(shield=True):
             if child.status is None:  # cancelled mid-check: the sidecar is being stopped
                 await child.stop(signal.SIGKILL, KILL_WAIT_S)
+            if cgroup is not None and cgroup.kill():  # the check's strays, whatever they did
+                await cgroup.wait_empty(KILL_WAIT_S)
             child.close()
     if result is not None and said:
         result += f": {show.printable(said[0], REASON_CAP)}"

@@ -103,6 +103,19 @@ def alive_by_psutil(pid: int, created: float) -> bool:
         return False
 
 
+def rss_and_cpu(pid: int) -> tuple[int, float] | None:
+    """(resident bytes, user + system cpu seconds) of `pid`, or None (gone, not allowed)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            times = proc.cpu_times()
+            return proc.memory_info().rss, times.user + times.system
+    except psutil.Error:
+        return None
+
+
 def ancestors(pid: int) -> list[int]:
     """Pids of the ancestors of `pid`, nearest first."""
     import psutil

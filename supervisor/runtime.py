@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from supervisor.cgroups import Isolation
 from supervisor.inherit import Sockets
 from supervisor.ledger import Ledger
 from supervisor.statedir import StateDir
@@ -31,3 +32,4 @@ class Runtime:
     # Session id -> sidecar name for every current child (the classifier's rule 0).
     current_sessions: Callable[[], Mapping[int, str]] = dict
     sockets: Sockets = field(default_factory=Sockets)  # socket.inherit: outlive every attempt
+    isolation: Isolation | None = None  # a cgroup per sidecar (cgroups.py), or none

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from supervisor import ledger, procs, proctime, tags
+from supervisor import cgroups, ledger, procs, proctime, tags
 from supervisor.reconcile.classify import (
     Evidence,
     OwnerState,
@@ -52,6 +52,7 @@ def gather(
         tags.OwnerTag(entry.daemon_pid, entry.daemon_create_time) if entry is not None else None
     )
     tagged_owner = tags.parse_owner_tag(tag_text)
+    cgroup_sidecar, cgroup_running = _cgroup_evidence(holder.pid, current_sessions or {})
     return Evidence(
         pid=holder.pid,
         uid=holder.uid,
@@ -65,7 +66,19 @@ def gather(
         ledger_sidecar=entry.sidecar if entry is not None else None,
         ledger_owner=resolve_owner(recorded_owner, our_pid, our_create_time),
         owner=recorded_owner or tagged_owner,
+        cgroup_sidecar=cgroup_sidecar,
+        cgroup_running=cgroup_running,
     )
+
+
+def _cgroup_evidence(pid: int | None, sessions: Mapping[int, str]) -> tuple[str | None, bool]:
+    """The sidecar whose cgroup holds `pid`, if it is this daemon's state dir's
+    (cgroups.active), and whether that sidecar runs now."""
+    isolation = cgroups.active()
+    owner = isolation.owns(pid) if isolation is not None and pid is not None else None
+    if owner is None:
+        return None, False
+    return owner.sidecar, owner.sidecar in sessions.values()
 
 
 def find_spawn(
