@@ -61,8 +61,26 @@ def _last_exit(value: object) -> str:
     return f"code {code}" if code is not None else "-"
 
 
+def _memory(value: object) -> str:
+    if not isinstance(value, int) or isinstance(value, bool):
+        return "-"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1024
+    return "-"  # unreachable: GiB ends the loop
+
+
+def _cpu(value: object) -> str:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "-"
+    return f"{value:.1f}%"
+
+
 def render_table(doc: Mapping[str, object], now_s: float) -> str:
-    """Human table: name, state, pid, port, uptime, restarts, last exit, reason."""
+    """Human table: name, state, pid, port, uptime, restarts, isolation, cpu, memory, last exit,
+    reason."""
     daemon = doc.get("supervisor")
     sidecars = doc.get("sidecars")
     lines = []
@@ -73,7 +91,10 @@ def render_table(doc: Mapping[str, object], now_s: float) -> str:
         lines.append(
             f"supervisor pid {daemon.get('pid')}, up {up}, config {daemon.get('config')}{where}"
         )
-    header = ("NAME", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "LAST EXIT", "REASON")
+    header = (
+        "NAME", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "ISOLATION", "CPU", "MEM",
+        "LAST EXIT", "REASON",
+    )  # fmt: skip
     rows: list[tuple[str, ...]] = [header]
     for sidecar in sidecars if isinstance(sidecars, list) else []:
         if not isinstance(sidecar, Mapping):
@@ -92,6 +113,9 @@ def render_table(doc: Mapping[str, object], now_s: float) -> str:
                 str(sidecar.get("port") or "-"),
                 uptime,
                 str(sidecar.get("restarts", 0)),
+                str(sidecar.get("isolation") or "-"),
+                _cpu(sidecar.get("cpu_percent")),
+                _memory(sidecar.get("memory_bytes")),
                 _last_exit(sidecar.get("last_exit")),
                 str(sidecar.get("reason") or ""),
             )

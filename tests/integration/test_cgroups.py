@@ -191,6 +191,20 @@ def test_status_shows_isolation_memory_and_cpu(cgroup_state: Path, tmp_path: Pat
         (record,) = read_json(cgroup_state / "status.json")["sidecars"]
         assert record["isolation"] == "cgroup"
         assert isinstance(record["memory_bytes"], int) and record["memory_bytes"] > 1_000_000
+
+        def cpu_known() -> bool:  # a percentage needs two samples of the cgroup's cpu.stat
+            daemon.dump_status()
+            (now,) = read_json(cgroup_state / "status.json")["sidecars"]
+            return isinstance(now["cpu_percent"], float) and now["cpu_percent"] >= 0
+
+        wait_until(cpu_known, 15.0, "a cpu_percent")
+        table = subprocess.run(
+            [PYTHON, "-m", "supervisor", "status", "--state-dir", str(cgroup_state)],
+            capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
+        )  # fmt: skip
+        header, row = table.stdout.splitlines()[1:3]
+        assert header.split()[6:9] == ["ISOLATION", "CPU", "MEM"], table.stdout
+        assert row.split()[6] == "cgroup" and row.split()[8].endswith("MiB"), table.stdout
         assert daemon.stop() == 0
 
 
