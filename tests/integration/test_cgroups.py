@@ -8,6 +8,7 @@ fixture checks that none is left and removes whatever a failing test left.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -326,12 +327,53 @@ def _http_server(port: int, directory: Path) -> dict[str, object]:
     return sidecar_entry("web", argv, port)
 
 
+ASGI_APP = """
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+"""
+WSGI_APP = """
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+"""
+
+
+def _python_server(module: str, app: str, argv: Callable[[int, Path], list[str]]) -> Callable[
+    [int, Path], dict[str, object]
+]:
+    def entry(port: int, directory: Path) -> dict[str, object]:
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} not installed (pip install -e '.[test]')")
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "app.py").write_text(app)
+        return sidecar_entry("web", [PYTHON, "-m", module, *argv(port, directory)], port)
+
+    return entry
+
+
+_uvicorn = _python_server(
+    "uvicorn",
+    ASGI_APP,
+    lambda port, d: ["--app-dir", str(d), "--host", "127.0.0.1", "--port", str(port),
+                     "--workers", "2", "app:app"],
+)  # fmt: skip
+_gunicorn = _python_server(
+    "gunicorn",
+    WSGI_APP,
+    lambda port, d: ["--chdir", str(d), "-b", f"127.0.0.1:{port}", "-w", "2", "app:app"],
+)
+
 REAL = [
     Real("nginx", _nginx(None), 3),
     Real("nginx-user-nobody", _nginx("nobody nogroup"), 3),
     Real("redis", _redis, 1),
     Real("node-cluster", _node, 3),
     Real("http.server", _http_server, 1),
+    Real("uvicorn-workers-2", _uvicorn, 3),
+    Real("gunicorn-workers-2", _gunicorn, 3),
 ]
 
 
@@ -400,3 +442,25 @@ def test_redis_daemonize_yes_is_named_and_leaves_nothing(
         holder = int(event["holder_pid"])
         wait_until(lambda: pid_gone(holder), 15.0, "the daemonized redis to be stopped")
         stop_leaves_nothing(daemon, cgroup_state, [holder], port)
+
+
+def test_strays_of_a_spawn_just_before_the_daemon_was_sigkilled_are_reclaimed(
+    cgroup_state: Path, tmp_path: Path
+) -> None:
+    """The daemon is SIGKILLed as soon as it logged the spawn, while the command still forks
+    its setsid'd and setpgid'd children: every one of them is in the cgroup all the same (the
+    shim joined it before the command ran), and the next daemon reclaims them."""
+    port, pids = free_port(), tmp_path / "pids"
+    entry = sidecar_entry("web", [PYTHON, ESCAPERS, "crowd", str(port), str(pids), "2"], port)
+    path = config(tmp_path / "s.toml", entry)
+    for _ in range(5):
+        first = Daemon(path, cgroup_state)
+        try:
+            first.wait_for("sidecar_spawned", timeout=30)
+        finally:
+            first.kill()
+        with Daemon(path, cgroup_state) as second:
+            second.wait_for("sidecar_ready", timeout=30)
+            wait_until(lambda: len(pids_in(pids)) >= 5, 15.0, "the relaunch's five processes")
+            stop_leaves_nothing(second, cgroup_state, pids_in(pids), port)
+        pids.unlink()
