@@ -8,7 +8,10 @@ mount; it says so and measures nothing otherwise). Rows, "ours" = with a cgroup:
   is empty);
 - the daemon: SIGKILL the child -> the port accepts again (new pid), `isolation = "cgroup"` vs
   `"none"` (the daemon kills the cgroup's leftovers before each respawn);
-- the daemon: SIGTERM -> exited, one sidecar (its stop, the cgroup removed at the end).
+- the daemon: SIGTERM -> exited, one sidecar (its stop, the cgroup removed at the end);
+- what the join itself costs: one write of a pid to cgroup.procs, back to back vs after 0.5 s
+  idle (a migration takes cgroup_threadgroup_rwsem for writing, which waits for an RCU grace
+  period unless one was waited for moments ago, or the mount has `favordynmods`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -101,6 +105,24 @@ def stop_costs(samples: int, cgroup: cgroups.Cgroup) -> list[Row]:
     return [row(BENCH, "Child.stop, 3 processes (SIGTERM)", n, "ms", t) for n, t in times.items()]
 
 
+def join_costs(samples: int, cgroup: cgroups.Cgroup) -> list[Row]:
+    times: dict[str, list[float]] = {"back to back": [], "after 0.5 s idle": []}
+    for sample in range(2 * samples):
+        idle = sample % 2 == 1
+        if idle:
+            time.sleep(0.5)
+        sleeper = subprocess.Popen(["sleep", "30"])
+        try:
+            started = time.perf_counter_ns()
+            cgroup.procs_file.write_text(str(sleeper.pid))
+            took = ns_to_ms(time.perf_counter_ns() - started)
+        finally:
+            sleeper.kill()
+            sleeper.wait()
+        times["after 0.5 s idle" if idle else "back to back"].append(took)
+    return [row(BENCH, "write a pid to cgroup.procs", n, "ms", t) for n, t in times.items()]
+
+
 def daemon_respawn(samples: int, isolation: str) -> list[float]:
     port = free_port()
     with scratch(BENCH) as work:
@@ -141,6 +163,7 @@ def run(samples: int, spawn_samples: int) -> tuple[list[Row], list[str]]:
         try:
             rows = spawn_costs(spawn_samples, cgroup)
             rows += stop_costs(samples, cgroup)
+            rows += join_costs(samples, cgroup)
         finally:
             cgroup.kill()
             cgroup.remove()

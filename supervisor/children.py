@@ -145,7 +145,7 @@ class Child:
         if self.status is not None or self.abandoned:
             return self.sigkilled
         if not signalled:
-            self.signal_group(sig)
+            self.terminate(sig)
         with anyio.move_on_after(timeout_s) as scope:
             async with anyio.create_task_group() as race:
                 race.start_soon(_cancel_when, self._hurry, race.cancel_scope)
@@ -172,8 +172,14 @@ class Child:
         return self.sigkilled
 
     def terminate(self, sig: int) -> bool:
-        """Send the stop signal to the group (the first step of a stop); False if it is empty."""
-        return self.status is None and self.signal_group(sig)
+        """Send the stop signal to the group (the first step of a stop); False if it is empty.
+        With a cgroup, SIGCONT follows (a stopped member would not act on it until continued)."""
+        if self.status is not None:
+            return False
+        sent = self.signal_group(sig)
+        if self.cgroup is not None and sig not in (signal.SIGKILL, signal.SIGCONT):
+            self.cgroup.signal_all(signal.SIGCONT)
+        return sent
 
     def finish(self) -> ExitStatus:
         """After the leader exited: SIGKILL what is left of its group, reap, return the status.

@@ -593,7 +593,7 @@ class Daemon:
                 LogLevel(level_override) if level_override else new.supervisor.log_level,
                 log_file=self.log_file,
             )
-        for key in ("state_dir", "log_file", "log_max_bytes", "log_backups"):
+        for key in ("state_dir", "log_file", "log_max_bytes", "log_backups", "isolation"):
             if getattr(new.supervisor, key) != getattr(self.cfg.supervisor, key):
                 self.log.warning(
                     "config_setting_ignored",
