@@ -258,6 +258,7 @@ class Attempt:
                     child.pid,
                     stranger,
                     listen_inode=self.listen.inode if self.listen is not None else None,
+                    members=child.cgroup.members if child.cgroup is not None else None,
                 )
             if probe_scope.cancelled_caught:
                 failure.append(f"not ready within {timeout:g}s (ready.timeout)")

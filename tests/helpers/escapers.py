@@ -9,6 +9,8 @@
                                     ignoring SIGTERM
     escapers.py workers PORT PIDS   serves PORT with a setsid'd worker that ignores SIGTERM
     escapers.py check PIDS          a health check: double-forks a sleeper, then exits 0
+    escapers.py aside PORT PIDS     stays up, while a double-forked grandchild (no descendant
+                                    of it any more) serves PORT
     escapers.py serve PORT PIDS     (internal) the retitled server of `delayed`
 
 Every process that should not outlive its sidecar appends its pid as one line to PIDS (with
@@ -129,6 +131,15 @@ def check(pids: str) -> None:
         sleep_forever(ignore_term=True)
 
 
+def aside(port: int, pids: str) -> None:
+    if detach():
+        quiet()
+        note(pids)
+        serve(listen(port))
+    note(pids)
+    sleep_forever(ignore_term=False)
+
+
 def main(argv: list[str]) -> None:
     match argv:
         case ["delayed", port, pids]:
@@ -144,6 +155,8 @@ def main(argv: list[str]) -> None:
             workers(int(port), pids)
         case ["check", pids]:
             check(pids)
+        case ["aside", port, pids]:
+            aside(int(port), pids)
         case _:
             sys.exit(f"usage: see {__file__}")
 

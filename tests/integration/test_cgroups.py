@@ -183,6 +183,22 @@ def test_a_sigkilled_daemons_cgroup_is_reclaimed_whole_by_the_next(
         stop_leaves_nothing(second, cgroup_state, pids_in(pids), port)
 
 
+def test_a_server_that_is_no_descendant_of_the_command_is_ready_by_its_cgroup(
+    cgroup_state: Path, tmp_path: Path
+) -> None:
+    """The command stays up; a double-forked grandchild (reparented: no descendant of it) serves
+    the port. Only the cgroup says it is the sidecar's, and not a stranger's."""
+    port, pids = free_port(), tmp_path / "pids"
+    entry = sidecar_entry(
+        "web", [PYTHON, ESCAPERS, "aside", str(port), str(pids)], port, ready={"timeout": 20}
+    )
+    with Daemon(config(tmp_path / "s.toml", entry), cgroup_state) as daemon:
+        daemon.wait_for("sidecar_ready", timeout=30)
+        assert not daemon.find("probe_answered_by_stranger")
+        wait_until(lambda: len(pids_in(pids)) == 2, 10.0, "the command and its server")
+        stop_leaves_nothing(daemon, cgroup_state, pids_in(pids), port)
+
+
 def test_status_shows_isolation_memory_and_cpu(cgroup_state: Path, tmp_path: Path) -> None:
     port, pids = free_port(), tmp_path / "pids"
     entry = sidecar_entry("web", [PYTHON, ESCAPERS, "workers", str(port), str(pids)], port)
