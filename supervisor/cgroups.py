@@ -18,7 +18,6 @@ restarts and daemons, so a later daemon finds a dead daemon's cgroups and reclai
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import hashlib
 import os
@@ -184,10 +183,11 @@ class Cgroup:
         return True
 
     def members(self) -> list[int]:
-        """The pids in it (living processes; an exited one leaves its cgroup at once)."""
+        """The pids in it (living processes; an exited one leaves its cgroup at once); none
+        if it is gone or cannot be listed (a threaded cgroup: EOPNOTSUPP): never raises."""
         try:
             text = self.procs_file.read_text()
-        except FileNotFoundError:
+        except OSError:
             return []
         return [int(line) for line in text.split()]
 
@@ -197,6 +197,8 @@ class Cgroup:
             text = (self.path / "cgroup.events").read_text()
         except FileNotFoundError:
             return False
+        except OSError:
+            return bool(self.members())
         return "populated 1" in text
 
     def signal_all(self, sig: int) -> int:
@@ -214,11 +216,9 @@ class Cgroup:
         count = len(self.members())
         if not count:
             return 0
-        try:
-            (self.path / "cgroup.kill").write_text("1")
+        if _write_quietly(self.path / "cgroup.kill", "1"):
             return count
-        except FileNotFoundError:
-            pass  # before Linux 5.14
+        # Before Linux 5.14 (no cgroup.kill), or it failed: one by one.
         frozen = _write_quietly(self.path / "cgroup.freeze", "1")  # no new forks meanwhile
         try:
             for _ in range(100):
@@ -296,9 +296,7 @@ def _signal_member(pid: int, sig: int, cgroup: Path) -> bool:
         if rel is None or mount is None or mount / rel.lstrip("/") != cgroup:
             return False  # the pid names another process now, or it moved (not ours to touch)
         signal.pidfd_send_signal(fd, sig)
-    except OSError as exc:
-        if exc.errno not in (errno.ESRCH, errno.EPERM):
-            raise
+    except OSError:  # ESRCH: it exited meanwhile; EPERM: not ours to signal after all
         return False
     finally:
         os.close(fd)

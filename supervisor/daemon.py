@@ -402,7 +402,7 @@ class Daemon:
         configs = {s.name: s for s in self.cfg.sidecars}
 
         async def reclaim(name: str, cgroup: cgroups.Cgroup) -> None:
-            count = len(cgroup.members())
+            count = len(cgroup.members())  # never raises: unlistable counts as empty
             if not count:
                 return
             stop = configs[name].stop if name in configs else StopConfig()

@@ -480,3 +480,27 @@ def test_strays_of_a_spawn_just_before_the_daemon_was_sigkilled_are_reclaimed(
             wait_until(lambda: len(pids_in(pids)) >= 5, 15.0, "the relaunch's five processes")
             stop_leaves_nothing(second, cgroup_state, pids_in(pids), port)
         pids.unlink()
+
+
+def test_a_child_that_cannot_join_its_cgroup_is_a_clear_failed_start(
+    cgroup_state: Path, tmp_path: Path
+) -> None:
+    """A threaded sibling makes the sidecar's cgroup "domain invalid", which takes no process
+    (cgroup.procs: EOPNOTSUPP): the shim says so and the command never runs."""
+    folder = folder_of(cgroup_state)
+    (folder / "web").mkdir(parents=True)
+    (folder / "threads").mkdir()
+    (folder / "threads" / "cgroup.type").write_text("threaded")
+    assert (folder / "web" / "cgroup.type").read_text().strip() == "domain invalid"
+    ran = tmp_path / "ran"
+    entry = sidecar_entry(
+        "web", [PYTHON, "-c", f"open({str(ran)!r}, 'w')"], free_port(), restart={"policy": "never"}
+    )
+    with Daemon(config(tmp_path / "s.toml", entry), cgroup_state) as daemon:
+        failed = daemon.wait_for(
+            "sidecar_start_failed", timeout=30, where=lambda e: "cgroup" in e["reason"]
+        )
+        assert "cannot start it in its cgroup" in failed["reason"]
+        assert str(folder / "web" / "cgroup.procs") in failed["reason"]
+        assert daemon.stop() == 0
+    assert not ran.exists()
