@@ -321,7 +321,9 @@ class Isolation:
 
     @classmethod
     def setup(cls, state_path: Path) -> Isolation:
-        """Find the subtree, move the daemon into its leaf (delegated), create our folder."""
+        """Find the subtree and move the daemon into its leaf (delegated). Our folder and the
+        sidecars' cgroups are created when first used (a daemon that fails before it spawns
+        anything leaves nothing)."""
         subtree = find_subtree()
         isolation = cls(subtree, state_id(state_path))
         try:
@@ -329,7 +331,6 @@ class Isolation:
                 leaf = Cgroup(subtree.base / DAEMON_LEAF)
                 leaf.ensure()
                 leaf.procs_file.write_text("0")
-            Cgroup(isolation.folder).ensure()
         except OSError as exc:
             raise CgroupUnavailable(f"cannot use {subtree.base}: {exc.strerror or exc}") from None
         _ACTIVE[:] = [isolation]
