@@ -310,3 +310,13 @@ class NoTerminalError(SupervisorError):
         self.command = command
         self.instead = instead
         super().__init__(f"{command} needs a terminal; {instead}")
+
+
+class IsolationError(SupervisorError):
+    """`isolation = "cgroup"`, and no cgroup v2 subtree can be used here."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f'isolation = "cgroup": no cgroup can be used here: {reason}')

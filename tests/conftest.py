@@ -7,10 +7,16 @@ import ctypes
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import pytest
+
+if TYPE_CHECKING:
+    from supervisor.system import cgroups
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -85,3 +91,55 @@ def _describe(proc: psutil.Process) -> str:
         return f"pid {proc.pid}: {' '.join(proc.cmdline())[:120]}"
     except psutil.Error:
         return f"pid {proc.pid}"
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_cgroups(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Remove the cgroups (supervisor/cgroups.py) that daemons of this test created for state
+    dirs under its tmp_path, which a daemon SIGKILLed by the test could not remove itself; fail a
+    test that left processes in them."""
+    wanted = sys.platform == "linux" and os.geteuid() == 0 and "tmp_path" in request.fixturenames
+    tmp_path = request.getfixturevalue("tmp_path") if wanted else None  # outlives this teardown
+    yield
+    if tmp_path is None:
+        return
+    from supervisor.system import cgroups
+
+    try:
+        subtree = cgroups.find_subtree()
+    except cgroups.CgroupUnavailable:
+        return
+    left: list[int] = []
+    for folder in _state_folders(subtree, tmp_path):
+        isolation = cgroups.Isolation(subtree, folder.name.removeprefix(cgroups.STATE_PREFIX))
+        for _, cgroup in isolation.existing():
+            members = cgroup.members()
+            if members:
+                left += members
+                cgroup.kill()
+                deadline = time.monotonic() + 5.0
+                while cgroup.populated() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+        isolation.remove_empty()
+    if left:
+        pytest.fail(f"test left processes in its cgroups: {sorted(left)}", pytrace=False)
+
+
+def _state_folders(subtree: cgroups.Subtree, tmp_path: os.PathLike[str]) -> list[Path]:
+    """The cgroup folders (`s-<state id>`) of every directory up to 3 levels below tmp_path."""
+    from supervisor.system import cgroups
+
+    found = []
+    top = Path(tmp_path)
+    for folder, dirs, _ in os.walk(top):
+        depth = len(Path(folder).relative_to(top).parts)
+        if depth >= 3:
+            dirs.clear()
+        try:
+            state_id = cgroups.state_id(Path(folder))
+        except OSError:
+            continue
+        candidate = subtree.base / f"{cgroups.STATE_PREFIX}{state_id}"
+        if candidate.is_dir():
+            found.append(candidate)
+    return found

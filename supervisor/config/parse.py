@@ -22,6 +22,7 @@ from supervisor.config.schema import (
     ForeignAction,
     HealthConfig,
     HealthKind,
+    IsolationMode,
     LiveAction,
     LogFormat,
     LogLevel,
@@ -88,6 +89,7 @@ def _daemon(table: Table, base_dir: Path | None) -> DaemonConfig:
         log_file=_path(table, "log_file", base_dir, empty_is_unset=True),
         log_max_bytes=_rotate_bytes(table, "log_max_bytes"),
         log_backups=_backups(table, "log_backups"),
+        isolation=table.choice("isolation", IsolationMode.AUTO, IsolationMode),
     )
     table.finish()
     return result

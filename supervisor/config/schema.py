@@ -26,6 +26,12 @@ class LogLevel(StrEnum):
     ERROR = "error"
 
 
+class IsolationMode(StrEnum):
+    AUTO = "auto"  # a cgroup per sidecar where a cgroup v2 subtree can be used, else none
+    CGROUP = "cgroup"  # required: the daemon refuses to start without it
+    NONE = "none"
+
+
 class ProbeKind(StrEnum):
     TCP = "tcp"
     HTTP = "http"
@@ -192,6 +198,7 @@ class DaemonConfig:
     log_file: Path | None = None  # the daemon's own log (JSON lines, rotated) instead of stderr
     log_max_bytes: int = DEFAULT_MAX_BYTES
     log_backups: int = DEFAULT_BACKUPS
+    isolation: IsolationMode = IsolationMode.AUTO
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,8 @@ def memory_text(value: object) -> str:
 
 
 def render_table(doc: Mapping[str, object], now_s: float) -> str:
-    """Human table: name, state, pid, port, uptime, cpu, memory, restarts, last exit, [depends,]
+    """Human table: name, state, pid, port, uptime, cpu, memory, restarts, isolation, last exit,
+    [depends,]
     reason."""
     daemon = doc.get("supervisor")
     sidecars = doc.get("sidecars")
@@ -114,7 +115,8 @@ def render_table(doc: Mapping[str, object], now_s: float) -> str:
     # The DEPENDS column only when some sidecar has dependencies (SPEC 11.2).
     with_deps = any(s.get("depends_on") for s in entries)
     header: tuple[str, ...] = (
-        "NAME", "STATE", "PID", "PORT", "UPTIME", "CPU", "MEM", "RESTARTS", "LAST EXIT"
+        "NAME", "STATE", "PID", "PORT", "UPTIME", "CPU", "MEM", "RESTARTS", "ISOLATION",
+        "LAST EXIT",
     )  # fmt: skip
     header += ("DEPENDS", "REASON") if with_deps else ("REASON",)
     rows: list[tuple[str, ...]] = [header]
@@ -134,6 +136,7 @@ def render_table(doc: Mapping[str, object], now_s: float) -> str:
             cpu_text(sidecar.get("cpu_percent")),
             memory_text(sidecar.get("memory_bytes")),
             str(sidecar.get("restarts", 0)),
+            str(sidecar.get("isolation") or "-"),
             _last_exit(sidecar.get("last_exit")),
         )
         if with_deps:

@@ -15,20 +15,39 @@ from typing import TYPE_CHECKING
 import anyio
 
 from supervisor import config
-from supervisor.config import Config, LogFormat, LogLevel, SidecarConfig
+from supervisor.config import (
+    Config,
+    IsolationMode,
+    LogFormat,
+    LogLevel,
+    SidecarConfig,
+    StopConfig,
+)
 from supervisor.control.events import EventHub
 from supervisor.core import depends, status
 from supervisor.core import graph as depgraph
 from supervisor.daemon.statuswriter import StatusWriter
-from supervisor.errors import ForeignProcError, StateDirError, SupervisorError
+from supervisor.errors import ForeignProcError, IsolationError, StateDirError, SupervisorError
 from supervisor.evidence.ledger import Ledger
 from supervisor.evidence.tags import OwnerTag, format_owner_tag
 from supervisor.sidecar import inherit
 from supervisor.sidecar.loop import Sidecar
 from supervisor.sidecar.runtime import Runtime
-from supervisor.system import exitwatch, logs, notify, paths, procs, proctime, reaper, signals
+from supervisor.system import (
+    cgroups,
+    exitwatch,
+    logs,
+    notify,
+    paths,
+    procs,
+    proctime,
+    reaper,
+    signals,
+)
+from supervisor.system.cgroups import CgroupUnavailable, Isolation
 from supervisor.system.notify import Notifier
 from supervisor.system.statedir import PID_NAME, StateDir
+from supervisor.system.usage import Sampler
 
 if TYPE_CHECKING:
     from supervisor.control.server import ControlServer
@@ -101,6 +120,7 @@ def _run(
     cfg: Config, config_path: Path, state: StateDir, args: RunOptions, log_file: LogFile | None
 ) -> None:
     me = os.getpid()
+    isolation = _isolation(cfg.supervisor.isolation, state.path)
     # The orphans our sidecars leave become ours: a daemonizing command is seen for what it is.
     subreaper = reaper.become_subreaper()
     daemon = Daemon(
@@ -116,6 +136,7 @@ def _run(
         log_file=log_file,
     )
     daemon.subreaper = subreaper
+    daemon.runtime.isolation = isolation
     try:
         state.write(PID_NAME, daemon.pid_record())
     except OSError as exc:
@@ -127,6 +148,21 @@ def _run(
         # that this one did not end cleanly, so that it sweeps what is left.
         if not daemon.left_behind:
             state.remove(PID_NAME)
+            if isolation is not None:
+                isolation.remove_empty()
+
+
+def _isolation(mode: IsolationMode, state_path: Path) -> Isolation | None:
+    """A cgroup per sidecar (cgroups.py) where the config wants and the host allows it."""
+    if mode is IsolationMode.NONE:
+        return None
+    try:
+        return Isolation.setup(state_path)
+    except CgroupUnavailable as exc:
+        if mode is IsolationMode.CGROUP:
+            raise IsolationError(exc.reason) from None
+        logs.get().warning("isolation_unavailable", reason=exc.reason)
+        return None
 
 
 def _exclusive(method: Callable[[Daemon], Awaitable[None]]) -> Callable[[Daemon], Awaitable[None]]:
@@ -183,6 +219,7 @@ class Daemon:
         self.status = StatusWriter(state, self.status_document, self.log)
         self.ops_lock = anyio.Lock()  # one change of the sidecar set at a time (_exclusive)
         self.events = EventHub()
+        self._usage = Sampler()
         stdin_tty = False
         with contextlib.suppress(OSError, ValueError, AttributeError):
             stdin_tty = os.isatty(0)
@@ -226,7 +263,16 @@ class Daemon:
     def status_document(self) -> dict[str, object]:
         daemon = {**self.pid_record(), "state_dir": str(self.state.path)}
         daemon["reload"] = {"received": self._reloads_received, **self._last_reload}
-        return status.document(daemon, [s.record() for s in self.sidecars.values()])
+        return status.document(daemon, [self._record(s) for s in self.sidecars.values()])
+
+    def _record(self, sidecar: Sidecar) -> dict[str, object]:
+        """The sidecar's record, with its isolation, memory and CPU (usage.py)."""
+        record = sidecar.record()
+        isolation = self.runtime.isolation
+        pid = record.get("pid")
+        cgroup = isolation.sidecar(sidecar.name) if isolation is not None else None
+        usage = self._usage.sample(sidecar.name, pid if isinstance(pid, int) else None, cgroup)
+        return {**record, **usage.fields()}
 
     def _sidecar_changed(self, sidecar: status.Observed) -> None:
         self.runtime.changes.notify()  # dependents waiting on it look again
@@ -334,6 +380,7 @@ class Daemon:
                     state_dir=str(self.state.path),
                     sidecars=[s.name for s in self.cfg.sidecars],
                     interactive=self.runtime.interactive_allowed,
+                    isolation="cgroup" if self.runtime.isolation is not None else "none",
                 )
                 if self.exit_with_parent:
                     tg.start_soon(self._watch_parent)
@@ -355,6 +402,7 @@ class Daemon:
         # What earlier daemons left holding no port is reclaimed alongside the first launches:
         # it is in nobody's way, and a leftover that ignores SIGTERM must not hold them up.
         self._group().start_soon(self._sweep)
+        await self._reclaim_cgroups()
         for cfg in self.cfg.sidecars:
             await self._start(cfg, interactive=True)
 
@@ -368,6 +416,29 @@ class Daemon:
             OwnerTag(self.pid, self.create_time),
             self.log,
         )
+
+    async def _reclaim_cgroups(self) -> None:
+        """A dead daemon's cgroups of this state dir: every member is reclaimed (stop signal,
+        then SIGKILL after stop.timeout), whatever uid it runs as: provably ours."""
+        isolation = self.runtime.isolation
+        if isolation is None:
+            return
+        configs = {s.name: s for s in self.cfg.sidecars}
+
+        async def reclaim(name: str, cgroup: cgroups.Cgroup) -> None:
+            count = len(cgroup.members())  # never raises: unlistable counts as empty
+            if not count:
+                return
+            stop = configs[name].stop if name in configs else StopConfig()
+            with anyio.CancelScope(shield=True):
+                await cgroup.stop(stop.signal, stop.timeout_s)
+            self.log.info(
+                "cgroup_leftovers_killed", sidecar=name, count=count, path=str(cgroup.path)
+            )
+
+        async with anyio.create_task_group() as tg:
+            for name, cgroup in isolation.existing():
+                tg.start_soon(reclaim, name, cgroup)
 
     async def _announce_ready(self, sidecars: list[Sidecar]) -> None:
         """READY=1 once every sidecar's first launch reached an outcome (SPEC 7), so that
@@ -572,7 +643,7 @@ class Daemon:
                 LogLevel(level_override) if level_override else new.supervisor.log_level,
                 log_file=self.log_file,
             )
-        for key in ("state_dir", "log_file", "log_max_bytes", "log_backups"):
+        for key in ("state_dir", "log_file", "log_max_bytes", "log_backups", "isolation"):
             if getattr(new.supervisor, key) != getattr(self.cfg.supervisor, key):
                 self.log.warning(
                     "config_setting_ignored",

@@ -52,6 +52,10 @@ class Evidence:
     # This very daemon is its parent as subreaper, and did not fork it: it descends from one
     # of our children (reaper.adopted), whatever it renamed or wherever it moved.
     adopted: bool = False
+    # The kernel's word (cgroups.py): the sidecar of this state dir whose cgroup it is in, and
+    # whether this daemon runs that sidecar now. Nothing leaves its cgroup: the strongest proof.
+    cgroup_sidecar: str | None = None
+    cgroup_running: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,8 +69,25 @@ class Classification:
 MARKER_ONLY = "matches the marker only"
 
 
+def _by_cgroup(sidecar: str, *, running: bool) -> Classification:
+    """In a cgroup of this state dir: ours, whatever its uid, title or session."""
+    if running:
+        return Classification(
+            Verdict.LIVE,
+            f"it is in the cgroup of sidecar {sidecar!r} of this very daemon, which runs it now",
+            current_sidecar=sidecar,
+        )
+    return Classification(
+        Verdict.ORPHAN,
+        f"it is in the cgroup of sidecar {sidecar!r} of this state dir, which no daemon runs "
+        "now (by its cgroup)",
+    )
+
+
 def classify(evidence: Evidence, *, name: str, marker: str, our_uid: int) -> Classification:
     """SPEC 5.2. An empty `marker` matches nothing (it would otherwise match every command)."""
+    if evidence.cgroup_sidecar is not None:
+        return _by_cgroup(evidence.cgroup_sidecar, running=evidence.cgroup_running)
     if evidence.current_sidecar is not None:
         return Classification(
             Verdict.LIVE,

@@ -10,7 +10,7 @@ from supervisor.reconcile.classify import (
     OwnerState,
 )
 from supervisor.reconcile.holders import Holder
-from supervisor.system import procs, proctime
+from supervisor.system import cgroups, procs, proctime
 
 
 def owner_state(tag_text: str | None, *, our_pid: int, our_create_time: float) -> OwnerState:
@@ -54,6 +54,7 @@ def gather(
         tags.OwnerTag(entry.daemon_pid, entry.daemon_create_time) if entry is not None else None
     )
     tagged_owner = tags.parse_owner_tag(tag_text)
+    cgroup_sidecar, cgroup_running = _cgroup_evidence(holder.pid, current_sessions or {})
     return Evidence(
         pid=holder.pid,
         uid=holder.uid,
@@ -68,6 +69,8 @@ def gather(
         ledger_owner=resolve_owner(recorded_owner, our_pid, our_create_time),
         owner=recorded_owner or tagged_owner,
         adopted=holder.pid is not None and holder.pid in adopted,
+        cgroup_sidecar=cgroup_sidecar,
+        cgroup_running=cgroup_running,
     )
 
 
@@ -107,6 +110,16 @@ def _alive(pid: int | None) -> tuple[int, float] | None:
     if created is None or not proctime.is_alive(pid, created):
         return None
     return pid, created
+
+
+def _cgroup_evidence(pid: int | None, sessions: Mapping[int, str]) -> tuple[str | None, bool]:
+    """The sidecar whose cgroup holds `pid`, if it is this daemon's state dir's
+    (cgroups.active), and whether that sidecar runs now."""
+    isolation = cgroups.active()
+    owner = isolation.owns(pid) if isolation is not None and pid is not None else None
+    if owner is None:
+        return None, False
+    return owner.sidecar, owner.sidecar in sessions.values()
 
 
 def find_spawn(

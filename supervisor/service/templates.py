@@ -171,6 +171,9 @@ ExecReload={exec_reload}
 # SIGTERM to the daemon only: it stops its sidecars itself, each its own way; whatever is left
 # after TimeoutStopSec gets SIGKILL.
 KillMode=mixed
+# The daemon's cgroup is its own to manage: it puts each sidecar in a cgroup of its own below
+# it (isolation = "auto"), so that whatever a sidecar forks, renames or detaches is stopped.
+Delegate=yes
 # shutdown_timeout ({shutdown_timeout:g} s) + {margin} s
 TimeoutStopSec={stop_timeout}
 Restart=on-failure

@@ -28,7 +28,17 @@ from supervisor.reconcile.kill import KillAborted, kill_process, stop_left
 from supervisor.sidecar import inherit, output, probes
 from supervisor.sidecar.outputlog import OutputLog
 from supervisor.sidecar.runtime import Runtime
-from supervisor.system import children, logs, net, notifysock, procs, proctime, reaper
+from supervisor.system import (
+    cgroups,
+    children,
+    execshim,
+    logs,
+    net,
+    notifysock,
+    procs,
+    proctime,
+    reaper,
+)
 from supervisor.system.statedir import SIDECAR_PID_NAME, StateDir, int_field
 
 OUTPUT_DRAIN_S = 0.5
@@ -94,6 +104,7 @@ class Attempt:
         pattern = config.ready.pattern if config.ready.probe is ProbeKind.LOG else None
         self.log_matcher = probes.LogMatcher(pattern) if pattern is not None else None
         self.notify: notifysock.NotifySocket | None = None
+        self._join_failed: str | None = None  # the exec shim's line: it could not join its cgroup
 
     @property
     def name(self) -> str:
@@ -122,11 +133,13 @@ class Attempt:
             if self.config.health.watchdog_s is not None:
                 env["WATCHDOG_USEC"] = str(int(self.config.health.watchdog_s * 1_000_000))
         try:
+            cgroup = await self._prepare_cgroup()
             child = children.spawn(
                 self.config.command,
                 cwd=self.config.cwd,
                 env=env,
                 listen_fd=listen.fd if listen is not None else None,
+                cgroup=cgroup,
             )
         except children.SpawnError as exc:
             self._close_notify()
@@ -167,10 +180,18 @@ class Attempt:
                     if not child.exited:
                         with anyio.CancelScope(shield=True):
                             await child.stop(self.config.stop.signal, self.config.stop.timeout_s)
+                    elif failure == EXITED_EARLY and child.cgroup is not None:
+                        await self._join_failure(child, drained)
+                        deadline = spawned + self.config.ready.timeout_s
+                        daemonized = await self._daemonized_in_cgroup(child.cgroup, deadline)
                     elif failure == EXITED_EARLY:
                         with anyio.CancelScope(shield=True):
                             daemonized = await self._daemonized(child)
                 self._child_ended(child, keep_reason=failed_start or daemonized)
+                if child.leftovers_killed and child.cgroup is not None:
+                    self.log.info("cgroup_leftovers_killed", count=child.leftovers_killed)
+                    with anyio.CancelScope(shield=True):
+                        await child.cgroup.wait_empty(children.KILL_WAIT_S)
                 with anyio.move_on_after(OUTPUT_DRAIN_S):
                     # Output still in the pipes is forwarded; a setsid'd grandchild holding a pipe
                     # open must not keep us here.
@@ -199,6 +220,37 @@ class Attempt:
             daemonized=daemonized,
             unhealthy=self.unhealthy is not None,
         )
+
+    async def _prepare_cgroup(self) -> cgroups.Cgroup | None:
+        """The sidecar's cgroup (created once, reused), emptied of an earlier attempt's or a
+        dead daemon's leftovers before the next spawn."""
+        isolation = self.rt.isolation
+        if isolation is None:
+            return None
+        cgroup = isolation.sidecar(self.name)
+        try:
+            if cgroup.ensure():
+                self.log.info("cgroup_created", path=str(cgroup.path))
+            count = cgroup.kill()
+        except OSError as exc:
+            raise children.SpawnError(
+                self.config.command[0], f"cannot use its cgroup {cgroup.path}: {exc.strerror}"
+            ) from None
+        if count:
+            self.log.info("cgroup_leftovers_killed", count=count, path=str(cgroup.path))
+            with anyio.CancelScope(shield=True):
+                await cgroup.wait_empty(children.KILL_WAIT_S)
+        return cgroup
+
+    async def _join_failure(self, child: children.Child, drained: anyio.Event) -> None:
+        """The exec shim could not move the child into its cgroup: say so (its stderr line)."""
+        if _exit_code(child) != execshim.JOIN_FAILED_CODE:
+            return
+        with anyio.move_on_after(OUTPUT_DRAIN_S):
+            await drained.wait()  # the shim exited at once: its pipes close with it
+        if self._join_failed is not None:
+            self.reason = f"cannot start it in its cgroup: {self._join_failed}"
+            self.log.error("sidecar_start_failed", pid=child.pid, reason=self.reason)
 
     def kill_now(self) -> None:
         """Second SIGTERM: SIGKILL the child's whole group at once (its stop then completes)."""
@@ -245,6 +297,7 @@ class Attempt:
                     listen_inode=self.listen.inode if self.listen is not None else None,
                     signal=signal_,
                     exec_env=self._check_env(child),
+                    members=child.cgroup.members if child.cgroup is not None else None,
                 )
             if probe_scope.cancelled_caught:
                 failure.append(f"not ready within {timeout:g}s (ready.timeout)")
@@ -307,7 +360,11 @@ class Attempt:
         env = self._check_env(child)
         from supervisor.sidecar import health  # only sidecars that have health checks need it
 
-        reason, failures = await health.watch(self.config, env, self.log, self.host.healthy)
+        isolation = self.rt.isolation
+        cgroup = isolation.check(self.name) if isolation is not None else None
+        reason, failures = await health.watch(
+            self.config, env, self.log, self.host.healthy, cgroup=cgroup
+        )
         if child.exited:
             return  # it crashed meanwhile: an exit, not a hang
         self.unhealthy = f"unhealthy: {failures} health checks failed in a row; last: {reason}"
@@ -410,6 +467,38 @@ class Attempt:
             self.ready_child = None
 
     # -- a command that daemonized ------------------------------------------------------------
+
+    async def _daemonized_in_cgroup(self, cgroup: cgroups.Cgroup, deadline: float) -> bool:
+        """The child exited before ready and left members in its cgroup: if one of them serves
+        the port (whenever it binds, until the ready deadline), it daemonized. Its cgroup is
+        then stopped whole (stop signal, SIGKILL after stop.timeout)."""
+        port = self.config.port
+        if port is None:
+            return False
+        holder: int | None = None
+        with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
+            delay = 0.005
+            while await anyio.to_thread.run_sync(cgroup.populated):
+                listening = await anyio.to_thread.run_sync(
+                    net.pids_listening, port, cgroup.members()
+                )
+                if listening:
+                    holder = min(listening)
+                    break
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 0.1)
+        if holder is None:
+            return False
+        self.reason = (
+            f"it daemonized: it exited and left pid {holder} serving port {port}; run it in the "
+            "foreground (nginx: daemon off;  redis: --daemonize no)"
+        )
+        self.log.error("sidecar_daemonized", holder_pid=holder, port=port, reason=self.reason)
+        with anyio.CancelScope(shield=True):
+            killed = await cgroup.stop(self.config.stop.signal, self.config.stop.timeout_s)
+        if killed:
+            self.log.info("cgroup_leftovers_killed", count=killed, path=str(cgroup.path))
+        return True
 
     async def _daemonized(self, child: children.Child, *, wait: bool = True) -> bool:
         """The child exited before ready: did it leave a process of its own on the port? (Its
@@ -526,6 +615,8 @@ class Attempt:
     def _output(self, stream: str, line: str, truncated: bool) -> None:
         if self.log_matcher is not None:
             self.log_matcher.feed(line)
+        if stream == "stderr" and line.startswith(execshim.JOIN_FAILED):
+            self._join_failed = line
         if self.output_log is not None:
             self.output_log.write(stream, line, truncated)
         self.host.output(line)
@@ -541,6 +632,17 @@ EXITED_EARLY = "exited before becoming ready"
 def wants_notify(config: SidecarConfig) -> bool:
     """The child gets a NOTIFY_SOCKET: its readiness or its liveness is told through it."""
     return config.ready.probe is ProbeKind.NOTIFY or config.health.probe is HealthKind.NOTIFY
+
+
+def _exit_code(child: children.Child) -> int | None:
+    """The exit code of a child that ended, read without reaping it (None if unknown)."""
+    try:
+        waited = os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return None
+    if waited is None or waited.si_code != os.CLD_EXITED:
+        return None
+    return waited.si_status
 
 
 def _left_on_port(

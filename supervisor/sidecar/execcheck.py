@@ -12,6 +12,7 @@ import anyio
 from supervisor.core import show
 from supervisor.sidecar import output
 from supervisor.system import children
+from supervisor.system.cgroups import Cgroup
 
 KILL_WAIT_S = 2.0  # after SIGKILL to a check's group: how long its members may take to vanish
 OUTPUT_DRAIN_S = 0.2  # a check's last words, after it exited
@@ -19,14 +20,26 @@ REASON_CAP = 200  # characters of a check's output quoted in a failure reason
 
 
 async def run_exec(
-    argv: Sequence[str], *, cwd: Path | None, env: Mapping[str, str], timeout_s: float
+    argv: Sequence[str],
+    *,
+    cwd: Path | None,
+    env: Mapping[str, str],
+    timeout_s: float,
+    cgroup: Cgroup | None = None,
 ) -> str | None:
     """Run `argv` (no shell) in a session of its own: None on exit 0 within `timeout_s`.
 
-    Whatever happens (timeout, cancellation), no process of its group survives this call.
+    Whatever happens (timeout, cancellation), no process of its group survives this call; with
+    `cgroup`, nothing of that cgroup (it is emptied before the check, and killed after).
     """
     try:
-        child = children.spawn(argv, cwd=cwd, env=env)
+        if cgroup is not None:
+            cgroup.ensure()
+            if cgroup.kill():
+                await cgroup.wait_empty(KILL_WAIT_S)
+        child = children.spawn(argv, cwd=cwd, env=env, cgroup=cgroup)
+    except OSError as exc:
+        return f"cannot use the check's cgroup: {exc.strerror or exc}"
     except children.SpawnError as exc:
         return str(exc)
     said: list[str] = []
@@ -66,6 +79,8 @@ async def run_exec(
         with anyio.CancelScope(shield=True):
             if child.status is None:  # cancelled mid-check: the sidecar is being stopped
                 await child.stop(signal.SIGKILL, KILL_WAIT_S)
+            if cgroup is not None and cgroup.kill():  # the check's strays, whatever they did
+                await cgroup.wait_empty(KILL_WAIT_S)
             child.close()
     if result is not None and said:
         result += f": {show.printable(said[0], REASON_CAP)}"

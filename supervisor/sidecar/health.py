@@ -5,7 +5,9 @@ Checks start on a fixed cadence (ready + interval, + 2 intervals, ...), never ov
 config keeps timeout <= interval), so a server that hangs is found unhealthy at most
 `interval * failures + timeout` after it hung. An `exec` check runs in its own session; one that
 outlives its timeout, or is cancelled (the sidecar is being stopped), is killed with its whole
-process group before anything else happens to the sidecar.
+process group before anything else happens to the sidecar. With a cgroup (the sidecar's
+`_check-<name>`, cgroups.py), every check is killed whole when it ends, whatever it forked:
+a check that double-forks leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from structlog.typing import FilteringBoundLogger
 from supervisor.config import HealthKind, SidecarConfig
 from supervisor.sidecar import probes
 from supervisor.sidecar.execcheck import run_exec
+from supervisor.system.cgroups import Cgroup
 
 
 async def watch(
@@ -26,6 +29,8 @@ async def watch(
     env: Mapping[str, str],
     log: FilteringBoundLogger,
     on_pass: Callable[[], None] | None = None,
+    *,
+    cgroup: Cgroup | None = None,
 ) -> tuple[str, int]:
     """Check until `failures` consecutive checks failed; return (last reason, failures).
 
@@ -37,7 +42,7 @@ async def watch(
     due = anyio.current_time() + health.interval_s
     while True:
         await anyio.sleep_until(due)
-        reason = await check(config, env)
+        reason = await check(config, env, cgroup=cgroup)
         # The next check is due one interval after this one was; if the loop fell behind that
         # far, one interval from now (never two checks back to back).
         due = max(due + health.interval_s, anyio.current_time())
@@ -54,7 +59,9 @@ async def watch(
             return reason, failures
 
 
-async def check(config: SidecarConfig, env: Mapping[str, str]) -> str | None:
+async def check(
+    config: SidecarConfig, env: Mapping[str, str], *, cgroup: Cgroup | None = None
+) -> str | None:
     """One check: None when healthy, else why not."""
     health = config.health
     timeout_s = health.timeout_s
@@ -64,7 +71,9 @@ async def check(config: SidecarConfig, env: Mapping[str, str]) -> str | None:
         case HealthKind.HTTP:
             return await probes.http_failure(config.host, _port(config), health.path, timeout_s)
         case HealthKind.EXEC:
-            return await run_exec(health.command, cwd=config.cwd, env=env, timeout_s=timeout_s)
+            return await run_exec(
+                health.command, cwd=config.cwd, env=env, timeout_s=timeout_s, cgroup=cgroup
+            )
         case HealthKind.NONE | HealthKind.NOTIFY:  # notify: the watchdog (attempt.py) judges
             return None
         case _:

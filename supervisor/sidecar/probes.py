@@ -81,10 +81,13 @@ async def _http_ok(host: str, port: int, path: str) -> bool:
     return await http_failure(host, port, path, HTTP_TIMEOUT_S) is None
 
 
-def listener_is_ours(port: int, child_pid: int) -> bool:
-    """The LISTEN socket on `port` belongs to the child or one of its descendants."""
-    tree = [child_pid, *procs.descendant_pids(child_pid)]
-    return bool(net.pids_listening(port, tree))
+Members = Callable[[], list[int]]  # the processes of the child's cgroup (cgroups.py), if any
+
+
+def listener_is_ours(port: int, child_pid: int, members: Members | None = None) -> bool:
+    """The LISTEN socket on `port` belongs to the child or one of its descendants (or, with a
+    cgroup, to any member of it: a double-forked server is no descendant, but still a member)."""
+    return bool(net.pids_listening(port, _tree(child_pid, members)))
 
 
 class LogMatcher:
@@ -122,11 +125,13 @@ async def wait_ready(
     listen_inode: int | None = None,
     signal: anyio.Event | None = None,
     exec_env: Mapping[str, str] | None = None,
+    members: Members | None = None,
 ) -> None:
     """Return once the sidecar is ready; the caller bounds the wait (ready.timeout).
 
-    `listen_inode`: the inherited socket the child got as fd 3 (socket.inherit). `signal`: set
-    by the child itself (a log line matched, READY=1 received) for `log` and `notify`.
+    `listen_inode`: the inherited socket the child got as fd 3 (socket.inherit); `members`: the
+    child's cgroup's processes, which are its own whatever their parentage. `signal`: set by the
+    child itself (a log line matched, READY=1 received) for `log` and `notify`.
     """
     match config.ready.probe:
         case ProbeKind.LOG | ProbeKind.NOTIFY:
@@ -146,11 +151,13 @@ async def wait_ready(
     if listen_inode is not None:
         pause = _pacer(started, config.ready.interval_s)
         if config.ready.probe is ProbeKind.TCP:
-            probe = _AcceptProbe(config.host, port, child_pid, listen_inode, pause)
+            probe = _AcceptProbe(
+                config.host, port, child_pid, listen_inode, pause, members=members
+            )
             await probe.wait(on_stranger)
             return
         while not (
-            _tree_holds(listen_inode, port, _tree(child_pid))
+            _tree_holds(listen_inode, port, _tree(child_pid, members))
             and await _http_ok(config.host, port, config.ready.path)
         ):
             await pause()
@@ -158,7 +165,7 @@ async def wait_ready(
     while True:
         if net.anyone_listening(port) is not False and await _connects(config.host, port):
             # A walk of /proc: in a worker thread, off the event loop.
-            if await anyio.to_thread.run_sync(listener_is_ours, port, child_pid):
+            if await anyio.to_thread.run_sync(listener_is_ours, port, child_pid, members):
                 if config.ready.probe is ProbeKind.TCP:
                     return
                 if await _http_ok(config.host, port, config.ready.path):
@@ -168,8 +175,9 @@ async def wait_ready(
         await anyio.sleep(probe_delay_s(time.monotonic() - started, config.ready.interval_s))
 
 
-def _tree(child_pid: int) -> list[int]:
-    return [child_pid, *procs.descendant_pids(child_pid)]
+def _tree(child_pid: int, members: Members | None = None) -> list[int]:
+    tree = [child_pid, *procs.descendant_pids(child_pid)]
+    return list(dict.fromkeys([*tree, *members()])) if members is not None else tree
 
 
 def _tree_holds(listen_inode: int, port: int, tree: list[int]) -> bool:
@@ -214,11 +222,19 @@ class _AcceptProbe:
     """
 
     def __init__(
-        self, host: str, port: int, child_pid: int, listen_inode: int, pause: Pacer
+        self,
+        host: str,
+        port: int,
+        child_pid: int,
+        listen_inode: int,
+        pause: Pacer,
+        *,
+        members: Members | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.child_pid = child_pid
+        self.members = members
         self.listen_inode = listen_inode
         self.pause = pause
 
@@ -244,7 +260,7 @@ class _AcceptProbe:
         # A duplicate to peek through (the event loop's own wrapper offers no recv).
         with socket.fromfd(raw.fileno(), raw.family, raw.type) as peek:
             while True:
-                tree = _tree(self.child_pid)
+                tree = _tree(self.child_pid, self.members)
                 accepted = net.accepted_by(self.port, peer_port, tree)
                 if accepted is None and _answered(peek):
                     accepted = _tree_holds(self.listen_inode, self.port, tree)

@@ -12,6 +12,7 @@ from supervisor.core.depends import Blocker
 from supervisor.core.status import Observed
 from supervisor.evidence.ledger import Ledger
 from supervisor.sidecar.inherit import Sockets
+from supervisor.system.cgroups import Isolation
 from supervisor.system.statedir import StateDir
 
 
@@ -51,6 +52,7 @@ class Runtime:
     # Session id -> sidecar name for every current child (the classifier's rule 0).
     current_sessions: Callable[[], Mapping[int, str]] = dict
     sockets: Sockets = field(default_factory=Sockets)  # socket.inherit: outlive every attempt
+    isolation: Isolation | None = None  # a cgroup per sidecar (system/cgroups.py), or none
     # depends_on: the first unmet dependency of a sidecar, and the wake-up when any changes.
     blocker: Callable[[SidecarConfig], Blocker | None] = _no_blocker
     changes: Changes = field(default_factory=Changes)

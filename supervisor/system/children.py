@@ -4,6 +4,10 @@ Exit is noticed without polling: a pidfd on Linux, kqueue NOTE_EXIT on macOS (po
 last resort). The group is signalled by groups.py's rule: through the leader's pidfd, or with
 killpg while we hold the leader unreaped; the leader is reaped only after the leftovers of its
 group were signalled.
+
+With a cgroup (cgroups.py), the child joins it before its command runs (the exec shim), and
+"its group" is everything in that cgroup as well: the stop signal goes to every member,
+SIGKILL is cgroup.kill, and a stop is done when the cgroup is empty.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 import anyio
 
 from supervisor.system import execshim, exitwatch, groups, procs, reaper
+from supervisor.system.cgroups import Cgroup
 
 # After SIGKILL, how long a stop waits to see the group gone. A process in uninterruptible
 # sleep (D state) never dies on time: past this it is abandoned, not waited for forever.
@@ -45,8 +50,10 @@ class ExitStatus:
 class Child:
     """One spawned process that leads its own session and process group."""
 
-    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes], cgroup: Cgroup | None = None) -> None:
         self.popen = popen
+        self.cgroup = cgroup  # its cgroup (it joined before its command ran), or None
+        self.leftovers_killed = 0  # members of its cgroup SIGKILLed by finish()
         self.pid = popen.pid
         self.pgid = popen.pid  # start_new_session: the child leads its own group
         self._exited = False
@@ -109,10 +116,19 @@ class Child:
             raise RuntimeError("the group of a reaped child must not be signalled")
         handle = self._exit_handle
         pidfd = handle.pidfd if handle is not None else None
-        return groups.signal_group(self.pgid, sig, pidfd=pidfd, leader_unreaped=True)
+        sent = groups.signal_group(self.pgid, sig, pidfd=pidfd, leader_unreaped=True)
+        if self.cgroup is not None:
+            # Its group too: before the shim joined the cgroup, the child is only there.
+            if sig == signal.SIGKILL:
+                return self.cgroup.kill() > 0 or sent
+            return self.cgroup.signal_all(sig) > 0 or sent
+        return sent
 
     def group_members(self) -> list[int]:
-        return procs.group_members(self.pgid)  # living ones: an exited leader is a zombie
+        members = procs.group_members(self.pgid)  # living ones: an exited leader is a zombie
+        if self.cgroup is not None:
+            members = sorted(set(members) | set(self.cgroup.members()))
+        return members
 
     def kill_now(self) -> None:
         """SIGKILL the whole group at once; a stop in progress skips what is left of its grace."""
@@ -130,7 +146,7 @@ class Child:
         if self.status is not None or self.abandoned:
             return self.sigkilled
         if not signalled:
-            self.signal_group(sig)
+            self.terminate(sig)
         with anyio.move_on_after(timeout_s) as scope:
             async with anyio.create_task_group() as race:
                 race.start_soon(_cancel_when, self._hurry, race.cancel_scope)
@@ -148,6 +164,8 @@ class Child:
             self.signal_group(signal.SIGKILL)
             with anyio.move_on_after(KILL_WAIT_S):
                 await self.wait_exit()
+                if self.cgroup is not None:  # stopped means: the cgroup is empty
+                    await self.cgroup.wait_empty(KILL_WAIT_S)
         if self.exited:
             self.finish()
         else:
@@ -155,16 +173,25 @@ class Child:
         return self.sigkilled
 
     def terminate(self, sig: int) -> bool:
-        """Send the stop signal to the group (the first step of a stop); False if it is empty."""
-        return self.status is None and self.signal_group(sig)
+        """Send the stop signal to the group (the first step of a stop); False if it is empty.
+        With a cgroup, SIGCONT follows (a stopped member would not act on it until continued)."""
+        if self.status is not None:
+            return False
+        sent = self.signal_group(sig)
+        if self.cgroup is not None and sig not in (signal.SIGKILL, signal.SIGCONT):
+            self.cgroup.signal_all(signal.SIGCONT)
+        return sent
 
     def finish(self) -> ExitStatus:
         """After the leader exited: SIGKILL what is left of its group, reap, return the status.
 
-        One group signal, no process scan: the unreaped leader keeps the group id ours.
+        One group signal, no process scan: the unreaped leader keeps the group id ours. With a
+        cgroup, cgroup.kill; how many members it had is kept in `leftovers_killed`.
         """
         if self.status is not None:
             return self.status
+        if self.cgroup is not None:
+            self.leftovers_killed = self.cgroup.kill()
         self._signal_group(signal.SIGKILL)  # leftovers only: the stop itself did not escalate
         return self.reap()
 
@@ -199,18 +226,24 @@ def spawn(
     env: Mapping[str, str],
     capture_output: bool = True,
     listen_fd: int | None = None,
+    cgroup: Cgroup | None = None,
 ) -> Child:
     """Start `argv` (never through a shell) in a new session with stdin on /dev/null.
 
-    With `listen_fd`, the child gets that socket as fd 3 and LISTEN_PID = its own pid, through
-    the exec shim (execshim.py); `argv` itself is still never parsed by a shell.
+    With `listen_fd`, the child gets that socket as fd 3 and LISTEN_PID = its own pid; with
+    `cgroup`, it joins that (existing) cgroup before the command runs. Both through the exec
+    shim (execshim.py); `argv` itself is still never parsed by a shell.
     """
     command: list[str] = list(argv)
     stdin: int = subprocess.DEVNULL
+    shimmed = listen_fd is not None or cgroup is not None
+    if shimmed:
+        procs_file = str(cgroup.procs_file) if cgroup is not None else None
+        command = execshim.wrap(argv, env, listen=listen_fd is not None, cgroup_procs=procs_file)
     if listen_fd is not None:
-        command, stdin = execshim.wrap(argv, env), listen_fd
+        stdin = listen_fd
     try:
-        if listen_fd is not None and (error := execshim.lookup_error(argv[0], cwd, env)):
+        if shimmed and (error := execshim.lookup_error(argv[0], cwd, env)):
             raise error
         popen = reaper.fork_registered(
             lambda: subprocess.Popen(
@@ -241,4 +274,4 @@ def spawn(
     for stream in (popen.stdout, popen.stderr):
         if stream is not None:
             os.set_blocking(stream.fileno(), False)
-    return Child(popen)
+    return Child(popen, cgroup)

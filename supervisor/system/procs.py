@@ -83,6 +83,19 @@ def create_time(pid: int) -> float | None:
     return proctime.create_time(pid)
 
 
+def rss_and_cpu(pid: int) -> tuple[int, float] | None:
+    """(resident bytes, user + system cpu seconds) of `pid`, or None (gone, not allowed)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            times = proc.cpu_times()
+            return proc.memory_info().rss, times.user + times.system
+    except psutil.Error:
+        return None
+
+
 def ancestors(pid: int) -> list[int]:
     """Pids of the ancestors of `pid`, nearest first."""
     import psutil

@@ -508,7 +508,10 @@ def test_socket_is_0600_replaces_a_stale_one_and_works_under_a_long_state_dir(
         first.kill()  # unclean: the socket file stays behind
     assert stat.S_ISSOCK(os.lstat(state / "control.sock").st_mode)
     with Daemon(config, state) as second:
-        second.wait_for("orphan_killed", sidecar="web", pid=pid)  # the first one's child
+        if second.wait_for("daemon_started")["isolation"] == "cgroup":  # the first one's child
+            second.wait_for("cgroup_leftovers_killed", sidecar="web")
+        else:
+            second.wait_for("orphan_killed", sidecar="web", pid=pid)
         second.wait_for("sidecar_ready", sidecar="web")
         second.wait_for("control_listening")
         with ControlClient(state) as client:

@@ -56,8 +56,12 @@ def make_server(kind: str, port: int, directory: Path, **kwargs: Any) -> servers
         pytest.skip(str(exc))
 
 
-def write_config(path: Path, sidecars: list[dict[str, object]]) -> Path:
-    path.write_text(render_config(sidecars))
+def write_config(
+    path: Path, sidecars: list[dict[str, object]], isolation: str = "none"
+) -> Path:
+    # By default the evidence without a cgroup (the ledger, the tags): a cgroup would reclaim
+    # all of it before any of it is looked at (tests/integration/test_cgroups.py).
+    path.write_text(render_config(sidecars, {"isolation": isolation}))
     return path
 
 
@@ -303,7 +307,8 @@ def sidecar_state(state: Path) -> str | None:
 def test_a_command_that_daemonizes_is_named_and_leaves_nothing(kind: str, tmp_path: Path) -> None:
     port = free_port()
     server = make_server(kind, port, tmp_path / "server", daemonize=True)
-    config = write_config(tmp_path / "supervisor.toml", [server.sidecar("web")])
+    # "auto": a cgroup where one can be used (root here), which sees a bind after the exit.
+    config = write_config(tmp_path / "supervisor.toml", [server.sidecar("web")], "auto")
     with Daemon(config, tmp_path / "state") as daemon:
         event = daemon.wait_for("sidecar_daemonized", timeout=30)
         assert "daemon off" in event["reason"] and "--daemonize no" in event["reason"]

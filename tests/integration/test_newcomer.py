@@ -24,6 +24,7 @@ from tests.support import (
     demo_sidecar,
     free_port,
     one_line,
+    pid_gone,
     render_config,
 )
 
@@ -70,10 +71,17 @@ def test_status_after_an_unclean_exit_says_what_is_left_and_run_reclaims_it(
     assert as_json.returncode == 3 and as_json.stderr == result.stderr
 
     with Daemon(config, state) as second:
-        killed = {second.wait_for("orphan_killed", count=n)["pid"] for n in (1, 2)}
-        assert killed == {web, worker}
+        if second.wait_for("daemon_started")["isolation"] == "cgroup":  # emptied before launch
+            reclaimed = {
+                second.wait_for("cgroup_leftovers_killed", count=n)["sidecar"] for n in (1, 2)
+            }
+            assert reclaimed == {"web", "worker"}
+        else:
+            killed = {second.wait_for("orphan_killed", count=n)["pid"] for n in (1, 2)}
+            assert killed == {web, worker}
         second.wait_for("sidecar_ready", sidecar="web")
         second.wait_for("sidecar_ready", sidecar="worker")
+        assert pid_gone(web) and pid_gone(worker)
         second.dump_status()
         status = cli("status", "--state-dir", str(state))
         assert status.returncode == 0, status.stderr

@@ -31,8 +31,10 @@ from tests.support import (
 
 
 def config_for(tmp_path: Path, sidecars: list[dict[str, object]]) -> Path:
+    # The preflight's evidence without a cgroup: a cgroup would reclaim a dead daemon's
+    # leftovers before the preflight looks (that path: tests/integration/test_cgroups.py).
     config = tmp_path / "supervisor.toml"
-    config.write_text(render_config(sidecars))
+    config.write_text(render_config(sidecars, {"isolation": "none"}))
     return config
 
 

@@ -253,16 +253,30 @@ def sidecar_record(doc: Mapping[str, object] | None, name: str) -> dict[str, obj
 
 
 def cgroup_procs(control_group: str) -> list[int] | str:
-    """The pids in the unit's cgroup ([] once systemd removed it), or why it can't be read."""
+    """The pids in the unit's cgroup and every cgroup below it (the daemon's leaf and its
+    sidecars' cgroups: Delegate=yes); [] once systemd removed it, or why it can't be read."""
     if not control_group:
         return "no ControlGroup"
-    path = Path("/sys/fs/cgroup") / control_group.lstrip("/") / "cgroup.procs"
+    top = Path("/sys/fs/cgroup") / control_group.lstrip("/")
+    pids: list[int] = []
     try:
-        return [int(word) for word in path.read_text().split()]
+        for folder, _, files in os.walk(top):
+            if "cgroup.procs" in files:
+                pids += [int(word) for word in (Path(folder) / "cgroup.procs").read_text().split()]
     except FileNotFoundError:
-        return []
+        pass
     except OSError as exc:
         return f"{type(exc).__name__}: {exc}"
+    return sorted(pids)
+
+
+def cgroup_of(pid: object) -> str | None:
+    try:
+        text = Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return None
+    lines = [line[3:] for line in text.splitlines() if line.startswith("0::")]
+    return lines[0] if lines else None
 
 
 def processes_matching(*needles: str) -> list[str]:
@@ -384,6 +398,14 @@ def check_stop() -> None:
         out["control_group"] = control_group
         out["main_pid"] = props.get("MainPID")
         out["procs_before"] = cgroup_procs(control_group)
+        out["daemon_cgroup"] = cgroup_of(props.get("MainPID"))
+        doc = status_file()
+        sidecars = doc.get("sidecars") if doc else None
+        out["sidecar_cgroups"] = {
+            str(r.get("name")): [r.get("isolation"), cgroup_of(r.get("pid"))]
+            for r in (sidecars if isinstance(sidecars, list) else [])
+            if isinstance(r, dict)
+        }
         ran = systemctl("stop", UNIT)
         out.update(rc=ran.rc, stderr=ran.err, elapsed_s=ran.elapsed_s)
         out["procs_after"] = cgroup_procs(control_group)

@@ -288,6 +288,15 @@ def test_stop_empties_the_cgroup_and_closes_the_ports(scenario: Scenario) -> Non
     assert int(record["main_pid"]) in record["procs_before"], explain(scenario, record)
     assert len(record["procs_before"]) >= 2, explain(scenario, record)
     assert record["procs_after"] == [], explain(scenario, record)
+    # Delegate=yes: the daemon moved into its own leaf, each sidecar has a cgroup beside it.
+    group = record["control_group"]
+    assert record["daemon_cgroup"] == f"{group}/supervisor", explain(scenario, record)
+    assert record["sidecar_cgroups"], explain(scenario, record)
+    for name, (isolation, cgroup) in record["sidecar_cgroups"].items():
+        assert isolation == "cgroup", explain(scenario, record)
+        assert re.fullmatch(rf"{re.escape(group)}/s-[0-9a-f]{{16}}/{name}", cgroup or ""), (
+            explain(scenario, record)
+        )
     assert record["leftover_processes"] == [], explain(scenario, record)
     answers = record["health_after"].values()
     assert all("ConnectionRefused" in str(a) for a in answers), explain(scenario, record)

@@ -72,6 +72,7 @@ def test_systemd_unit_has_the_required_settings() -> None:
         "/path/to/venv/bin/python -P -m supervisor reload --wait -c /path/to/supervisor.toml"
     )
     assert svc["KillMode"] == "mixed"
+    assert svc["Delegate"] == "yes"  # the daemon puts each sidecar in a cgroup below its own
     assert int(svc["TimeoutStopSec"]) > PLACEHOLDER.shutdown_timeout_s
     assert svc["Restart"] == "on-failure"
     assert int(svc["RestartSec"]) > 0
