@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from supervisor import paths
-from supervisor.errors import StateDirError, SupervisorError
+from supervisor.errors import EXIT_USAGE, StateDirError, SupervisorError
 from supervisor.statedir import StateDir, float_field, int_field
 
 PREFIX = "daemon-"
@@ -30,6 +30,8 @@ MAX_ENTRIES = 256  # more files than this is not a registry of one user's daemon
 
 class RegistryError(SupervisorError):
     """The registry folder cannot be used."""
+
+    exit_code = EXIT_USAGE
 
     def __init__(self, path: Path, reason: str) -> None:
         self.path = path
@@ -75,6 +77,10 @@ def open_folder(*, create: bool) -> StateDir:
         # A fallback like <tmp>/runtime-<uid> may not exist yet: ours, private, one level only.
         with contextlib.suppress(OSError):  # if that fails, the checks below say why
             os.mkdir(folder.parent, 0o700)
+    elif os.path.lexists(folder.parent):
+        # A reader too: another user's <tmp>/runtime-<uid> (squatted before we made it) must
+        # be reported as what it is, never read as "no daemon is running".
+        _check_parent(folder)
     try:
         if stat.S_ISLNK(os.lstat(folder).st_mode):
             raise RegistryError(folder, "it is a symbolic link")
@@ -120,10 +126,11 @@ def unregister(state_dir: Path, pid: int) -> None:
 
 
 def entries() -> list[Entry]:
-    """Every well-formed entry (unverified); [] without a usable registry."""
+    """Every well-formed entry (unverified); [] without a registry. RegistryError when the
+    folder is there but not ours: a squatted registry is not "nothing is running"."""
     try:
         folder = open_folder(create=False)
-    except (OSError, SupervisorError):
+    except OSError:
         return []
     found = []
     with folder:

@@ -67,6 +67,31 @@ def test_invalid_requests(line: bytes, code: ErrorCode, request_id: object) -> N
     assert isinstance(error, dict) and error["code"] == code.value and error["message"]
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"cmd": "status", "cmd": "stop", "names": ["a"]}',
+        b'{"id": 1, "id": 2, "cmd": "status"}',
+        b'{"cmd": "status", "names": ["a"], "names": ["b"]}',
+        b'{"id": 1e999, "cmd": "status"}',
+        b'{"id": -1e999, "cmd": "status"}',
+        b'{"id": NaN, "cmd": "status"}',
+        b'{"id": Infinity, "cmd": "status"}',
+        b'{"id": -Infinity, "cmd": "status"}',
+        b'{"cmd": "status", "names": [], "x": {"a": 1, "a": 2}}',
+    ],
+)
+def test_duplicate_keys_and_non_finite_numbers_are_rejected_never_echoed(line: bytes) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        protocol.parse_request(line)
+    assert caught.value.code is ErrorCode.BAD_REQUEST
+    reply = caught.value.reply()
+    assert reply["id"] is None  # nothing of the ambiguous request is echoed
+    encoded = protocol.encode(reply)
+    # A strict parser takes the reply: no NaN/Infinity token anywhere in it.
+    json.loads(encoded, parse_constant=lambda c: pytest.fail(f"{c} on the wire"))
+
+
 def test_replies_and_encoding() -> None:
     assert json.loads(protocol.encode(protocol.ok_reply(1, {"a": "é"}))) == {
         "id": 1,
