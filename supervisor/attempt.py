@@ -33,6 +33,7 @@ from supervisor import (
     show,
     status,
     tags,
+    workers,
 )
 from supervisor.config import HealthKind, SidecarConfig
 from supervisor.lifecycle import ExitInfo
@@ -226,7 +227,7 @@ class Attempt:
         try:
             # The fsync (~1 ms) happens off the event loop; readiness is announced after it.
             record = self._pid_record(child)
-            await anyio.to_thread.run_sync(self._write_pidfile, record)
+            await workers.run_sync(self._write_pidfile, record)
             self.log.info("pidfile_written", path=str(self._pidfile_path), pid=child.pid)
         except OSError as exc:
             self.log.error("pidfile_write_failed", path=str(self._pidfile_path), error=str(exc))
@@ -321,7 +322,7 @@ class Attempt:
         port = self.config.port
         if port is None:
             return False
-        left = await anyio.to_thread.run_sync(_left_on_port, child.pid, child.create_time, port)
+        left = await workers.run_sync(_left_on_port, child.pid, child.create_time, port)
         if not left:
             return False
         pid = left[0][0]
@@ -348,7 +349,7 @@ class Attempt:
         the create time may wait for the exec; the write is a file and a rename)."""
         try:
             with anyio.CancelScope(shield=True):
-                spawn, error = await anyio.to_thread.run_sync(self._record, child)
+                spawn, error = await workers.run_sync(self._record, child)
                 self._spawn = spawn
                 if error is not None:
                     self.log.error("ledger_write_failed", pid=child.pid, error=str(error))
@@ -382,9 +383,9 @@ class Attempt:
         spawn = self._spawn
         if spawn is None or child.abandoned:
             return
-        members = await anyio.to_thread.run_sync(procs.session_members, spawn.sid)
+        members = await workers.run_sync(procs.session_members, spawn.sid)
         if not members:
-            await anyio.to_thread.run_sync(self.rt.ledger.forget, spawn)
+            await workers.run_sync(self.rt.ledger.forget, spawn)
 
     # -- the PID file --------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from supervisor import (
     reaper,
     signals,
     status,
+    workers,
 )
 from supervisor.config import Config, LogFormat, LogLevel, SidecarConfig
 from supervisor.control.events import EventHub
@@ -635,6 +636,6 @@ async def _all_settled(sidecars: list[Sidecar]) -> None:
 async def _reap_adopted() -> None:
     """As a subreaper: reap adopted orphans as they exit (SIGCHLD), never our own forks."""
     with anyio.open_signal_receiver(signal.SIGCHLD) as exits:
-        await anyio.to_thread.run_sync(reaper.reap_adopted)
+        await workers.run_sync(reaper.reap_adopted)
         async for _ in exits:
-            await anyio.to_thread.run_sync(reaper.reap_adopted)
+            await workers.run_sync(reaper.reap_adopted)

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 from anyio.abc import SocketAttribute
 
-from supervisor import net, procs
+from supervisor import net, procs, workers
 from supervisor.config import ProbeKind, SidecarConfig
 from supervisor.lifecycle import probe_delay_s
 
@@ -114,7 +114,7 @@ async def wait_ready(
     while True:
         if net.anyone_listening(port) is not False and await _connects(config.host, port):
             # A walk of /proc: in a worker thread, off the event loop.
-            if await anyio.to_thread.run_sync(listener_is_ours, port, child_pid):
+            if await workers.run_sync(listener_is_ours, port, child_pid):
                 if config.ready.probe is ProbeKind.TCP:
                     return
                 if await _http_ok(config.host, port, config.ready.path):

@@ -20,6 +20,7 @@ import anyio
 import anyio.lowlevel
 from structlog.typing import FilteringBoundLogger
 
+from supervisor import workers
 from supervisor.control import protocol, unixsock
 from supervisor.control.events import EventHub
 from supervisor.control.protocol import Command, ErrorCode, ProtocolError, Request
@@ -31,6 +32,7 @@ READ_CHUNK = 65536
 BACKLOG = 128
 HALF_CLOSE_FLUSH_S = 5.0  # a client that shut down its writing side still gets its replies
 ACCEPT_RETRY_S = 0.1  # out of fds: nothing to wait on but time
+BIND_RETRY_MAX_S = 5.0  # out of fds at start: the socket is tried again, at most this apart
 
 _ACCEPT_SHORTAGE = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
@@ -162,19 +164,30 @@ class ControlServer:
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Listen on control.sock until cancelled; started once it accepts connections."""
         path = str(self.state.path / unixsock.SOCKET_NAME)
-        try:
-            listener = unixsock.bind(self.state.fd, str(self.state.path), BACKLOG)
-        except OSError as exc:  # the daemon still supervises; it just cannot be controlled
-            self.log.error("control_unavailable", path=path, error=exc.strerror or str(exc))
-            task_status.started()
-            return
+        listener = None
+        delay = ACCEPT_RETRY_S
+        waiting = False  # the daemon was let go on without its socket
+        while listener is None:
+            try:
+                listener = unixsock.bind(self.state.fd, str(self.state.path), BACKLOG)
+            except OSError as exc:  # the daemon still supervises; it just cannot be controlled
+                if not waiting:
+                    self.log.error("control_unavailable", path=path, error=exc.strerror or str(exc))
+                    task_status.started()
+                    waiting = True
+                if exc.errno not in _ACCEPT_SHORTAGE:
+                    return
+                # Out of fds (or buffers) passes: try again, bounded apart, until it works.
+                await anyio.sleep(delay)
+                delay = min(delay * 2, BIND_RETRY_MAX_S)
         try:
             if self._on_listening is not None:
-                await anyio.to_thread.run_sync(self._on_listening)  # an fsync: off the loop
+                await workers.run_sync(self._on_listening)  # an fsync: off the loop
             self.log.info("control_listening", path=path)
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                task_status.started()
+                if not waiting:
+                    task_status.started()
                 await self._accept(listener, tg)
         finally:
             self._tg = None

@@ -15,7 +15,7 @@ from enum import StrEnum
 import anyio
 from structlog.typing import FilteringBoundLogger
 
-from supervisor import net
+from supervisor import net, workers
 from supervisor.config import ForeignAction, LiveAction, OrphanAction, SidecarConfig
 from supervisor.ledger import Ledger
 from supervisor.reconcile import holders
@@ -137,7 +137,7 @@ async def _attempt(
     judge = functools.partial(
         _judge, ctx=ctx, recorded_pid=recorded_pid, listeners=listeners, sessions=sessions
     )
-    judged = await anyio.to_thread.run_sync(judge, config, port)
+    judged = await workers.run_sync(judge, config, port)
     if not judged:  # released meanwhile: no process held the listening socket any more
         log.info("reconcile_port_free", port=port)
         return Outcome(Action.LAUNCH)

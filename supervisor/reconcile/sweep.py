@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import anyio
 from structlog.typing import FilteringBoundLogger
 
-from supervisor import net, procs, proctime
+from supervisor import net, procs, proctime, workers
 from supervisor.config import SidecarConfig, StopConfig
 from supervisor.ledger import Ledger, Spawn
 from supervisor.reconcile.evidence import find_spawn
@@ -116,8 +116,8 @@ async def sweep(
     log: FilteringBoundLogger,
 ) -> None:
     """Stop every leftover of earlier daemons that is proven ours and holds no port."""
-    spawns = await anyio.to_thread.run_sync(book.entries)
-    work = await anyio.to_thread.run_sync(plan, spawns, previous, sidecars, us)
+    spawns = await workers.run_sync(book.entries)
+    work = await workers.run_sync(plan, spawns, previous, sidecars, us)
     for facts in work.left:
         log.info(
             "orphan_left",
@@ -132,9 +132,9 @@ async def sweep(
             tg.start_soon(_reclaim, facts, entry, config.stop if config else StopConfig(), log)
     reclaimed = {entry for _, entry in work.stop}
     for entry in [*work.done, *reclaimed]:
-        if entry in reclaimed and await anyio.to_thread.run_sync(_still_there, entry):
+        if entry in reclaimed and await workers.run_sync(_still_there, entry):
             continue  # a member still holds a port: the preflight deals with it
-        await anyio.to_thread.run_sync(book.forget, entry)
+        await workers.run_sync(book.forget, entry)
 
 
 def _still_there(entry: Spawn) -> bool:

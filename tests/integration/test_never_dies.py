@@ -8,11 +8,14 @@ log events or status.json, each wait bounded.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,9 @@ import pytest
 from tests.support import (
     PYTHON,
     ROOT,
+    ControlClient,
     Daemon,
+    arrival_ns,
     demo_sidecar,
     free_port,
     pid_gone,
@@ -230,3 +235,218 @@ def test_temp_files_of_a_dead_daemon_are_swept_at_start(tmp_path: Path) -> None:
         assert [p for p in litter if p.exists()] == []
         assert all(p.exists() for p in kept)
         assert daemon.stop() == 0
+
+
+# -- no thread can be started ----------------------------------------------------------------------
+
+PIDS_V1 = Path("/sys/fs/cgroup/pids")
+# Runs the daemon inside the cgroup: joins it, then execs `python -m supervisor ARGS`.
+JOIN = (
+    "import os, sys; open(sys.argv[1], 'w').write(str(os.getpid())); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'supervisor', *sys.argv[2:]])"
+)
+
+
+def _pids_parent() -> Path | None:
+    """A cgroup folder whose children get a `pids.max` (v1's pids hierarchy, or v2's root when
+    it delegates pids), or None."""
+    if (PIDS_V1 / "cgroup.procs").exists():
+        return PIDS_V1
+    root = Path("/sys/fs/cgroup")
+    with contextlib.suppress(OSError):
+        if "pids" in (root / "cgroup.subtree_control").read_text().split():
+            return root
+    return None
+
+
+@pytest.fixture
+def pids_cgroup() -> Iterator[Path]:
+    """A cgroup of our own with a pids controller; removed afterwards (emptied first)."""
+    if os.geteuid() != 0:
+        pytest.skip("creating a cgroup needs root")
+    parent = _pids_parent()
+    if parent is None:
+        pytest.skip("no cgroup with a pids controller here")
+    group = parent / f"supervisor-test-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        group.mkdir()
+    except OSError as exc:
+        pytest.skip(f"cannot create a cgroup here: {exc}")
+    try:
+        yield group
+    finally:
+        with contextlib.suppress(OSError):
+            (group / "pids.max").write_text("max")
+        for word in (group / "cgroup.procs").read_text().split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(word), signal.SIGKILL)
+        wait_until(lambda: not (group / "cgroup.procs").read_text().split(), 10.0, "empty")
+        group.rmdir()
+
+
+def _sidecars_ready(daemon: Daemon, names: list[str], after_ns: int) -> bool:
+    ready = {e["sidecar"] for e in daemon.find("sidecar_ready") if arrival_ns(e) > after_ns}
+    return set(names) <= ready
+
+
+@linux_only
+def test_no_thread_can_be_started_degrades_work_never_the_daemon(
+    tmp_path: Path, pids_cgroup: Path
+) -> None:
+    # pids.max = 1 below the daemon's own count: no thread, no fork, nothing new until lifted.
+    # Before: `RuntimeError: can't start new thread` escaped from the reaper / status writer
+    # at the first SIGUSR1 and the daemon died (10 of 10).
+    names = [f"s{i}" for i in range(3)]
+    restart = {"base_delay": 0.05, "max_delay": 0.2, "max_attempts": 100_000}
+    sidecars = [demo_sidecar(n, free_port(), restart=restart) for n in names]
+    config = write_config(tmp_path, sidecars, shutdown_timeout=30.0)
+    state = tmp_path / "state"
+    command = (PYTHON, "-c", JOIN, str(pids_cgroup / "cgroup.procs"))
+    with Daemon(config, state, command=command) as daemon:
+        for name in names:
+            daemon.wait_for("sidecar_ready", sidecar=name)
+        for _ in range(2):
+            (pids_cgroup / "pids.max").write_text("1")
+            daemon.signal(signal.SIGUSR1)  # restart all: stops, scans, spawns, status writes
+            daemon.wait_for("thread_unavailable")
+            daemon.wait_for("sidecar_start_failed")  # the fork failed too: really exhausted
+            daemon.dump_status()  # the loop still answers, and status.json is still written
+            assert daemon.proc.poll() is None
+            lifted_ns = time.time_ns()
+            (pids_cgroup / "pids.max").write_text("max")
+            ready = functools.partial(_sidecars_ready, daemon, names, lifted_ns)
+            wait_until(ready, 30.0, "all ready again")
+        # And a stop while exhausted: bounded by the stop timeouts, not the shutdown bound.
+        pids = {n: sidecar_pid(state, n) for n in names}
+        (pids_cgroup / "pids.max").write_text("1")
+        assert daemon.stop() == 0
+    assert not daemon.find("shutdown_timeout_exceeded")
+    assert all(pid_gone(pid) for pid in pids.values())
+    assert not (state / "supervisor.pid").exists()
+
+
+def sidecar_pid(state: Path, name: str) -> int:
+    for entry in read_status(state).get("sidecars", []):
+        if entry.get("name") == name and isinstance(entry.get("pid"), int):
+            return int(entry["pid"])
+    raise AssertionError(f"{name} has no pid in status.json")
+
+
+# -- no file can be opened -------------------------------------------------------------------------
+
+# A sidecar whose group holds a member that ignores SIGTERM: only the escalation stops it.
+STUBBORN_MEMBER = """
+import os, signal, sys, time
+if os.fork() == 0:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with open(sys.argv[1] + ".tmp", "w") as out:
+        out.write(str(os.getpid()))
+    os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+    time.sleep(1e6)
+time.sleep(1e6)
+"""
+
+
+def _no_more_fds(pid: int) -> None:
+    # Below every fd the daemon holds: each new open, socket, pipe or listing of /proc fails
+    # with EMFILE; what it holds keeps working.
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (3, 3))
+
+
+@linux_only
+def test_out_of_fds_at_shutdown_still_escalates_and_stops_every_member(tmp_path: Path) -> None:
+    # Before: procs.all_pids raised EMFILE in the stop's group scan: traceback, exit 1, the
+    # SIGKILL escalation skipped; a TERM-ignoring member survived.
+    members = [tmp_path / f"member{i}" for i in range(4)]
+    sidecars = [
+        {"name": f"s{i}", "command": [PYTHON, "-c", STUBBORN_MEMBER, str(path)],
+         "stop": {"timeout": 1.0}}
+        for i, path in enumerate(members)
+    ]  # fmt: skip
+    config = write_config(tmp_path, sidecars, shutdown_timeout=20.0)
+    state = tmp_path / "state"
+    pids: list[int] = []
+    try:
+        with Daemon(config, state) as daemon:
+            for i in range(4):
+                daemon.wait_for("sidecar_ready", sidecar=f"s{i}")
+            wait_until(lambda: all(p.exists() for p in members), 20.0, "members forked")
+            pids = [int(p.read_text()) for p in members]
+            _no_more_fds(daemon.pid)
+            daemon.signal(signal.SIGTERM)
+            assert daemon.proc.wait(30) == 0, daemon.tail()
+        daemon.wait_for("process_scan_failed", timeout=0)  # the condition was really provoked
+        assert not daemon.find("shutdown_timeout_exceeded")
+        assert len(daemon.find("sidecar_stopped", escalated=True)) == 4
+        wait_until(lambda: all(pid_gone(pid) for pid in pids), 10.0, "members gone")
+        assert "Traceback" not in "\n".join(daemon.raw_lines)
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+# A real ControlServer in a process of its own: its RLIMIT_NOFILE is lowered below every fd it
+# holds before `serve`, so binding control.sock fails with a real EMFILE; then raised again.
+BIND_UNDER_EMFILE = """
+import json, resource, sys
+from pathlib import Path
+import anyio
+from supervisor import logs
+from supervisor.config import LogFormat, LogLevel
+from supervisor.control.events import EventHub
+from supervisor.control.server import ControlServer
+from supervisor.statedir import StateDir
+
+class Handler:
+    def status(self, names):
+        return {"supervisor": {"pid": 0}, "sidecars": []}
+    async def act(self, cmd, names):
+        return []
+
+async def main(state):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    server = ControlServer(state, Handler(), EventHub(), logs.get())
+    async with anyio.create_task_group() as tg:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (3, hard))
+        await tg.start(server.serve)
+        print("started", flush=True)
+        await anyio.to_thread.run_sync(sys.stdin.readline)  # the test saw it unbound
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        await anyio.to_thread.run_sync(sys.stdin.readline)  # the test has talked to it
+        tg.cancel_scope.cancel()
+
+logs.configure(LogFormat.JSON, LogLevel.INFO)
+with StateDir.open(Path(sys.argv[1]), create=True) as state:
+    anyio.run(main, state)
+"""
+
+
+@linux_only
+def test_a_control_socket_that_could_not_be_bound_is_retried(tmp_path: Path) -> None:
+    # Before: out of fds when binding, `control_unavailable` was final; every command said
+    # "does not accept connections" for the daemon's whole life.
+    state = tmp_path / "state"
+    server = subprocess.Popen(
+        [PYTHON, "-c", BIND_UNDER_EMFILE, str(state)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert server.stdin is not None and server.stdout is not None and server.stderr is not None
+    try:
+        assert server.stdout.readline() == "started\n"
+        assert not (state / "control.sock").exists()  # `serve` returned control to us unbound
+        server.stdin.write("\n")
+        server.stdin.flush()
+        wait_until((state / "control.sock").exists, 30.0, "control.sock bound by a retry")
+        with ControlClient(state) as client:
+            assert client.request("status")["ok"] is True
+        server.stdin.write("\n")
+        server.stdin.flush()
+        assert server.wait(30) == 0
+        events = [json.loads(line)["event"] for line in server.stderr.read().splitlines()]
+        assert events.index("control_unavailable") < events.index("control_listening")
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
