@@ -22,7 +22,6 @@ T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
 
-
 LOG_EVERY_S = 60.0  # a shortage lasts: one line per minute at most, with the count
 
 

@@ -25,6 +25,8 @@ from supervisor import paths, proctime
 from supervisor.control import protocol, unixsock
 from supervisor.control.protocol import Command, ErrorCode
 from supervisor.errors import (
+    EXIT_LOCKED,
+    EXIT_TIMEOUT,
     ConfigError,
     ControlError,
     NotRunningError,
@@ -32,6 +34,7 @@ from supervisor.errors import (
     StillRunningError,
     SupervisorError,
     UnknownSidecarError,
+    command,
 )
 from supervisor.statedir import PID_NAME, STATUS_NAME, StateDir, float_field, int_field
 
@@ -40,6 +43,25 @@ START_GRACE_S = 10.0  # a `supervisor run` this young that is not registered yet
 CONNECT_WAIT_S = 10.0  # a daemon that is starting binds its socket within this
 REPLY_TIMEOUT_S = 30.0  # a start/stop/restart answers once its stops are done
 MAX_LINE_BYTES = 16 << 20  # a status of many sidecars is big, but not this big
+
+
+class BusyError(ControlError):
+    """The daemon runs but takes no more clients now (its connection limit is reached, its
+    backlog is full) or did not answer in time (`no_answer`): exit 75 (EX_TEMPFAIL), never
+    "not running"."""
+
+    exit_code = EXIT_LOCKED
+
+    def __init__(self, state_dir: Path, pid: int, what: str, *, no_answer: bool = False) -> None:
+        super().__init__(
+            state_dir,
+            f"the supervisor (pid {pid}) of {state_dir} is busy: {what}",
+            "retry in a moment; if it stays busy, another program of yours holds its "
+            f"connections (see who with: ss -xp | grep {unixsock.SOCKET_NAME})",
+        )
+        self.pid = pid
+        self.what = what
+        self.no_answer = no_answer
 
 
 class RunningDaemon(NamedTuple):
@@ -242,14 +264,31 @@ class ReloadResult(NamedTuple):
     error: str | None
 
 
-def reload(daemon: RunningDaemon, *, wait: bool) -> ReloadResult:
+class ReloadTimeoutError(SupervisorError):
+    """`reload --wait --timeout S`: the daemon did not finish applying the config in time."""
+
+    exit_code = EXIT_TIMEOUT
+
+    def __init__(self, state_dir: Path, waited_s: float) -> None:
+        self.state_dir = state_dir
+        self.waited_s = waited_s
+        super().__init__(
+            f"the reload is not done after {waited_s:g}s (the daemon goes on with it: its new "
+            "sidecars are still starting); wait longer, or see why with "
+            f'"{command("status", "--state-dir", state_dir)}"'
+        )
+
+
+def reload(daemon: RunningDaemon, *, wait: bool, timeout_s: float | None = None) -> ReloadResult:
     """SIGHUP; with `wait`, return once the daemon has applied or rejected a reload that began
-    after it received this signal (it counts SIGHUPs in status.json: see Daemon._reload)."""
+    after it received this signal (it counts SIGHUPs in status.json: see Daemon._reload);
+    ReloadTimeoutError after `timeout_s`."""
     before = _reload_record(daemon).get("received")
     received = before if isinstance(before, int) else 0
     send(daemon, signal.SIGHUP)
     if not wait:
         return ReloadResult(True, None)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     delay = 0.005
     while True:
         record = _reload_record(daemon)
@@ -259,7 +298,10 @@ def reload(daemon: RunningDaemon, *, wait: bool) -> ReloadResult:
             return ReloadResult(record.get("result") == "applied", str(error) if error else None)
         if not is_our_daemon(daemon.pid, daemon.create_time):
             raise NotRunningError(daemon.state_dir)
-        time.sleep(delay)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise ReloadTimeoutError(daemon.state_dir, timeout_s or 0.0)
+        pause = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
+        time.sleep(pause)
         delay = min(delay * 2, STOP_POLL_MAX_S)
 
 
@@ -291,6 +333,15 @@ class Connection:
         while True:
             try:
                 sock = _connect(daemon)
+            except (BlockingIOError, TimeoutError):
+                # Its backlog is full: it is alive and accepting, just not us yet.
+                if time.monotonic() >= deadline:
+                    raise BusyError(
+                        daemon.state_dir, daemon.pid, f"no connection accepted within {wait_s:g}s"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+                continue
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 if not proctime.is_alive(daemon.pid, daemon.create_time):
                     raise NotRunningError(daemon.state_dir) from None
@@ -333,7 +384,9 @@ class Connection:
         try:
             self._sock.sendall(protocol.encode(protocol.request(request_id, cmd, names)))
         except OSError as exc:
-            raise self._lost(exc) from None
+            # It may have refused us (busy) and closed before our request went out: its one
+            # line says so, and is still there to read.
+            raise self._refusal() or self._lost(exc) from None
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             message = self._receive(deadline)
@@ -342,6 +395,8 @@ class Connection:
             if "event" in message and "id" not in message:
                 self._events.append(message)
                 continue
+            if message.get("id") is None and message.get("ok") is False:
+                raise self._error(message.get("error"))  # refused as it connected: busy
             if message.get("id") != request_id:
                 continue
             if message.get("ok") is True:
@@ -398,6 +453,16 @@ class Connection:
                 self._eof = True
             self._buffer += data
 
+    def _refusal(self) -> Exception | None:
+        """The error of a refusal line the daemon sent before closing, if there is one."""
+        try:
+            message = self._receive(time.monotonic() + 1.0)
+        except (OSError, SupervisorError):
+            return None
+        if message is None or message.get("ok") is not False:
+            return None
+        return self._error(message.get("error"))
+
     def _lost(self, exc: OSError) -> Exception:
         if exc.errno in (errno.EPIPE, errno.ECONNRESET):
             return NotRunningError(self.daemon.state_dir)
@@ -416,6 +481,8 @@ class Connection:
             )
         if code == ErrorCode.SHUTTING_DOWN:
             return NotRunningError(state_dir)
+        if code == ErrorCode.BUSY:
+            return BusyError(state_dir, self.daemon.pid, message)
         return ControlError(state_dir, f"the supervisor refused the request ({code}): {message}")
 
 

@@ -4,6 +4,11 @@ Every client is bounded: a request line is at most 64 KiB (a longer one gets `to
 skipped), its outgoing queue at most OUTBOX_BYTES (a client that stops reading is dropped, never
 waited for), and at most MAX_CLIENTS are connected at once (the next one gets `busy`). Nothing a
 client sends can raise into the daemon: a bug in a handler is logged and answered `internal`.
+
+Supervision has priority over clients: all of the server's work together (accepting, reading,
+parsing, replying) may take at most CONTROL_SHARE of the event loop's time in each
+BUDGET_WINDOW_S; past that, every client waits for the next window, and the sidecars' exits,
+probes and respawns run meanwhile (`Budget`). Only under a flood is anyone made to wait.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import contextlib
 import errno
 import os
 import socket
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Protocol
@@ -35,6 +41,37 @@ ACCEPT_RETRY_S = 0.1  # out of fds: nothing to wait on but time
 BIND_RETRY_MAX_S = 5.0  # out of fds at start: the socket is tried again, at most this apart
 
 _ACCEPT_SHORTAGE = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+CONTROL_SHARE = 0.2
+BUDGET_WINDOW_S = 0.05
+
+
+class Budget:
+    """The event loop's time the control server may use: at most `share` of each window."""
+
+    def __init__(self, share: float = CONTROL_SHARE, window_s: float = BUDGET_WINDOW_S) -> None:
+        self._limit_s = share * window_s
+        self._window_s = window_s
+        self._began = time.perf_counter()
+        self._used_s = 0.0
+
+    def _roll(self, now: float) -> None:
+        if now - self._began >= self._window_s:
+            self._began = now
+            self._used_s = 0.0
+
+    def charge(self, since: float) -> None:
+        """Work that began at `since` (time.perf_counter()) is done: count it."""
+        now = time.perf_counter()
+        self._roll(now)
+        self._used_s += now - since
+
+    async def turn(self) -> None:
+        """Return at once while the window has time left; else wait for the next window."""
+        now = time.perf_counter()
+        self._roll(now)
+        if self._used_s < self._limit_s:
+            return
+        await anyio.sleep(self._began + self._window_s - now)
 
 
 class Handler(Protocol):
@@ -156,6 +193,7 @@ class ControlServer:
         self._tg: anyio.abc.TaskGroup | None = None
         self._full = False
         self._accept_failing = False
+        self.budget = Budget()
 
     @property
     def clients(self) -> int:
@@ -205,6 +243,8 @@ class ControlServer:
             if not ready:
                 await anyio.wait_readable(listener)
             ready = True
+            await self.budget.turn()
+            began = time.perf_counter()
             try:
                 sock, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -226,6 +266,7 @@ class ControlServer:
             if client is not None:
                 self._clients.add(client)
                 tg.start_soon(self._run_client, client)
+            self.budget.charge(began)
             await anyio.lowlevel.checkpoint()  # a flood of connections shares the loop
 
     def _admit(self, sock: socket.socket) -> Client | None:
@@ -275,6 +316,8 @@ class ControlServer:
         discarding = False  # inside an oversized line: skip to its end
         while True:
             await anyio.wait_readable(client.sock)
+            await self.budget.turn()
+            began = time.perf_counter()
             try:
                 data = client.sock.recv(READ_CHUNK)
             except (BlockingIOError, InterruptedError):
@@ -300,8 +343,12 @@ class ControlServer:
                     continue
                 if line.strip():
                     await self._handle(client, line)
+                self.budget.charge(began)
                 if b"\n" in pending:
+                    await self.budget.turn()
                     await anyio.lowlevel.checkpoint()  # a burst of requests shares the loop
+                began = time.perf_counter()
+            self.budget.charge(began)
 
     # -- requests ------------------------------------------------------------------------------
 

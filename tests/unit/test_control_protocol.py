@@ -316,3 +316,24 @@ def test_command_quotes_anything(arg: str) -> None:
     assert shlex.split(errors.command("status", "--state-dir", arg)) == [
         "supervisor", "status", "--state-dir", arg,
     ]  # fmt: skip
+
+
+@pytest.mark.anyio
+async def test_the_control_budget_makes_clients_wait_for_the_next_window_once_spent() -> None:
+    import time
+
+    import anyio
+
+    from supervisor.control.server import Budget
+
+    budget = Budget(share=0.2, window_s=0.2)  # 40 ms of work per 200 ms window
+    began = time.perf_counter()
+    await budget.turn()  # nothing spent: no wait
+    budget.charge(began - 0.01)  # 10 ms (and then some) spent
+    await budget.turn()  # still under 40 ms: no wait
+    budget.charge(time.perf_counter() - 0.05)  # another 50 ms: over the share
+    before = anyio.current_time()
+    await budget.turn()
+    waited = anyio.current_time() - before
+    assert waited > 0.0  # it slept until the window ended (a lower bound: load only adds)
+    await budget.turn()  # a new window: no wait
