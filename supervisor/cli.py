@@ -267,8 +267,8 @@ def _cmd_logs(args: argparse.Namespace) -> int:
             if data:
                 out.write(data)
                 out.flush()
-            else:
-                time.sleep(tail.POLL_S)
+            # A writer that is busy now may rotate soon: look again sooner.
+            time.sleep(tail.BUSY_POLL_S if data else tail.POLL_S)
     finally:
         reader.close()
     return EXIT_OK

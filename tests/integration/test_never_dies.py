@@ -577,3 +577,91 @@ def test_under_a_garbage_flood_supervision_goes_on_and_clients_are_answered(
                 if flooder.stdout is not None:
                     flooder.stdout.close()
         assert daemon.stop() == 0
+
+
+# -- logs -f never loses a line without saying so --------------------------------------------------
+
+CHATTY = """
+import os, sys, time
+go, count = sys.argv[1], int(sys.argv[2])
+print("waiting", flush=True)  # output.log exists: `logs -f` follows it from its end
+while not os.path.exists(go):
+    time.sleep(0.01)
+for n in range(count):
+    print(f"line {n}")
+print("done", flush=True)
+time.sleep(600)
+"""
+
+
+def _read_until(fd: int, suffix: bytes, timeout: float) -> bytes:
+    """Bytes from the pipe `fd` until a line ends with `suffix`, bounded by `timeout`."""
+    import selectors
+
+    data = b""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=0.5):
+                continue
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            data += chunk
+            if data.endswith(suffix + b"\n"):
+                return data
+    raise AssertionError(f"no {suffix!r} within {timeout}s; got {data[-300:]!r}")
+
+
+@linux_only
+def test_logs_follow_counts_the_lines_that_rotated_away_while_it_was_stopped(
+    tmp_path: Path,
+) -> None:
+    count = 20_000  # ~230 KB through 4 KiB files with 2 backups: most rotate away unread
+    go = tmp_path / "go"
+    sidecar = {
+        "name": "web",
+        "command": [PYTHON, "-c", CHATTY, str(go), str(count)],
+        "output": {"max_bytes": 4096, "backups": 2},
+    }
+    config = write_config(tmp_path, [sidecar])
+    state = tmp_path / "state"
+    with Daemon(config, state, log_level="warning") as daemon:
+        wait_until(lambda: b"waiting" in _output_log_tail(state), 20.0, "output.log")
+        follower = subprocess.Popen(
+            [PYTHON, "-m", "supervisor", "logs", "web", "-f", "-n", "0", "-c", str(config),
+             "--state-dir", str(state)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+        )  # fmt: skip
+        assert follower.stdout is not None
+        try:
+            wait_until(lambda: _sleeping(follower.pid), 30.0, "logs -f polling")
+            follower.send_signal(signal.SIGSTOP)  # a reader that falls behind, for real
+            go.touch()
+            wait_until(lambda: b"done" in _output_log_tail(state), 60.0, "the writer done")
+            follower.send_signal(signal.SIGCONT)
+            text = _read_until(follower.stdout.fileno(), b" done", 60.0).decode()
+        finally:
+            follower.send_signal(signal.SIGCONT)
+            follower.kill()
+            follower.communicate(timeout=30)
+        assert daemon.stop() == 0
+    seen, lost = [], 0
+    for line in text.splitlines()[:-1]:  # "<time> stdout line N", the markers, then "done"
+        if line.startswith("-- supervisor: "):
+            assert "of web's output rotated away unread here" in line
+            lost += int(line.split()[2])
+        else:
+            seen.append(int(line.split()[-1]))
+    assert lost > 0, (len(seen), seen[:5], text[:500])  # the condition was provoked
+    assert seen == sorted(seen) and len(set(seen)) == len(seen)
+    assert len(seen) + lost == count  # each line printed or counted: none lost silently
+
+
+def _output_log_tail(state: Path) -> bytes:
+    try:
+        with open(state / "web" / "output.log", "rb") as log:
+            return log.read()[-64:]
+    except OSError:
+        return b""
