@@ -2,7 +2,8 @@
 
 One JSON file per state dir, `daemon-<checksum of the state dir>.json`, in the user runtime dir
 (`paths.runtime_dir`): `{"pid", "create_time", "state_dir", "config", "started_at"}`. A daemon
-writes its entry once its control socket listens and removes it when it exits. An entry is
+writes its entry right after it takes its lock (findable from its first instant) and removes it
+when it exits. An entry is
 only a pointer: readers verify it (the state dir's `supervisor.pid` names the same live `supervisor
 run` of our uid, pid and create time) and remove entries whose process is gone.
 
@@ -109,7 +110,8 @@ def register(
     }
     with open_folder(create=True) as folder:
         try:
-            folder.write(entry_name(state_dir), record)
+            # A pointer for the life of a process: no fsync on the way to the first spawn.
+            folder.write(entry_name(state_dir), record, durable=False)
         except OSError as exc:
             raise RegistryError(folder.path, exc.strerror or str(exc)) from None
 

@@ -341,9 +341,9 @@ class ControlServer:
                 if discarding:
                     discarding = False
                     continue
+                self.budget.charge(began)  # the read and split so far
                 if line.strip():
-                    await self._handle(client, line)
-                self.budget.charge(began)
+                    await self._handle(client, line)  # charges its own part
                 if b"\n" in pending:
                     await self.budget.turn()
                     await anyio.lowlevel.checkpoint()  # a burst of requests shares the loop
@@ -353,13 +353,20 @@ class ControlServer:
     # -- requests ------------------------------------------------------------------------------
 
     async def _handle(self, client: Client, line: bytes) -> None:
+        """Answer one request line; its synchronous work is charged to the budget."""
+        began = time.perf_counter()
         try:
             request = protocol.parse_request(line)
         except ProtocolError as exc:
             self.log.debug("control_request_rejected", code=exc.code.value, error=exc.message)
             client.send(exc.reply())
+            self.budget.charge(began)
             return
         self.log.debug("control_request", cmd=request.cmd.value, names=list(request.names))
+        action = request.cmd in protocol.ACTIONS
+        if action:
+            # What an action waits for (its sidecars' stops and starts) is not the server's.
+            self.budget.charge(began)
         try:
             result = await self._result(client, request)
         except ProtocolError as exc:
@@ -373,6 +380,8 @@ class ControlServer:
             )
         else:
             client.send(protocol.ok_reply(request.id, result))
+        if not action:
+            self.budget.charge(began)
 
     async def _result(self, client: Client, request: Request) -> object:
         match request.cmd:
