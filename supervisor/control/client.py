@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import socket
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from supervisor import paths, proctime
-from supervisor.control import protocol, unixsock
+from supervisor.control import protocol, starting, unixsock
 from supervisor.control.protocol import Command, ErrorCode
 from supervisor.errors import (
     EXIT_LOCKED,
@@ -39,7 +38,6 @@ from supervisor.errors import (
 from supervisor.statedir import PID_NAME, STATUS_NAME, StateDir, float_field, int_field
 
 STOP_POLL_MAX_S = 0.05
-START_GRACE_S = 10.0  # a `supervisor run` this young that is not registered yet is starting
 CONNECT_WAIT_S = 10.0  # a daemon that is starting binds its socket within this
 REPLY_TIMEOUT_S = 30.0  # a start/stop/restart answers once its stops are done
 MAX_LINE_BYTES = 16 << 20  # a status of many sidecars is big, but not this big
@@ -150,13 +148,13 @@ def running(config_arg: str | None, state_dir_arg: str | None) -> list[RunningDa
     A daemon is findable from its first instant: while a `supervisor run` of this registry is
     starting (exec'd, not yet locked and registered, START_GRACE_S at most), this waits for it
     rather than answer "not running" (`supervisor run ... & supervisor wait web`)."""
-    deadline = time.monotonic() + START_GRACE_S
+    deadline = time.monotonic() + starting.START_GRACE_S
     delay = 0.005
     while True:
         try:
             return _running_now(config_arg, state_dir_arg)
         except NotRunningError:
-            if time.monotonic() >= deadline or not starting_daemons():
+            if time.monotonic() >= deadline or not starting.starting_daemons():
                 raise
         time.sleep(delay)
         delay = min(delay * 2, STOP_POLL_MAX_S)
@@ -168,54 +166,6 @@ def _running_now(config_arg: str | None, state_dir_arg: str | None) -> list[Runn
         if daemons:
             return daemons
     return [find_daemon(resolve_state_dir(config_arg, state_dir_arg), config_arg)]
-
-
-# What decides where a daemon registers (paths.runtime_dir): a starting daemon with other values
-# registers elsewhere, and is not waited for.
-_REGISTRY_ENV = (paths.RUNTIME_DIR_ENV, "XDG_RUNTIME_DIR", "TMPDIR")
-
-
-def starting_daemons() -> list[int]:
-    """`supervisor run` processes of our uid and of this registry, younger than START_GRACE_S,
-    that the registry does not list yet: daemons on their way to lock and register (Linux; a
-    scan of /proc, made only when no daemon was found)."""
-    if sys.platform != "linux":
-        return []
-    from supervisor import registry
-
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return []
-    listed = {entry.pid for entry in registry.entries()}
-    ours = {key: os.environ.get(key) for key in _REGISTRY_ENV}
-    now = time.time()
-    found = []
-    for name in names:
-        if not name.isdigit() or int(name) in listed or int(name) == os.getpid():
-            continue
-        pid = int(name)
-        created = proctime.create_time(pid)
-        if created is None or now - created > START_GRACE_S or not proctime.is_supervisor_run(pid):
-            continue
-        if _environ_of(pid, _REGISTRY_ENV) == ours:
-            found.append(pid)
-    return found
-
-
-def _environ_of(pid: int, keys: Sequence[str]) -> dict[str, str | None] | None:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as environ:
-            data = environ.read(1 << 20)
-    except OSError:
-        return None
-    values: dict[str, str | None] = dict.fromkeys(keys)
-    for item in data.split(b"\0"):
-        key, _, value = item.partition(b"=")
-        text = key.decode(errors="replace")
-        if text in values:
-            values[text] = value.decode(errors="replace")
-    return values
 
 
 def the_daemon(config_arg: str | None, state_dir_arg: str | None) -> RunningDaemon:

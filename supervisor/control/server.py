@@ -8,7 +8,7 @@ client sends can raise into the daemon: a bug in a handler is logged and answere
 Supervision has priority over clients: all of the server's work together (accepting, reading,
 parsing, replying) may take at most CONTROL_SHARE of the event loop's time in each
 BUDGET_WINDOW_S; past that, every client waits for the next window, and the sidecars' exits,
-probes and respawns run meanwhile (`Budget`). Only under a flood is anyone made to wait.
+probes and respawns run meanwhile (`budget.Budget`). Only under a flood is anyone made to wait.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from structlog.typing import FilteringBoundLogger
 
 from supervisor import workers
 from supervisor.control import protocol, unixsock
+from supervisor.control.budget import Budget
 from supervisor.control.events import EventHub
 from supervisor.control.protocol import Command, ErrorCode, ProtocolError, Request
 from supervisor.statedir import StateDir
@@ -41,37 +42,6 @@ ACCEPT_RETRY_S = 0.1  # out of fds: nothing to wait on but time
 BIND_RETRY_MAX_S = 5.0  # out of fds at start: the socket is tried again, at most this apart
 
 _ACCEPT_SHORTAGE = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-CONTROL_SHARE = 0.2
-BUDGET_WINDOW_S = 0.05
-
-
-class Budget:
-    """The event loop's time the control server may use: at most `share` of each window."""
-
-    def __init__(self, share: float = CONTROL_SHARE, window_s: float = BUDGET_WINDOW_S) -> None:
-        self._limit_s = share * window_s
-        self._window_s = window_s
-        self._began = time.perf_counter()
-        self._used_s = 0.0
-
-    def _roll(self, now: float) -> None:
-        if now - self._began >= self._window_s:
-            self._began = now
-            self._used_s = 0.0
-
-    def charge(self, since: float) -> None:
-        """Work that began at `since` (time.perf_counter()) is done: count it."""
-        now = time.perf_counter()
-        self._roll(now)
-        self._used_s += now - since
-
-    async def turn(self) -> None:
-        """Return at once while the window has time left; else wait for the next window."""
-        now = time.perf_counter()
-        self._roll(now)
-        if self._used_s < self._limit_s:
-            return
-        await anyio.sleep(self._began + self._window_s - now)
 
 
 class Handler(Protocol):

@@ -324,7 +324,7 @@ async def test_the_control_budget_makes_clients_wait_for_the_next_window_once_sp
 
     import anyio
 
-    from supervisor.control.server import Budget
+    from supervisor.control.budget import Budget
 
     budget = Budget(share=0.2, window_s=0.2)  # 40 ms of work per 200 ms window
     began = time.perf_counter()
