@@ -137,9 +137,12 @@ def _ask(
     try:
         return conn.request(cmd, names, timeout_s=timeout_s)
     except TimeoutError:
-        from supervisor.errors import NoAnswerError
+        from supervisor.control.client import BusyError
 
-        raise NoAnswerError(conn.daemon.state_dir, conn.daemon.pid, cmd, timeout_s or 0.0) from None
+        # Alive and connected, but no answer: busy (exit 75), never "not running".
+        daemon = conn.daemon
+        what = f"no answer to {cmd} within {timeout_s or 0.0:g}s"
+        raise BusyError(daemon.state_dir, daemon.pid, what, no_answer=True) from None
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -222,12 +225,15 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     from supervisor import control
 
     if args.names:
-        from supervisor.errors import NoAnswerError, StillStoppingError
+        from supervisor.control.client import BusyError
+        from supervisor.errors import StillStoppingError
 
         try:
             # A stop answers once the sidecars are gone: that may take their stop.timeout.
             return _act(args, control.Command.STOP, args.wait)
-        except NoAnswerError:
+        except BusyError as exc:
+            if not exc.no_answer:
+                raise  # refused before asking: nothing is stopping
             raise StillStoppingError(args.names, args.wait or 0.0) from None
     daemon = _running(args)
     if args.no_wait:
@@ -244,7 +250,9 @@ def _cmd_reload(args: argparse.Namespace) -> int:
     from supervisor import control
 
     daemon = _running(args)
-    result = control.reload(daemon, wait=args.wait)
+    result = control.reload(
+        daemon, wait=args.wait or args.timeout is not None, timeout_s=args.timeout
+    )
     if not result.applied:
         _fail(f"the new config was rejected: {result.error}; the daemon keeps the old one")
         return EXIT_USAGE
@@ -357,8 +365,8 @@ def _cmd_logs(args: argparse.Namespace) -> int:
             if data:
                 out.write(data)
                 out.flush()
-            else:
-                time.sleep(tail.POLL_S)
+            # A writer that is busy now may rotate soon: look again sooner.
+            time.sleep(tail.BUSY_POLL_S if data else tail.POLL_S)
     finally:
         reader.close()
     return EXIT_OK
@@ -661,6 +669,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="return only once the daemon has applied the new config (exit 0) or rejected it "
         "(exit 2, with the error)",
+    )
+    reload.add_argument(
+        "--timeout",
+        type=_positive_float,
+        metavar="S",
+        help="with --wait (implied): give up waiting after S seconds (exit 4; the reload goes on)",
     )
     daemon_opts(reload)
 

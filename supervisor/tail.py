@@ -2,9 +2,15 @@
 
 Every file is opened through the state dir's fd without following a symlink, like the daemon
 writes them. The last lines continue into `output.log.1`, `.2`, ... when output.log has fewer.
-Following polls (every POLL_S): when `output.log` names another file (a rotation) the old one is
-read to its end, then any rotated file written meanwhile, then the new one from its start; a
-file that shrank (truncated) is read again from its start.
+
+Following (`Follower`) tracks files by identity (device, inode), never by name: each poll lists
+`output.log` and its backups, opens every file newer than the one being read (an open file can
+be read to its end even once it is rotated out and deleted), and reads them in order, each to
+its end. Lines can still go unread: files written and rotated out between two polls (a reader
+that was stopped, a writer far faster than the poll). Those are never skipped silently: the
+writer stamps each file with the number of lines before it (rotating.FIRST_LINE_XATTR), so the
+follower knows how many it missed and says so (`Lost`). A file that shrank (truncated) is read
+again from its start.
 """
 
 from __future__ import annotations
@@ -13,15 +19,18 @@ import contextlib
 import os
 import stat
 from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 
 from supervisor.config import NAME_RE, SidecarConfig
 from supervisor.config.parse import MAX_BACKUPS  # no more rotated files than this to look at
 from supervisor.errors import EXIT_USAGE, StateDirError, SupervisorError
 from supervisor.sidecar.outputlog import OUTPUT_NAME
+from supervisor.system.rotating import FIRST_LINE_XATTR
 from supervisor.system.statedir import STATUS_NAME, RecordError, StateDir
 
-POLL_S = 0.1
+POLL_S = 0.1  # when nothing came; right after data came, BUSY_POLL_S (a writer is busy)
+BUSY_POLL_S = 0.005
 BLOCK = 65536
 
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -130,6 +139,172 @@ def _is_folder(dir_fd: int, name: str) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class Lost:
+    """Lines that rotated away before they could be read: `lines` of them (None: unknown)."""
+
+    lines: int | None
+
+    def marker(self, name: str) -> bytes:
+        count = f"{self.lines} lines" if self.lines is not None else "lines"
+        return f"-- supervisor: {count} of {name}'s output rotated away unread here --\n".encode()
+
+
+Item = bytes | Lost  # what a Follower yields: data, in order, and where lines went missing
+
+
+class _Open:
+    """One file being followed: its fd, identity, how far it was read and its line count."""
+
+    def __init__(self, fd: int, identity: tuple[int, int]) -> None:
+        self.fd = fd
+        self.identity = identity
+        self.offset = 0
+        self.lines = 0  # newlines read so far (from `offset` 0)
+        self.first_line = _first_line(fd)
+
+    def read_on(self) -> bytes:
+        chunks = []
+        while chunk := os.pread(self.fd, BLOCK, self.offset):
+            chunks.append(chunk)
+            self.offset += len(chunk)
+            self.lines += chunk.count(b"\n")
+        return b"".join(chunks)
+
+    def skip_to(self, offset: int) -> None:
+        """Start after the first `offset` bytes (lines counted, not returned)."""
+        self.offset = 0
+        self.lines = 0
+        while self.offset < offset and (
+            chunk := os.pread(self.fd, min(BLOCK, offset - self.offset), self.offset)
+        ):
+            self.offset += len(chunk)
+            self.lines += chunk.count(b"\n")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+def _first_line(fd: int) -> int | None:
+    try:
+        return int(os.getxattr(fd, FIRST_LINE_XATTR))
+    except (OSError, ValueError):
+        return None
+
+
+class Follower:
+    """Follows `name` and its rotated backups in the folder `folder` (an fd it does not own).
+
+    `poll()` returns what was written since the last poll as Items: data in order, and a `Lost`
+    wherever lines rotated away unread. Reusable for any file rotated by rotating.RotatingFile.
+    """
+
+    def __init__(self, folder: int, name: str = OUTPUT_NAME) -> None:
+        self.folder = folder
+        self.name = name
+        self._files: list[_Open] = []  # oldest first: [0] is being read, the rest wait
+        self._from_first_line = False  # nothing was there: every line the writer writes
+
+    def start_at_end(self) -> None:
+        """Follow from the current end of `name` (what `last` showed is not repeated)."""
+        self.close()
+        opened = self._open(self.name)
+        if opened is not None:
+            opened.skip_to(os.fstat(opened.fd).st_size)
+            self._files.append(opened)
+        else:
+            self._from_first_line = True
+
+    def poll(self) -> list[Item]:
+        items: list[Item] = []
+        if not self._files and not self._first_files(items):
+            return []
+        self._discover()
+        while True:
+            current = self._files[0]
+            if os.fstat(current.fd).st_size < current.offset:  # truncated in place
+                current.offset = current.lines = 0
+            data = current.read_on()
+            if data:
+                items.append(data)
+            if len(self._files) == 1:
+                return items
+            # A newer file exists: this one is final (the writer rotated it before that one).
+            data = current.read_on()
+            if data:
+                items.append(data)
+            nxt = self._files[1]
+            lost = _lost_between(current, nxt)
+            if lost is not None:
+                items.append(lost)
+            current.close()
+            self._files.pop(0)
+
+    def _first_files(self, items: list[Item]) -> bool:
+        """The first file(s) to appear: `name`; or, when nothing was there at the start, every
+        file from the oldest backup on, and the lines that rotated away before (Lost)."""
+        if not self._from_first_line:
+            opened = self._open(self.name)
+            if opened is not None:
+                self._files.append(opened)
+            return bool(self._files)
+        self._discover()
+        if self._files:
+            self._from_first_line = False
+            first = self._files[0].first_line
+            if first:
+                items.append(Lost(first))
+        return bool(self._files)
+
+    def _discover(self) -> None:
+        """Open every file newer than those followed, oldest first (by identity)."""
+        known = {f.identity for f in self._files}
+        newer: list[tuple[int, int]] = []
+        names = [self.name] + [f"{self.name}.{n}" for n in range(1, MAX_BACKUPS + 1)]
+        listing = []
+        for name in names:
+            try:
+                info = os.stat(name, dir_fd=self.folder, follow_symlinks=False)
+            except OSError:
+                if name != self.name:
+                    break
+                continue  # between a rotation's rename and the new file
+            listing.append((name, _identity(info)))
+        for _name, identity in listing:  # newest first
+            if identity in known:
+                break
+            newer.append(identity)
+        for name, identity in reversed(listing):
+            if identity not in newer:
+                continue
+            opened = self._open(name)
+            if opened is not None and opened.identity == identity:
+                self._files.append(opened)
+            elif opened is not None:  # rotated on meanwhile: next poll finds it
+                opened.close()
+                break
+
+    def _open(self, name: str) -> _Open | None:
+        fd = _open_file(self.folder, name)
+        if fd is None:
+            return None
+        return _Open(fd, _identity(os.fstat(fd)))
+
+    def close(self) -> None:
+        for opened in self._files:
+            opened.close()
+        self._files = []
+
+
+def _lost_between(done: _Open, nxt: _Open) -> Lost | None:
+    """Lines the writer put between the end of `done` and the start of `nxt` (None if none)."""
+    if done.first_line is None or nxt.first_line is None:
+        return None  # not stamped (no xattrs here): nothing to count with
+    missing = nxt.first_line - (done.first_line + done.lines)
+    return Lost(missing) if missing > 0 else None
+
+
 class OutputReader:
     """One sidecar's output.log: `last(n)`, then `follow()` for what is written after."""
 
@@ -137,9 +312,7 @@ class OutputReader:
         self.state_dir = state_dir
         self.name = name
         self._folder: int | None = None
-        self._fd: int | None = None  # the file being followed
-        self._identity: tuple[int, int] | None = None
-        self._offset = 0
+        self._follower: Follower | None = None
 
     @classmethod
     def open(
@@ -168,13 +341,15 @@ class OutputReader:
         folder = self._ensure_folder()
         if folder is None:
             return []
-        self._fd = _open_file(folder, OUTPUT_NAME)
+        self._follower = Follower(folder)
+        self._follower.start_at_end()
+        fd = _open_file(folder, OUTPUT_NAME)
         lines: list[bytes] = []
-        if self._fd is not None:
-            info = os.fstat(self._fd)
-            self._identity = _identity(info)
-            self._offset = info.st_size
-            lines = _tail_of(self._fd, info.st_size, count)
+        if fd is not None:
+            try:
+                lines = _tail_of(fd, os.fstat(fd).st_size, count)
+            finally:
+                os.close(fd)
         for n in range(1, MAX_BACKUPS + 1):
             if len(lines) >= count:
                 break
@@ -189,81 +364,22 @@ class OutputReader:
         return lines
 
     def follow(self) -> bytes:
-        """What was written since the last call (b"" if nothing yet)."""
+        """What was written since the last call (b"" if nothing yet), a marker line in place of
+        lines that rotated away unread."""
         folder = self._ensure_folder()
         if folder is None:
             return b""
-        if self._fd is None:
-            self._fd = _open_file(folder, OUTPUT_NAME)
-            if self._fd is None:
-                return b""
-            self._identity = _identity(os.fstat(self._fd))
-            self._offset = 0
-        data = self._read_on()
-        try:
-            current = _identity(os.stat(OUTPUT_NAME, dir_fd=folder, follow_symlinks=False))
-        except OSError:
-            return data  # between a rotation's rename and the new file: next time
-        if current != self._identity:
-            return data + self._rotated(folder)
-        if os.fstat(self._fd).st_size < self._offset:  # truncated in place
-            self._offset = 0
-            return data + self._read_on()
-        return data
-
-    def _read_on(self) -> bytes:
-        if self._fd is None:
-            return b""
-        chunks = []
-        while chunk := os.pread(self._fd, BLOCK, self._offset):
-            chunks.append(chunk)
-            self._offset += len(chunk)
-        return b"".join(chunks)
-
-    def _rotated(self, folder: int) -> bytes:
-        """output.log is a new file: the rest of ours, the files in between, then the new one."""
-        data = [self._read_on()]  # lines written just before the rename
-        missed: list[str] = []
-        for n in range(1, MAX_BACKUPS + 1):
-            backup = f"{OUTPUT_NAME}.{n}"
-            try:
-                info = os.stat(backup, dir_fd=folder, follow_symlinks=False)
-            except OSError:
-                missed = []  # ours is gone (backups = 0, or rotated out): nothing to add
-                break
-            if _identity(info) == self._identity:
-                break
-            missed.append(backup)
-        for backup in reversed(missed):  # oldest first
-            fd = _open_file(folder, backup)
-            if fd is not None:
-                try:
-                    data.append(_read_all(fd))
-                finally:
-                    os.close(fd)
-        self._close_file()
-        data.append(self.follow())
-        return b"".join(data)
-
-    def _close_file(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = None
-            self._identity = None
-            self._offset = 0
+        if self._follower is None:
+            self._follower = Follower(folder)
+        return b"".join(
+            item if isinstance(item, bytes) else item.marker(self.name)
+            for item in self._follower.poll()
+        )
 
     def close(self) -> None:
-        self._close_file()
+        if self._follower is not None:
+            self._follower.close()
+            self._follower = None
         if self._folder is not None:
             os.close(self._folder)
             self._folder = None
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    offset = 0
-    while chunk := os.pread(fd, BLOCK, offset):
-        chunks.append(chunk)
-        offset += len(chunk)
-    return b"".join(chunks)

@@ -15,6 +15,7 @@ from supervisor.config.schema import (
     DEFAULT_BACKUPS,
     DEFAULT_MAX_BYTES,
     NAME_RE,
+    RESERVED_NAMES,
     Condition,
     Config,
     ConsentMode,
@@ -178,6 +179,11 @@ def _sidecar(table: Table, base_dir: Path | None) -> SidecarConfig:
             table.path("name"),
             f"must match {NAME_RE.pattern} (lowercase letters, digits, _ . -), "
             f"got {describe(name)}",
+        )
+    elif name in RESERVED_NAMES:
+        problems.add(
+            table.path("name"),
+            f'"{name}" is a file of the state dir itself; choose another name',
         )
     command = table.argv("command", required=True)
     cwd = _path(table, "cwd", base_dir)

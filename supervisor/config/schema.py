@@ -11,6 +11,9 @@ from pathlib import Path
 from types import MappingProxyType
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+# A sidecar's folder is `<state dir>/<name>`: these names are the state dir's own files
+# (statedir.py, control/unixsock.py; tests/unit/test_config.py keeps the lists equal).
+RESERVED_NAMES = frozenset({"control.sock", "status.json", "supervisor.lock", "supervisor.pid"})
 
 
 class LogFormat(StrEnum):

@@ -20,9 +20,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from supervisor.control import protocol, unixsock
+from supervisor.control import protocol, starting, unixsock
 from supervisor.control.protocol import Command, ErrorCode
 from supervisor.errors import (
+    EXIT_LOCKED,
+    EXIT_TIMEOUT,
     ConfigError,
     ControlError,
     NotRunningError,
@@ -31,8 +33,8 @@ from supervisor.errors import (
     StillRunningError,
     SupervisorError,
     UnknownSidecarError,
+    command,
 )
-from supervisor.evidence import tags
 from supervisor.system import paths, proctime
 from supervisor.system.statedir import PID_NAME, STATUS_NAME, StateDir, float_field, int_field
 
@@ -40,6 +42,28 @@ STOP_POLL_MAX_S = 0.05
 CONNECT_WAIT_S = 10.0  # a daemon that is starting binds its socket within this
 REPLY_TIMEOUT_S = 30.0  # a start/stop/restart answers once its stops are done
 MAX_LINE_BYTES = 16 << 20  # a status of many sidecars is big, but not this big
+
+
+class BusyError(ControlError):
+    """The daemon runs but takes no more clients now (its connection limit is reached, its
+    backlog is full) or did not answer in time (`no_answer`): exit 75 (EX_TEMPFAIL), never
+    "not running"."""
+
+    exit_code = EXIT_LOCKED
+
+    def __init__(
+        self, state_dir: Path, pid: int | None, what: str, *, no_answer: bool = False
+    ) -> None:
+        who = f"the supervisor (pid {pid})" if pid is not None else "the supervisor"
+        super().__init__(
+            state_dir,
+            f"{who} of {state_dir} is busy: {what}",
+            "retry in a moment; if it stays busy, another program of yours holds its "
+            f"connections (see who with: ss -xp | grep {unixsock.SOCKET_NAME})",
+        )
+        self.pid = pid
+        self.what = what
+        self.no_answer = no_answer
 
 
 class RunningDaemon(NamedTuple):
@@ -95,10 +119,7 @@ def is_our_daemon(pid: int, created: float) -> bool:
     A forged or stale supervisor.pid must never get a stranger signalled: a recycled pid fails
     the create time, another program fails the command line, another user's process the uid.
     """
-    if not proctime.is_alive(pid, created) or proctime.owner_uid(pid) != os.getuid():
-        return False
-    argv = proctime.cmdline(pid)
-    return argv is not None and tags.is_supervisor_daemon(argv)
+    return proctime.is_alive(pid, created) and starting.is_supervisor_run(pid)
 
 
 def discover() -> list[RunningDaemon]:
@@ -126,7 +147,24 @@ def explicit(config_arg: str | None, state_dir_arg: str | None) -> bool:
 
 def running(config_arg: str | None, state_dir_arg: str | None) -> list[RunningDaemon]:
     """The daemon(s) a command addresses: the named one, else those of the registry (when there
-    are some), else the one of the configured or default state dir. Raises NotRunningError."""
+    are some), else the one of the configured or default state dir. Raises NotRunningError.
+
+    A daemon is findable from its first instant: while a `supervisor run` of this registry is
+    starting (exec'd, not yet locked and registered, START_GRACE_S at most), this waits for it
+    rather than answer "not running" (`supervisor run ... & supervisor wait web`)."""
+    deadline = time.monotonic() + starting.START_GRACE_S
+    delay = 0.005
+    while True:
+        try:
+            return _running_now(config_arg, state_dir_arg)
+        except NotRunningError:
+            if time.monotonic() >= deadline or not starting.starting_daemons():
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, STOP_POLL_MAX_S)
+
+
+def _running_now(config_arg: str | None, state_dir_arg: str | None) -> list[RunningDaemon]:
     if not explicit(config_arg, state_dir_arg):
         daemons = discover()
         if daemons:
@@ -180,14 +218,31 @@ class ReloadResult(NamedTuple):
     error: str | None
 
 
-def reload(daemon: RunningDaemon, *, wait: bool) -> ReloadResult:
+class ReloadTimeoutError(SupervisorError):
+    """`reload --wait --timeout S`: the daemon did not finish applying the config in time."""
+
+    exit_code = EXIT_TIMEOUT
+
+    def __init__(self, state_dir: Path, waited_s: float) -> None:
+        self.state_dir = state_dir
+        self.waited_s = waited_s
+        super().__init__(
+            f"the reload is not done after {waited_s:g}s (the daemon goes on with it: its new "
+            "sidecars are still starting); wait longer, or see why with "
+            f'"{command("status", "--state-dir", state_dir)}"'
+        )
+
+
+def reload(daemon: RunningDaemon, *, wait: bool, timeout_s: float | None = None) -> ReloadResult:
     """SIGHUP; with `wait`, return once the daemon has applied or rejected a reload that began
-    after it received this signal (it counts SIGHUPs in status.json: see Daemon._reload)."""
+    after it received this signal (it counts SIGHUPs in status.json: see Daemon._reload);
+    ReloadTimeoutError after `timeout_s`."""
     before = _reload_record(daemon).get("received")
     received = before if isinstance(before, int) else 0
     send(daemon, signal.SIGHUP)
     if not wait:
         return ReloadResult(True, None)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     delay = 0.005
     while True:
         record = _reload_record(daemon)
@@ -197,7 +252,10 @@ def reload(daemon: RunningDaemon, *, wait: bool) -> ReloadResult:
             return ReloadResult(record.get("result") == "applied", str(error) if error else None)
         if not is_our_daemon(daemon.pid, daemon.create_time):
             raise NotRunningError(daemon.state_dir)
-        time.sleep(delay)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise ReloadTimeoutError(daemon.state_dir, timeout_s or 0.0)
+        pause = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
+        time.sleep(pause)
         delay = min(delay * 2, STOP_POLL_MAX_S)
 
 
@@ -229,6 +287,15 @@ class Connection:
         while True:
             try:
                 sock = connect_socket(daemon)
+            except (BlockingIOError, TimeoutError):
+                # Its backlog is full: it is alive and accepting, just not us yet.
+                if time.monotonic() >= deadline:
+                    raise BusyError(
+                        daemon.state_dir, daemon.pid, f"no connection accepted within {wait_s:g}s"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+                continue
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 if not proctime.is_alive(daemon.pid, daemon.create_time):
                     raise NotRunningError(daemon.state_dir) from None
@@ -271,7 +338,9 @@ class Connection:
         try:
             self._sock.sendall(protocol.encode(protocol.request(request_id, cmd, names)))
         except OSError as exc:
-            raise self._lost(exc) from None
+            # It may have refused us (busy) and closed before our request went out: its one
+            # line says so, and is still there to read.
+            raise self._refusal() or self._lost(exc) from None
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             message = self._receive(deadline)
@@ -280,6 +349,8 @@ class Connection:
             if "event" in message and "id" not in message:
                 self._events.append(message)
                 continue
+            if message.get("id") is None and message.get("ok") is False:
+                raise self._error(message.get("error"))  # refused as it connected: busy
             if message.get("id") != request_id:
                 continue
             if message.get("ok") is True:
@@ -336,6 +407,16 @@ class Connection:
                 self._eof = True
             self._buffer += data
 
+    def _refusal(self) -> Exception | None:
+        """The error of a refusal line the daemon sent before closing, if there is one."""
+        try:
+            message = self._receive(time.monotonic() + 1.0)
+        except (OSError, SupervisorError):
+            return None
+        if message is None or message.get("ok") is not False:
+            return None
+        return self._error(message.get("error"))
+
     def _lost(self, exc: OSError) -> Exception:
         if exc.errno in (errno.EPIPE, errno.ECONNRESET):
             return NotRunningError(self.daemon.state_dir)
@@ -344,10 +425,12 @@ class Connection:
         )
 
     def _error(self, error: object) -> Exception:
-        return error_from_reply(self.daemon.state_dir, error)
+        return error_from_reply(self.daemon.state_dir, error, pid=self.daemon.pid)
 
 
-def error_from_reply(state_dir: Path, error: object) -> SupervisorError:
+def error_from_reply(
+    state_dir: Path, error: object, *, pid: int | None = None
+) -> SupervisorError:
     """The SupervisorError of an error reply's `error` object."""
     fields = error if isinstance(error, dict) else {}
     code = fields.get("code")
@@ -358,6 +441,8 @@ def error_from_reply(state_dir: Path, error: object) -> SupervisorError:
         )
     if code == ErrorCode.SHUTTING_DOWN:
         return NotRunningError(state_dir)
+    if code == ErrorCode.BUSY:
+        return BusyError(state_dir, pid, message)
     return RequestRefusedError(state_dir, str(code), message)
 
 

@@ -79,12 +79,45 @@ class Request(NamedTuple):  # NamedTuple, not a dataclass: `supervisor status` i
 _KEYS = frozenset({"id", "cmd", "names"})
 
 
+class _Rejected(ValueError):
+    """Valid to Python's json, but not strict JSON, or ambiguous: never acted on."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    # `{"cmd":"status","cmd":"stop"}` would silently run the last one; a strict peer sees the
+    # first. Neither is what the client meant to say for certain.
+    doc: dict[str, object] = {}
+    for key, value in pairs:
+        if key in doc:
+            raise _Rejected(f"duplicate key {key[:64]!r}")
+        doc[key] = value
+    return doc
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # 1e999: echoed, it would be `Infinity`
+        raise _Rejected(f"number out of range: {text[:32]}")
+    return value
+
+
+def _no_constant(text: str) -> object:
+    raise _Rejected(f"{text} is not JSON")  # NaN, Infinity, -Infinity
+
+
 def parse_request(line: bytes) -> Request:
     """One request line (without its newline); ProtocolError if it is not a valid request."""
     if len(line) > MAX_REQUEST_BYTES:
         raise ProtocolError(ErrorCode.TOO_LARGE, f"a request line is at most {MAX_REQUEST_BYTES}")
     try:
-        doc = json.loads(line)
+        doc = json.loads(
+            line,
+            object_pairs_hook=_unique_keys,
+            parse_float=_finite,
+            parse_constant=_no_constant,
+        )
+    except _Rejected as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc)) from None
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "not a JSON object") from None
     if not isinstance(doc, dict):

@@ -2,7 +2,8 @@
 
 One JSON file per state dir, `daemon-<checksum of the state dir>.json`, in the user runtime dir
 (`paths.runtime_dir`): `{"pid", "create_time", "state_dir", "config", "started_at"}`. A daemon
-writes its entry once its control socket listens and removes it when it exits. An entry is
+writes its entry right after it takes its lock (findable from its first instant) and removes it
+when it exits. An entry is
 only a pointer: readers verify it (the state dir's `supervisor.pid` names the same live `supervisor
 run` of our uid, pid and create time) and remove entries whose process is gone.
 
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from supervisor.errors import StateDirError, SupervisorError
+from supervisor.errors import EXIT_USAGE, StateDirError, SupervisorError
 from supervisor.system import paths
 from supervisor.system.statedir import StateDir, float_field, int_field
 
@@ -34,6 +35,8 @@ MAX_ENTRIES = 256  # more files than this is not a registry of one user's daemon
 
 class RegistryError(SupervisorError):
     """The registry folder cannot be used."""
+
+    exit_code = EXIT_USAGE
 
     def __init__(self, path: Path, reason: str) -> None:
         self.path = path
@@ -79,6 +82,10 @@ def open_folder(*, create: bool) -> StateDir:
         # A fallback like <tmp>/runtime-<uid> may not exist yet: ours, private, one level only.
         with contextlib.suppress(OSError):  # if that fails, the checks below say why
             os.mkdir(folder.parent, 0o700)
+    elif os.path.lexists(folder.parent):
+        # A reader too: another user's <tmp>/runtime-<uid> (squatted before we made it) must
+        # be reported as what it is, never read as "no daemon is running".
+        _check_parent(folder)
     try:
         if stat.S_ISLNK(os.lstat(folder).st_mode):
             raise RegistryError(folder, "it is a symbolic link")
@@ -107,7 +114,8 @@ def register(
     }
     with open_folder(create=True) as folder:
         try:
-            folder.write(entry_name(state_dir), record)
+            # A pointer for the life of a process: no fsync on the way to the first spawn.
+            folder.write(entry_name(state_dir), record, durable=False)
         except OSError as exc:
             raise RegistryError(folder.path, exc.strerror or str(exc)) from None
 
@@ -124,10 +132,11 @@ def unregister(state_dir: Path, pid: int) -> None:
 
 
 def entries() -> list[Entry]:
-    """Every well-formed entry (unverified); [] without a usable registry."""
+    """Every well-formed entry (unverified); [] without a registry. RegistryError when the
+    folder is there but not ours: a squatted registry is not "nothing is running"."""
     try:
         folder = open_folder(create=False)
-    except (OSError, SupervisorError):
+    except OSError:
         return []
     found = []
     with folder:

@@ -4,6 +4,11 @@ Every client is bounded: a request line is at most 64 KiB (a longer one gets `to
 skipped), its outgoing queue at most OUTBOX_BYTES (a client that stops reading is dropped, never
 waited for), and at most MAX_CLIENTS are connected at once (the next one gets `busy`). Nothing a
 client sends can raise into the daemon: a bug in a handler is logged and answered `internal`.
+
+Supervision has priority over clients: all of the server's work together (accepting, reading,
+parsing, replying) may take at most CONTROL_SHARE of the event loop's time in each
+BUDGET_WINDOW_S; past that, every client waits for the next window, and the sidecars' exits,
+probes and respawns run meanwhile (`budget.Budget`). Only under a flood is anyone made to wait.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import contextlib
 import errno
 import os
 import socket
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Protocol
@@ -21,8 +27,10 @@ import anyio.lowlevel
 from structlog.typing import FilteringBoundLogger
 
 from supervisor.control import protocol, unixsock
+from supervisor.control.budget import Budget
 from supervisor.control.events import EventHub
 from supervisor.control.protocol import Command, ErrorCode, ProtocolError, Request
+from supervisor.system import workers
 from supervisor.system.statedir import StateDir
 
 MAX_CLIENTS = 256
@@ -31,6 +39,7 @@ READ_CHUNK = 65536
 BACKLOG = 128
 HALF_CLOSE_FLUSH_S = 5.0  # a client that shut down its writing side still gets its replies
 ACCEPT_RETRY_S = 0.1  # out of fds: nothing to wait on but time
+BIND_RETRY_MAX_S = 5.0  # out of fds at start: the socket is tried again, at most this apart
 
 _ACCEPT_SHORTAGE = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
@@ -154,6 +163,7 @@ class ControlServer:
         self._tg: anyio.abc.TaskGroup | None = None
         self._full = False
         self._accept_failing = False
+        self.budget = Budget()
 
     @property
     def clients(self) -> int:
@@ -162,19 +172,30 @@ class ControlServer:
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Listen on control.sock until cancelled; started once it accepts connections."""
         path = str(self.state.path / unixsock.SOCKET_NAME)
-        try:
-            listener = unixsock.bind(self.state.fd, str(self.state.path), BACKLOG)
-        except OSError as exc:  # the daemon still supervises; it just cannot be controlled
-            self.log.error("control_unavailable", path=path, error=exc.strerror or str(exc))
-            task_status.started()
-            return
+        listener = None
+        delay = ACCEPT_RETRY_S
+        waiting = False  # the daemon was let go on without its socket
+        while listener is None:
+            try:
+                listener = unixsock.bind(self.state.fd, str(self.state.path), BACKLOG)
+            except OSError as exc:  # the daemon still supervises; it just cannot be controlled
+                if not waiting:
+                    self.log.error("control_unavailable", path=path, error=exc.strerror or str(exc))
+                    task_status.started()
+                    waiting = True
+                if exc.errno not in _ACCEPT_SHORTAGE:
+                    return
+                # Out of fds (or buffers) passes: try again, bounded apart, until it works.
+                await anyio.sleep(delay)
+                delay = min(delay * 2, BIND_RETRY_MAX_S)
         try:
             if self._on_listening is not None:
-                await anyio.to_thread.run_sync(self._on_listening)  # an fsync: off the loop
+                await workers.run_sync(self._on_listening)  # an fsync: off the loop
             self.log.info("control_listening", path=path)
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                task_status.started()
+                if not waiting:
+                    task_status.started()
                 await self._accept(listener, tg)
         finally:
             self._tg = None
@@ -192,6 +213,8 @@ class ControlServer:
             if not ready:
                 await anyio.wait_readable(listener)
             ready = True
+            await self.budget.turn()
+            began = time.perf_counter()
             try:
                 sock, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -213,6 +236,7 @@ class ControlServer:
             if client is not None:
                 self._clients.add(client)
                 tg.start_soon(self._run_client, client)
+            self.budget.charge(began)
             await anyio.lowlevel.checkpoint()  # a flood of connections shares the loop
 
     def _admit(self, sock: socket.socket) -> Client | None:
@@ -262,6 +286,8 @@ class ControlServer:
         discarding = False  # inside an oversized line: skip to its end
         while True:
             await anyio.wait_readable(client.sock)
+            await self.budget.turn()
+            began = time.perf_counter()
             try:
                 data = client.sock.recv(READ_CHUNK)
             except (BlockingIOError, InterruptedError):
@@ -285,21 +311,32 @@ class ControlServer:
                 if discarding:
                     discarding = False
                     continue
+                self.budget.charge(began)  # the read and split so far
                 if line.strip():
-                    await self._handle(client, line)
+                    await self._handle(client, line)  # charges its own part
                 if b"\n" in pending:
+                    await self.budget.turn()
                     await anyio.lowlevel.checkpoint()  # a burst of requests shares the loop
+                began = time.perf_counter()
+            self.budget.charge(began)
 
     # -- requests ------------------------------------------------------------------------------
 
     async def _handle(self, client: Client, line: bytes) -> None:
+        """Answer one request line; its synchronous work is charged to the budget."""
+        began = time.perf_counter()
         try:
             request = protocol.parse_request(line)
         except ProtocolError as exc:
             self.log.debug("control_request_rejected", code=exc.code.value, error=exc.message)
             client.send(exc.reply())
+            self.budget.charge(began)
             return
         self.log.debug("control_request", cmd=request.cmd.value, names=list(request.names))
+        action = request.cmd in protocol.ACTIONS
+        if action:
+            # What an action waits for (its sidecars' stops and starts) is not the server's.
+            self.budget.charge(began)
         try:
             result = await self._result(client, request)
         except ProtocolError as exc:
@@ -313,6 +350,8 @@ class ControlServer:
             )
         else:
             client.send(protocol.ok_reply(request.id, result))
+        if not action:
+            self.budget.charge(began)
 
     async def _result(self, client: Client, request: Request) -> object:
         match request.cmd:

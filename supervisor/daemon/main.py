@@ -43,6 +43,7 @@ from supervisor.system import (
     proctime,
     reaper,
     signals,
+    workers,
 )
 from supervisor.system.cgroups import CgroupUnavailable, Isolation
 from supervisor.system.notify import Notifier
@@ -96,14 +97,82 @@ def main(args: RunOptions) -> int:
         state.path = Path(os.path.realpath(state_path))
         logs.configure(log_format, log_level)  # stderr, until the lock is ours: ...
         with state.lock():
-            log_file = _open_log_file(cfg, args)  # ... a log file is opened (and rotated) only then
+            # Findable from here on (supervisor.pid, the registry): `stop`, `wait` and `status`
+            # see a starting daemon before anything slow is done (SPEC 11, issue 25).
+            me = os.getpid()
+            started = _Started(me, procs.create_time(me) or time.time(), time.time(), config_path)
+            previous = state.read(PID_NAME)
+            _announce(state, started)
+            keep_record = False
             try:
-                logs.configure(log_format, log_level, log_file=log_file)
-                _run(cfg, config_path, state, args, log_file)
+                log_file = _open_log_file(cfg, args)  # ... a log file is opened only then
+                try:
+                    logs.configure(log_format, log_level, log_file=log_file)
+                    isolation = _isolation(cfg.supervisor.isolation, state.path)
+                    # From here on whatever ends the loop may leave something of ours behind.
+                    keep_record = True
+                    keep_record = _run(
+                        cfg,
+                        state,
+                        args=args,
+                        log_file=log_file,
+                        started=started,
+                        previous=previous,
+                        isolation=isolation,
+                    )
+                finally:
+                    if log_file is not None:
+                        log_file.close()  # the last lines, bounded
             finally:
-                if log_file is not None:
-                    log_file.close()  # the last lines, bounded
+                from supervisor.control import registry
+
+                registry.unregister(state.path, me)
+                # A process that outlived the shutdown keeps supervisor.pid: it tells the next
+                # daemon that this one did not end cleanly, so that it sweeps what is left.
+                if not keep_record:
+                    state.remove(PID_NAME)
     return 0
+
+
+@dataclass(frozen=True)
+class _Started:
+    """Who this daemon is, as supervisor.pid and the registry say from its first instant."""
+
+    pid: int
+    create_time: float
+    started_at: float
+    config_path: Path
+
+    def record(self) -> dict[str, object]:
+        return {
+            "pid": self.pid,
+            "create_time": self.create_time,
+            "started_at": status.iso_utc(self.started_at),
+            "config": str(self.config_path),
+        }
+
+
+def _announce(state: StateDir, started: _Started) -> None:
+    """supervisor.pid, then the registry entry; a temp file a dead daemon left is swept first.
+    A registry that is not ours (a link, another user's squatted folder) is not used: the daemon
+    is then found by its state dir only, and commands without one say why (registry.py)."""
+    from supervisor.control import registry
+
+    state.sweep_temp_files(lambda pid: pid == started.pid or procs.create_time(pid) is not None)
+    try:
+        state.write(PID_NAME, started.record())
+    except OSError as exc:
+        raise StateDirError(state.path, f"cannot write {PID_NAME}: {exc.strerror}") from None
+    try:
+        registry.register(
+            state.path,
+            started.pid,
+            started.create_time,
+            str(started.config_path),
+            status.iso_utc(started.started_at),
+        )
+    except SupervisorError as exc:
+        logs.get().warning("registry_unavailable", error=exc.message)
 
 
 def _open_log_file(cfg: Config, args: RunOptions) -> LogFile | None:
@@ -117,39 +186,37 @@ def _open_log_file(cfg: Config, args: RunOptions) -> LogFile | None:
 
 
 def _run(
-    cfg: Config, config_path: Path, state: StateDir, args: RunOptions, log_file: LogFile | None
-) -> None:
-    me = os.getpid()
-    isolation = _isolation(cfg.supervisor.isolation, state.path)
+    cfg: Config,
+    state: StateDir,
+    *,
+    args: RunOptions,
+    log_file: LogFile | None,
+    started: _Started,
+    previous: Mapping[str, object] | None,
+    isolation: Isolation | None,
+) -> bool:
+    """Run the daemon until it stops; True if a process of ours may have outlived it."""
     # The orphans our sidecars leave become ours: a daemonizing command is seen for what it is.
     subreaper = reaper.become_subreaper()
     daemon = Daemon(
         cfg,
-        config_path=config_path,
+        config_path=started.config_path,
         state=state,
-        pid=me,
-        create_time=procs.create_time(me) or time.time(),
+        pid=started.pid,
+        create_time=started.create_time,
+        started_at=started.started_at,
         exit_with_parent=args.exit_with_parent or cfg.supervisor.exit_with_parent,
         interactive=args.interactive,
         log_overrides=(args.log_format, args.log_level),
-        previous_record=state.read(PID_NAME),
+        previous_record=previous,
         log_file=log_file,
     )
     daemon.subreaper = subreaper
     daemon.runtime.isolation = isolation
-    try:
-        state.write(PID_NAME, daemon.pid_record())
-    except OSError as exc:
-        raise StateDirError(state.path, f"cannot write {PID_NAME}: {exc.strerror}") from None
-    try:
-        anyio.run(daemon.run)
-    finally:
-        # A process that outlived the shutdown keeps supervisor.pid: it tells the next daemon
-        # that this one did not end cleanly, so that it sweeps what is left.
-        if not daemon.left_behind:
-            state.remove(PID_NAME)
-            if isolation is not None:
-                isolation.remove_empty()
+    anyio.run(daemon.run)
+    if not daemon.left_behind and isolation is not None:
+        isolation.remove_empty()
+    return daemon.left_behind
 
 
 def _isolation(mode: IsolationMode, state_path: Path) -> Isolation | None:
@@ -185,6 +252,7 @@ class Daemon:
         state: StateDir,
         pid: int,
         create_time: float,
+        started_at: float | None = None,
         exit_with_parent: bool,
         interactive: bool,
         log_overrides: tuple[str | None, str | None],
@@ -196,7 +264,7 @@ class Daemon:
         self.state = state
         self.pid = pid
         self.create_time = create_time
-        self.started_at = time.time()
+        self.started_at = time.time() if started_at is None else started_at
         self.exit_with_parent = exit_with_parent
         self.parent_pid = os.getppid()
         self.log_overrides = log_overrides
@@ -321,7 +389,7 @@ class Daemon:
     # -- the control socket (control/) ---------------------------------------------------------
 
     def _control_server(self) -> ControlServer:
-        from supervisor.control import registry
+        # Registered in the per-user registry since its first instant (main): not on listening.
         from supervisor.control.actions import SidecarActions
         from supervisor.control.server import ControlServer
 
@@ -338,24 +406,7 @@ class Daemon:
             actions,
             self.events,
             self.log,
-            on_listening=self._register,
-            on_closed=lambda: registry.unregister(self.state.path, self.pid),
         )
-
-    def _register(self) -> None:
-        """In the per-user registry, so that commands find us without --state-dir."""
-        from supervisor.control import registry
-
-        try:
-            registry.register(
-                self.state.path,
-                self.pid,
-                self.create_time,
-                str(self.config_path),
-                status.iso_utc(self.started_at),
-            )
-        except SupervisorError as exc:  # findable only by its state dir then; nothing worse
-            self.log.warning("registry_unavailable", error=exc.message)
 
     async def _stop_all(self, sidecars: list[Sidecar]) -> None:
         async with anyio.create_task_group() as tg:
@@ -713,6 +764,6 @@ async def _all_settled(sidecars: list[Sidecar]) -> None:
 async def _reap_adopted() -> None:
     """As a subreaper: reap adopted orphans as they exit (SIGCHLD), never our own forks."""
     with anyio.open_signal_receiver(signal.SIGCHLD) as exits:
-        await anyio.to_thread.run_sync(reaper.reap_adopted)
+        await workers.run_sync(reaper.reap_adopted)
         async for _ in exits:
-            await anyio.to_thread.run_sync(reaper.reap_adopted)
+            await workers.run_sync(reaper.reap_adopted)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import anyio
 from structlog.typing import FilteringBoundLogger
 
+from supervisor.system import workers
 from supervisor.system.statedir import STATUS_NAME, StateDir
 
 # At most this often: a crash storm of 50 sidecars must not turn into hundreds of fsyncs a
@@ -42,7 +43,7 @@ class StatusWriter:
     async def write_now(self) -> Document:
         """Write a snapshot taken now (the fsync in a worker thread); returns it."""
         doc, seq = self._snapshot()
-        await anyio.to_thread.run_sync(self._store, doc, seq)
+        await workers.run_sync(self._store, doc, seq)
         return doc
 
     def write_blocking(self) -> Document:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from supervisor.system import exitwatch, groups, net, procs, proctime
+from supervisor.system import exitwatch, groups, net, procs, proctime, workers
 
 PORT_RELEASE_TIMEOUT_S = 5.0
 KILL_WAIT_S = 5.0
@@ -161,7 +161,7 @@ async def kill_process(
     target = _Target(pid, create_time)
     try:
         # The re-check scans /proc: a worker thread, off the event loop.
-        if not await anyio.to_thread.run_sync(still_ours):
+        if not await workers.run_sync(still_ours):
             raise KillAborted(pid, "it is no longer classified as ours")
         target.verify()
         group = procs.process_group(pid) == pid

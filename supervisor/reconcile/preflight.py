@@ -27,7 +27,7 @@ from supervisor.reconcile.classify import Classification, Evidence, Verdict, cla
 from supervisor.reconcile.decide import Act, LaunchKind, decide
 from supervisor.reconcile.evidence import gather
 from supervisor.reconcile.kill import KillAborted, kill_holder
-from supervisor.system import net
+from supervisor.system import net, workers
 
 MAX_RERUNS = 3
 
@@ -148,7 +148,7 @@ async def _attempt(
     judge = functools.partial(
         _judge, ctx=ctx, recorded_pid=recorded_pid, listeners=listeners, sessions=sessions
     )
-    judged = await anyio.to_thread.run_sync(judge, config, port)
+    judged = await workers.run_sync(judge, config, port)
     if not judged:  # released meanwhile: no process held the listening socket any more
         log.info("reconcile_port_free", port=port)
         return Outcome(Action.LAUNCH)

@@ -28,7 +28,7 @@ from supervisor.evidence.ledger import Ledger, Spawn
 from supervisor.evidence.tags import OWNER_ENV, OwnerTag, parse_owner_tag
 from supervisor.reconcile.evidence import find_spawn
 from supervisor.reconcile.kill import KillAborted, kill_process
-from supervisor.system import net, procs, proctime
+from supervisor.system import net, procs, proctime, workers
 from supervisor.system.statedir import float_field, int_field
 
 
@@ -152,8 +152,8 @@ async def sweep(
     log: FilteringBoundLogger,
 ) -> None:
     """Stop every leftover of earlier daemons that is proven ours and holds no port."""
-    spawns = await anyio.to_thread.run_sync(book.entries)
-    seen, orphaned = await anyio.to_thread.run_sync(gather, spawns, previous, sidecars, us)
+    spawns = await workers.run_sync(book.entries)
+    seen, orphaned = await workers.run_sync(gather, spawns, previous, sidecars, us)
     work = plan(seen, orphaned)
     for facts in work.left:
         log.info(
@@ -170,9 +170,9 @@ async def sweep(
             tg.start_soon(_reclaim, facts, entry, config.stop if config else StopConfig(), log)
     reclaimed = {entry for _, entry in work.stop}
     for entry in [*work.done, *reclaimed]:
-        if entry in reclaimed and await anyio.to_thread.run_sync(_still_there, entry):
+        if entry in reclaimed and await workers.run_sync(_still_there, entry):
             continue  # a member still holds a port: the preflight deals with it
-        await anyio.to_thread.run_sync(book.forget, entry)
+        await workers.run_sync(book.forget, entry)
 
 
 def _still_there(entry: Spawn) -> bool:

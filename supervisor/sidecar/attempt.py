@@ -38,6 +38,7 @@ from supervisor.system import (
     procs,
     proctime,
     reaper,
+    workers,
 )
 from supervisor.system.statedir import SIDECAR_PID_NAME, StateDir, int_field
 
@@ -311,7 +312,7 @@ class Attempt:
         try:
             # The fsync (~1 ms) happens off the event loop; readiness is announced after it.
             record = self._pid_record(child)
-            await anyio.to_thread.run_sync(self._write_pidfile, record)
+            await workers.run_sync(self._write_pidfile, record)
             self.log.info("pidfile_written", path=str(self._pidfile_path), pid=child.pid)
         except OSError as exc:
             self.log.error("pidfile_write_failed", path=str(self._pidfile_path), error=str(exc))
@@ -478,8 +479,8 @@ class Attempt:
         holder: int | None = None
         with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
             delay = 0.005
-            while await anyio.to_thread.run_sync(cgroup.populated):
-                listening = await anyio.to_thread.run_sync(
+            while await workers.run_sync(cgroup.populated):
+                listening = await workers.run_sync(
                     net.pids_listening, port, cgroup.members()
                 )
                 if listening:
@@ -509,13 +510,13 @@ class Attempt:
         port = self.config.port
         if port is None:
             return False
-        born, left = await anyio.to_thread.run_sync(
+        born, left = await workers.run_sync(
             _left_on_port, child.pid, child.create_time, port
         )
         with anyio.move_on_after(self.config.ready.timeout_s if wait else 0.0):
             while born and not left:
                 await anyio.sleep(DAEMONIZED_POLL_S)
-                born, left = await anyio.to_thread.run_sync(
+                born, left = await workers.run_sync(
                     _left_on_port, child.pid, child.create_time, port
                 )
         if not left:
@@ -544,7 +545,7 @@ class Attempt:
         the create time may wait for the exec; the write is a file and a rename)."""
         try:
             with anyio.CancelScope(shield=True):
-                spawn, error = await anyio.to_thread.run_sync(self._record, child)
+                spawn, error = await workers.run_sync(self._record, child)
                 self._spawn = spawn
                 if error is not None:
                     self.log.error("ledger_write_failed", pid=child.pid, error=str(error))
@@ -580,7 +581,7 @@ class Attempt:
         spawn = self._spawn
         if spawn is None or child.abandoned:
             return
-        await anyio.to_thread.run_sync(self.rt.ledger.forget, spawn)
+        await workers.run_sync(self.rt.ledger.forget, spawn)
 
     # -- the PID file --------------------------------------------------------------------------
 

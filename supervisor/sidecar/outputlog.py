@@ -20,6 +20,7 @@ import anyio
 from structlog.typing import FilteringBoundLogger
 
 from supervisor.config import SidecarConfig
+from supervisor.system import workers
 from supervisor.system.rotating import LineWriter, RotatingFile
 from supervisor.system.statedir import StateDir
 
@@ -131,5 +132,5 @@ class OutputLog:
     async def aclose(self) -> None:
         """Flush what is queued (bounded; off the loop), close the file, report lost lines."""
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self._writer.close, CLOSE_TIMEOUT_S)
+            await workers.run_sync(self._writer.close, CLOSE_TIMEOUT_S)
         self._report(final=True)

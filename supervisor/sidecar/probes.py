@@ -19,7 +19,7 @@ from anyio.abc import SocketAttribute
 
 from supervisor.config import ProbeKind, SidecarConfig
 from supervisor.core.lifecycle import probe_delay_s
-from supervisor.system import net, procs
+from supervisor.system import net, procs, workers
 
 CONNECT_TIMEOUT_S = 1.0
 HTTP_TIMEOUT_S = 2.0
@@ -165,7 +165,7 @@ async def wait_ready(
     while True:
         if net.anyone_listening(port) is not False and await _connects(config.host, port):
             # A walk of /proc: in a worker thread, off the event loop.
-            if await anyio.to_thread.run_sync(listener_is_ours, port, child_pid, members):
+            if await workers.run_sync(listener_is_ours, port, child_pid, members):
                 if config.ready.probe is ProbeKind.TCP:
                     return
                 if await _http_ok(config.host, port, config.ready.path):

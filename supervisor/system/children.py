@@ -23,7 +23,7 @@ from pathlib import Path
 
 import anyio
 
-from supervisor.system import execshim, exitwatch, groups, procs, reaper
+from supervisor.system import execshim, exitwatch, groups, procs, reaper, workers
 from supervisor.system.cgroups import Cgroup
 
 # After SIGKILL, how long a stop waits to see the group gone. A process in uninterruptible
@@ -154,12 +154,12 @@ class Child:
                 # The leader is gone; give the rest of its group the remaining time. The scan
                 # reads /proc: it runs in a worker thread, off the event loop.
                 delay = 0.005
-                while await anyio.to_thread.run_sync(self.group_members):
+                while await workers.run_sync(self.group_members):
                     await anyio.sleep(delay)
                     delay = min(delay * 2, 0.1)
                 race.cancel_scope.cancel()
         hurried = self._hurry.is_set()
-        leftovers = bool(await anyio.to_thread.run_sync(self.group_members))
+        leftovers = bool(await workers.run_sync(self.group_members))
         if scope.cancelled_caught or hurried or leftovers:
             self.signal_group(signal.SIGKILL)
             with anyio.move_on_after(KILL_WAIT_S):

@@ -9,6 +9,9 @@ A group is signalled only
 Anything else (a holder that is not our child, on an older kernel or on macOS) must not be
 signalled as a group: `GroupUnsafe` tells the caller to signal its members one by one.
 
+A stop signal (anything but SIGKILL, SIGCONT, SIGSTOP and 0) is preceded by SIGCONT: a
+SIGSTOPped member would otherwise hold its SIGTERM pending until the SIGKILL escalation.
+
 The incident this prevents: a command's group SIGKILLed *after* the command was reaped, when a
 stranger had taken the freed pid and called setsid() (`wait4(301) = 301`, then
 `kill(-301, SIGKILL) = 0`).
@@ -49,7 +52,25 @@ def pidfd_groups_supported() -> bool:
     return True
 
 
+_NO_CONTINUE = frozenset({0, signal.SIGKILL, signal.SIGCONT, signal.SIGSTOP})
+
+
+def sequence(sig: int) -> tuple[int, ...]:
+    """The signals to send for `sig`, in order: SIGCONT first for a stop signal."""
+    return (sig,) if sig in _NO_CONTINUE else (signal.SIGCONT, sig)
+
+
 def signal_group(pgid: int, sig: int, *, pidfd: int | None, leader_unreaped: bool) -> bool:
+    """`sig` to the group by the rule below, SIGCONT first for a stop signal (`sequence`)."""
+    sent = False
+    for each in sequence(sig):
+        sent = _signal_group(pgid, each, pidfd=pidfd, leader_unreaped=leader_unreaped)
+        if not sent:
+            return False
+    return sent
+
+
+def _signal_group(pgid: int, sig: int, *, pidfd: int | None, leader_unreaped: bool) -> bool:
     """Send `sig` to the process group `pgid` by the rule above; False if the group is empty.
 
     `pidfd` is a pidfd of the leader (pid == pgid), or None; `leader_unreaped` is true only

@@ -3,6 +3,11 @@
 psutil's `NoSuchProcess`/`AccessDenied`/`ZombieProcess` are translated here, at the boundary:
 callers get `None`, `False` or an empty answer instead.
 
+A scan that cannot be made (no fd left to list /proc: EMFILE) never reads as an empty group or
+session: it answers with the leader's number, "it may still be there", so that a stop keeps
+waiting and then escalates, and evidence is kept rather than forgotten (issue 25). That is
+logged at most once a minute (`process_scan_failed`, with a count); the next scan tries again.
+
 psutil is imported inside each function that uses it, on first use: the path to a daemon's first
 spawn and most commands need none of it on Linux (proctime reads /proc), and it costs ~6 ms.
 (A module-level lazy proxy such as importlib's LazyLoader is not safe when two threads touch it
@@ -14,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -152,12 +158,48 @@ def group_members(pgid: int) -> list[int]:
 
 
 def _group_members_proc(pgid: int) -> list[int]:
+    listed = _scan()
+    if listed is None:
+        return [pgid]
     members = []
-    for pid in all_pids():
+    for pid in listed:
         fields = proctime.stat_fields(pid)
         if fields is not None and len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
             members.append(pid)
     return members
+
+
+SCAN_LOG_EVERY_S = 60.0
+
+
+class _ScanFailures:
+    count = 0
+    logged_count = 0
+    logged_at: float | None = None
+
+
+_scan_failures = _ScanFailures()
+
+
+def _scan() -> list[int] | None:
+    """all_pids(), or None when the process table cannot be listed (logged, rate-limited)."""
+    try:
+        return all_pids()
+    except OSError as exc:
+        failures = _scan_failures
+        failures.count += 1
+        now = time.monotonic()
+        if failures.logged_at is None or now - failures.logged_at >= SCAN_LOG_EVERY_S:
+            from supervisor.system import logs
+
+            logs.get().error(
+                "process_scan_failed",
+                error=exc.strerror or str(exc),
+                count=failures.count - failures.logged_count,
+            )
+            failures.logged_at = now
+            failures.logged_count = failures.count
+        return None
 
 
 def all_pids() -> list[int]:
@@ -170,9 +212,12 @@ def all_pids() -> list[int]:
 
 
 def session_members(sid: int) -> list[int]:
-    """Living pids of session `sid` (a scan of every process)."""
+    """Living pids of session `sid` (a scan of every process; `[sid]` if none can be made)."""
+    listed = _scan()
+    if listed is None:
+        return [sid]
     members = []
-    for pid in all_pids():
+    for pid in listed:
         with contextlib.suppress(OSError):
             if os.getsid(pid) == sid and not is_zombie(pid):
                 members.append(pid)

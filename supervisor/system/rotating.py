@@ -27,6 +27,11 @@ COALESCE_S = 0.002
 # Read too: whether the file ends mid-line (see `_torn`) is read back at open.
 _OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
+# Each file is stamped with the number of lines written before its first one (an extended
+# attribute; nothing where the file system has none), so that a follower (tail.Follower) that
+# finds a file gone unread can say exactly how many lines it missed.
+FIRST_LINE_XATTR = "user.supervisor.first_line"
+
 GapLine = Callable[[int, str | None], bytes]  # (lines lost, the write error if any) -> a line
 
 
@@ -58,6 +63,7 @@ class RotatingFile:
         self._fd: int | None = None
         self._size = 0
         self._torn = False  # the file ends in a line cut short by a failed write
+        self._lines = 0  # lines written into every file so far, the first one's stamp included
 
     def backup_name(self, n: int) -> str:
         return f"{self.name}.{n}"
@@ -87,6 +93,17 @@ class RotatingFile:
         self._size = info.st_size
         # A line cut short before (a full disk, a crash) is ended before ours.
         self._torn = info.st_size > 0 and os.pread(fd, 1, info.st_size - 1) != b"\n"
+        self._stamp(fd, info.st_size)
+
+    def _stamp(self, fd: int, size: int) -> None:
+        """A new file gets FIRST_LINE_XATTR = lines so far; one found (an earlier daemon's)
+        keeps its own, and the count goes on after the lines it holds."""
+        with contextlib.suppress(OSError):
+            if size == 0:
+                os.setxattr(fd, FIRST_LINE_XATTR, str(self._lines).encode())
+                return
+            first = int(os.getxattr(fd, FIRST_LINE_XATTR))
+            self._lines = first + _count_lines(fd, size)
 
     def append(self, lines: Sequence[bytes]) -> None:
         """Append `lines` (each ends with a newline), rotating between lines as needed.
@@ -144,6 +161,7 @@ class RotatingFile:
         try:
             while done < len(payload):
                 count = os.write(fd, payload[done:])
+                self._lines += payload[done : done + count].tobytes().count(b"\n")
                 done += count
                 self._size += count
         except OSError as exc:
@@ -364,3 +382,11 @@ class LineWriter:
         self._unmarked += count
         if self._gap_at is None or before < self._gap_at:
             self._gap_at = before
+
+
+def _count_lines(fd: int, size: int) -> int:
+    count = offset = 0
+    while offset < size and (block := os.pread(fd, min(1 << 20, size - offset), offset)):
+        count += block.count(b"\n")
+        offset += len(block)
+    return count

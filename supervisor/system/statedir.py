@@ -16,7 +16,7 @@ import fcntl
 import json
 import os
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from supervisor.errors import AlreadyRunningError, StateDirError
@@ -229,6 +229,29 @@ class StateDir:
             return False
         return True
 
+    def sweep_temp_files(self, alive: Callable[[int], bool]) -> int:
+        """Remove the temp files (`.NAME.PID.HEX.tmp`, see write_bytes) of writers that are not
+        `alive`, here and one folder down: a daemon SIGKILLed mid-write leaves them. Call it
+        holding the lock. Returns how many were removed."""
+        removed = 0
+        try:
+            folders = ["", *self.subdir_names()]
+        except OSError:
+            return 0
+        for folder in folders:
+            try:
+                with contextlib.ExitStack() as stack:
+                    here = self
+                    if folder:
+                        here = stack.enter_context(self.subdir(folder, create=False))
+                    for name in os.listdir(here.fd):
+                        pid = _temp_writer(name)
+                        if pid is not None and not alive(pid) and here.remove(name):
+                            removed += 1
+            except OSError:
+                continue  # unreadable: nothing of ours to sweep there
+        return removed
+
     # -- the daemon's lock ---------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -252,6 +275,16 @@ class StateDir:
             yield
         finally:
             os.close(fd)
+
+
+def _temp_writer(name: str) -> int | None:
+    """The writer's pid in a temp file name `.NAME.PID.HEX.tmp`; None for any other name."""
+    if not (name.startswith(".") and name.endswith(".tmp")):
+        return None
+    parts = name[1:-4].rsplit(".", 2)
+    if len(parts) != 3 or not parts[1].isdigit() or len(parts[2]) != 8:
+        return None
+    return int(parts[1])
 
 
 def _check_name(name: str) -> None:

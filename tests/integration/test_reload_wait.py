@@ -57,3 +57,29 @@ def test_reload_wait_reports_a_rejected_config(tmp_path: Path) -> None:
 def test_reload_wait_without_a_daemon_exits_3(tmp_path: Path) -> None:
     result = reload_wait(tmp_path / "state")
     assert result.returncode == 3
+
+
+def test_reload_wait_gives_up_after_its_timeout_and_the_reload_goes_on(tmp_path: Path) -> None:
+    config, state = tmp_path / "supervisor.toml", tmp_path / "state"
+    web = demo_sidecar("web", free_port())
+    # Never ready: it listens on no port (its probe waits up to ready.timeout, 60 s).
+    slow = {
+        "name": "slow",
+        "command": [PYTHON, "-c", "import time; time.sleep(600)"],
+        "port": free_port(),
+        "ready": {"timeout": 60.0},
+    }
+    config.write_text(render_config([web]))
+    with Daemon(config, state) as daemon:
+        daemon.wait_for("sidecar_ready", sidecar="web")
+        config.write_text(render_config([web, slow]))
+        result = subprocess.run(
+            [PYTHON, "-m", "supervisor", "reload", "--wait", "--timeout", "1",
+             "--state-dir", str(state)],
+            capture_output=True, text=True, cwd=ROOT, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 4, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("supervisor: the reload is not done after 1s")
+        daemon.wait_for("sidecar_spawned", sidecar="slow")  # it goes on
+        assert daemon.stop() == 0

@@ -1024,3 +1024,26 @@ def test_example_config_is_the_starter_that_init_writes() -> None:
         "over the other (the package's copy is what `supervisor init` writes)"
     )
     assert starter.example_text() == shipped.read_text(encoding="utf-8")
+
+
+def test_the_reserved_names_are_every_file_the_state_dir_holds() -> None:
+    from supervisor.config.schema import RESERVED_NAMES
+    from supervisor.control import unixsock
+    from supervisor.system import statedir
+
+    files = {statedir.LOCK_NAME, statedir.PID_NAME, statedir.STATUS_NAME, unixsock.SOCKET_NAME}
+    assert files == RESERVED_NAMES
+    assert all(config.NAME_RE.fullmatch(name) for name in files)  # so the check is needed
+
+
+@pytest.mark.parametrize(
+    "name", ["control.sock", "status.json", "supervisor.pid", "supervisor.lock"]
+)
+def test_a_sidecar_named_after_a_state_dir_file_is_a_config_error(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, f'[[sidecar]]\nname = "{name}"\ncommand = ["x"]\n')
+    code = cli.main(["check-config", "-c", str(path)])
+    out, err = capsys.readouterr()
+    assert code == 2, err
+    assert_user_error(out, err, (f'sidecar "{name}": name: "{name}" is a file of the state dir',), path)

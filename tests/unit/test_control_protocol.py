@@ -70,6 +70,31 @@ def test_invalid_requests(line: bytes, code: ErrorCode, request_id: object) -> N
     assert isinstance(error, dict) and error["code"] == code.value and error["message"]
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"cmd": "status", "cmd": "stop", "names": ["a"]}',
+        b'{"id": 1, "id": 2, "cmd": "status"}',
+        b'{"cmd": "status", "names": ["a"], "names": ["b"]}',
+        b'{"id": 1e999, "cmd": "status"}',
+        b'{"id": -1e999, "cmd": "status"}',
+        b'{"id": NaN, "cmd": "status"}',
+        b'{"id": Infinity, "cmd": "status"}',
+        b'{"id": -Infinity, "cmd": "status"}',
+        b'{"cmd": "status", "names": [], "x": {"a": 1, "a": 2}}',
+    ],
+)
+def test_duplicate_keys_and_non_finite_numbers_are_rejected_never_echoed(line: bytes) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        protocol.parse_request(line)
+    assert caught.value.code is ErrorCode.BAD_REQUEST
+    reply = caught.value.reply()
+    assert reply["id"] is None  # nothing of the ambiguous request is echoed
+    encoded = protocol.encode(reply)
+    # A strict parser takes the reply: no NaN/Infinity token anywhere in it.
+    json.loads(encoded, parse_constant=lambda c: pytest.fail(f"{c} on the wire"))
+
+
 def test_replies_and_encoding() -> None:
     assert json.loads(protocol.encode(protocol.ok_reply(1, {"a": "é"}))) == {
         "id": 1,
@@ -307,3 +332,24 @@ def test_command_quotes_anything(arg: str) -> None:
     assert shlex.split(errors.command("status", "--state-dir", arg)) == [
         "supervisor", "status", "--state-dir", arg,
     ]  # fmt: skip
+
+
+@pytest.mark.anyio
+async def test_the_control_budget_makes_clients_wait_for_the_next_window_once_spent() -> None:
+    import time
+
+    import anyio
+
+    from supervisor.control.budget import Budget
+
+    budget = Budget(share=0.2, window_s=0.2)  # 40 ms of work per 200 ms window
+    began = time.perf_counter()
+    await budget.turn()  # nothing spent: no wait
+    budget.charge(began - 0.01)  # 10 ms (and then some) spent
+    await budget.turn()  # still under 40 ms: no wait
+    budget.charge(time.perf_counter() - 0.05)  # another 50 ms: over the share
+    before = anyio.current_time()
+    await budget.turn()
+    waited = anyio.current_time() - before
+    assert waited > 0.0  # it slept until the window ended (a lower bound: load only adds)
+    await budget.turn()  # a new window: no wait

@@ -22,6 +22,8 @@ LONG_MODULES: dict[str, str] = {
     "supervisor.sidecar.attempt": "one attempt's whole life: spawn, readiness, hold, end",
     "supervisor.sidecar.loop": "the restart loop and each wait it can be in (port, dependency)",
     "supervisor.config.parse": "every key's validation, in the order of the file's tables",
+    "supervisor.control.server": "the socket server: peer credentials, bounded clients, budget",
+    "supervisor.system.procs": "every process fact psutil or /proc gives, behind one face",
 }
 
 

@@ -155,3 +155,52 @@ def test_a_sidecar_without_an_output_file_says_so(state: Path) -> None:
         tail.OutputReader.open(state, "web", [sidecar("web", file=False)])
     assert caught.value.exit_code == 2
     assert "output.file = false" in caught.value.message
+
+
+def _seen_and_lost(data: bytes) -> tuple[list[int], int]:
+    seen, lost = [], 0
+    for text in data.decode().splitlines():
+        if text.startswith("-- supervisor: "):
+            lost += int(text.split()[2])
+        else:
+            seen.append(int(text.split()[1]))
+    return seen, lost
+
+
+def test_lines_that_rotated_away_unread_are_counted_exactly_in_a_marker(
+    state: Path, writer: RotatingFile
+) -> None:
+    # 100-byte files, 3 backups: 200 lines between two polls rotate far past what is kept.
+    writer.append(lines(0, 4))
+    reader = tail.OutputReader(state, "web")
+    reader.last(5)
+    writer.append(lines(5, 204))
+    writer.append(lines(205, 209))
+    data = reader.follow()
+    seen, lost = _seen_and_lost(data)
+    assert seen == sorted(seen) and seen[-1] == 209
+    assert lost > 0 and len(seen) + lost == 205  # every line read or counted, none twice
+    assert b"lines of web's output rotated away unread here" in data
+    writer.append(lines(210, 212))
+    assert reader.follow() == b"".join(lines(210, 212))  # and nothing lost after that
+    reader.close()
+
+
+def test_a_file_seen_once_is_read_to_its_end_even_after_it_is_deleted(
+    state: Path, writer: RotatingFile
+) -> None:
+    writer.append(lines(0, 2))  # output.log: 0..2, room for seven more
+    folder = os.open(state / "web", os.O_RDONLY | os.O_DIRECTORY)
+    follower = tail.Follower(folder)
+    follower.start_at_end()
+    writer.append(lines(3, 5))
+    assert follower.poll() == [b"".join(lines(3, 5))]  # the file is open now
+    writer.append(lines(6, 60))  # 6..9 end it, then it rotates out of all 3 backups: deleted
+    items = follower.poll()
+    data = b"".join(i for i in items if isinstance(i, bytes))
+    seen, _ = _seen_and_lost(data)
+    assert seen[:4] == [6, 7, 8, 9]  # read from the deleted file through its fd
+    lost = sum(i.lines or 0 for i in items if isinstance(i, tail.Lost))
+    assert lost > 0 and len(seen) + lost == 55
+    follower.close()
+    os.close(folder)

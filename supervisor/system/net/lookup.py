@@ -9,8 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-import anyio
-
+from supervisor.system import workers
 from supervisor.system.net import fallbacks, netlink
 from supervisor.system.net.listener import Listener
 
@@ -53,7 +52,7 @@ async def find_listeners_async(port: int) -> tuple[Listener, ...]:
             return netlink.listeners(port)
         except OSError:
             pass
-    return await anyio.to_thread.run_sync(find_listeners, port)
+    return await workers.run_sync(find_listeners, port)
 
 
 def anyone_listening(port: int) -> bool | None:

@@ -1,0 +1,70 @@
+"""Blocking work off the event loop, even when no thread can be started: the one guard.
+
+`anyio.to_thread.run_sync` starts a worker thread when none is idle. Under pid exhaustion (a
+cgroup's `pids.max`, `RLIMIT_NPROC`, the system's pid_max) that raises `RuntimeError: can't
+start new thread`, which escaped from the status writer and the adopted-orphan reaper and ended
+the daemon (issue 25). Every blocking call of the daemon goes through `run_sync` here instead:
+when no thread can be had, the call runs on the event loop's own thread (the loop stalls for the
+length of one /proc scan or fsync, nothing fails), `thread_unavailable` is logged once per
+streak, and the next call tries a thread again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar, TypeVarTuple
+
+import anyio
+import anyio.to_thread
+from structlog.typing import FilteringBoundLogger
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+
+LOG_EVERY_S = 60.0  # a shortage lasts: one line per minute at most, with the count
+
+
+class _Shortage:
+    """How many calls ran inline, and when that was last logged."""
+
+    inline_calls = 0
+    logged_calls = 0
+    logged_at: float | None = None
+
+
+shortage = _Shortage()
+
+
+async def run_sync(func: Callable[[*Ts], T], *args: *Ts) -> T:
+    """`func(*args)` in a worker thread; on the loop's thread when none can be started."""
+    started = False
+
+    def call() -> T:
+        nonlocal started
+        started = True
+        return func(*args)
+
+    try:
+        return await anyio.to_thread.run_sync(call)
+    except RuntimeError:
+        if started:  # raised by `func` itself: not ours to swallow
+            raise
+    shortage.inline_calls += 1
+    now = anyio.current_time()
+    if shortage.logged_at is None or now - shortage.logged_at >= LOG_EVERY_S:
+        _log().warning(
+            "thread_unavailable",
+            calls=shortage.inline_calls - shortage.logged_calls,
+            detail="no thread can be started (a pid or thread limit): blocking work runs on "
+            "the event loop meanwhile",
+        )
+        shortage.logged_at = now
+        shortage.logged_calls = shortage.inline_calls
+    return func(*args)
+
+
+def _log() -> FilteringBoundLogger:
+    from supervisor.system import logs
+
+    return logs.get()
