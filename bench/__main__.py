@@ -22,6 +22,7 @@ BENCHMARKS = {
     "control": "bench.control",
     "output": "bench.output",
     "coldstart": "bench.coldstart",
+    "relaunch": "bench.relaunch",
 }
 
 
