@@ -205,7 +205,8 @@ def one_script(command: Sequence[str]) -> tuple[float, float]:
             )
             child, listened = wait_report(report_file, 2, 5.0)
             ready_ns = int(done.stdout.split()[-1].replace(".", "")) * 1000
-            if not orphan.reaper.join(5) and orphan.reaper.is_alive():
+            orphan.reaper.join(5)
+            if orphan.reaper.is_alive():
                 raise RuntimeError(f"the script left the orphan {orphan.pid} alive")
             return ns_to_ms(listened - exec_ns), ns_to_ms(ready_ns - exec_ns)
         finally:

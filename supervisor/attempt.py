@@ -382,9 +382,12 @@ class Attempt:
         spawn = self._spawn
         if spawn is None or child.abandoned:
             return
-        members = await anyio.to_thread.run_sync(procs.session_members, spawn.sid)
-        if not members:
-            await anyio.to_thread.run_sync(self.rt.ledger.forget, spawn)
+        await anyio.to_thread.run_sync(self._forget_if_gone, spawn)
+
+    def _forget_if_gone(self, spawn: ledger.Spawn) -> None:
+        # The session scan and the removal in one trip to a worker thread (a spawn's CPU).
+        if not procs.session_members(spawn.sid):
+            self.rt.ledger.forget(spawn)
 
     # -- the PID file --------------------------------------------------------------------------
 

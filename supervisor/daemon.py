@@ -31,6 +31,7 @@ from supervisor.config import Config, LogFormat, LogLevel, SidecarConfig
 from supervisor.control.events import EventHub
 from supervisor.errors import ForeignProcError, StateDirError, SupervisorError
 from supervisor.ledger import Ledger
+from supervisor.lifecycle import State
 from supervisor.notify import Notifier
 from supervisor.runtime import Runtime
 from supervisor.sidecar import Sidecar
@@ -51,6 +52,10 @@ KILL_GRACE_S = 1.0  # past the shutdown bound: SIGKILLed groups get this long to
 # job needs EXTEND_BY_S more; each sidecar's own ready.timeout and budget bound the wait.
 EXTEND_EVERY_S = 10.0
 EXTEND_BY_S = 30.0
+# The control socket and the sweep wait for the first launches to get past their preflight (a
+# spawn, a wait or a failure), at most this long: their imports and scans would otherwise run on
+# the event loop while a preflight's worker thread returns, delaying the first spawns.
+FIRST_LAUNCH_BOUND_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -190,6 +195,10 @@ class Daemon:
         self.status = StatusWriter(state, self.status_document, self.log)
         self.ops_lock = anyio.Lock()  # one change of the sidecar set at a time (_exclusive)
         self.events = EventHub()
+        self._launching = {s.name for s in cfg.sidecars}  # first launches not past preflight
+        self._launched = anyio.Event()
+        if not self._launching:
+            self._launched.set()
         stdin_tty = False
         with contextlib.suppress(OSError, ValueError, AttributeError):
             stdin_tty = os.isatty(0)
@@ -235,6 +244,13 @@ class Daemon:
         return status.document(daemon, [s.record() for s in self.sidecars.values()])
 
     def _sidecar_changed(self, sidecar: Sidecar) -> None:
+        if sidecar.name in self._launching and (
+            sidecar.state is not State.STARTING
+            or (sidecar.attempt is not None and sidecar.attempt.child is not None)
+        ):
+            self._launching.discard(sidecar.name)
+            if not self._launching:
+                self._launched.set()
         self.status.changed()
         self.events.sidecar_changed(sidecar)
         if self.notifier.enabled:
@@ -326,6 +342,8 @@ class Daemon:
                 if interval:
                     tg.start_soon(_watchdog, self.notifier, interval)
                 await self._operation(self._start_all)
+                await self._operation(self._until_launched)
+                tg.start_soon(self._sweep)
                 await tg.start(self._control_server().serve)
                 if self._stop_reason is None:
                     await self.status.write_now()
@@ -337,11 +355,18 @@ class Daemon:
         self.log.info("daemon_stopped", pid=self.pid)
 
     async def _start_all(self) -> None:
-        # What earlier daemons left holding no port is reclaimed alongside the first launches:
-        # it is in nobody's way, and a leftover that ignores SIGTERM must not hold them up.
-        self._group().start_soon(self._sweep)
         for cfg in self.cfg.sidecars:
             await self._start(cfg, interactive=True)
+
+    async def _until_launched(self) -> None:
+        """Until every first launch got past its preflight (FIRST_LAUNCH_BOUND_S at most).
+
+        What earlier daemons left holding no port is swept only then, alongside the first
+        launches: it is in nobody's way, and a leftover that ignores SIGTERM must not hold them
+        up.
+        """
+        with anyio.move_on_after(FIRST_LAUNCH_BOUND_S):
+            await self._launched.wait()
 
     async def _sweep(self) -> None:
         from supervisor.reconcile import sweep
