@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import anyio
 
-from supervisor.net import netlink
+from supervisor.net import fallbacks, netlink
 from supervisor.net.listener import Listener
 
 
@@ -30,21 +30,13 @@ def find_listeners(port: int) -> tuple[Listener, ...]:
     Raises LookupFailed when every method failed. Blocking (the lsof fallback can take
     seconds): call it from a worker thread in async code.
     """
-    reasons = []
-    if sys.platform == "linux":
-        try:
-            return netlink.listeners(port)
-        except OSError as exc:
-            reasons.append(f"netlink: {exc.strerror or exc}")
-    # Where netlink answers (Linux) the fallbacks are never needed: imported only now (cold start).
-    from supervisor.net import fallbacks
-
     methods: list[tuple[str, Callable[[int], tuple[Listener, ...]]]]
     if sys.platform == "linux":
-        methods = [("psutil", fallbacks.listeners_psutil)]
+        methods = [("netlink", netlink.listeners), ("psutil", fallbacks.listeners_psutil)]
     else:
         methods = [("psutil", fallbacks.listeners_per_process)]
     methods.append(("lsof", fallbacks.listeners_lsof))
+    reasons = []
     for name, method in methods:
         try:
             return method(port)

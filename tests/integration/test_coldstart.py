@@ -22,7 +22,6 @@ DEFERRED = (
     "supervisor.control.server",
     "supervisor.health",
     "supervisor.logfile",
-    "supervisor.net.fallbacks",
     "supervisor.reconcile.consent",
     "supervisor.reconcile.sweep",
     "supervisor.registry",
