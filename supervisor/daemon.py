@@ -129,7 +129,9 @@ def _run(
     )
     daemon.subreaper = subreaper
     try:
-        state.write(PID_NAME, daemon.pid_record())
+        # Not fsynced: it names this living process (a crash of the machine ends it), and it is
+        # written before the first spawn.
+        state.write(PID_NAME, daemon.pid_record(), durable=False)
     except OSError as exc:
         raise StateDirError(state.path, f"cannot write {PID_NAME}: {exc.strerror}") from None
     try:
