@@ -312,6 +312,26 @@ def run(samples: int, editable: bool) -> tuple[list[Row], list[Check], list[str]
             for system, pairs in peers
             if pairs
         ]
+    # Pairs of one round (interleaved): the load of the moment hits both members alike.
+    rows.append(
+        row(
+            BENCH,
+            "ready minus the child alone (pairs)",
+            "ours",
+            "ms",
+            [s.ready - d[0] for s, d in zip(ours, direct, strict=True)],
+        )
+    )
+    if script:
+        rows.append(
+            row(
+                BENCH,
+                "ready / the script's ready (pairs)",
+                "ours",
+                "x",
+                [s.ready / p[1] for s, p in zip(ours, script, strict=True)],
+            )
+        )
     by = {(r.measure, r.system): r.median for r in rows}
     child = by[(LISTENING, "child alone")]
     checks = [
