@@ -23,6 +23,7 @@ BENCHMARKS = {
     "output": "bench.output",
     "coldstart": "bench.coldstart",
     "cgroups": "bench.cgroups",
+    "relaunch": "bench.relaunch",
 }
 
 

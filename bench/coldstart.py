@@ -9,6 +9,8 @@ Side by side, in the same run:
 - the same demo child spawned directly, exec -> listening (its `--report` line): the child's own
   start-up, which no supervisor can beat;
 - supervisord 4.x, exec -> its child's creation (psutil `create_time`: 10 ms resolution);
+- a bare `python -c pass` of the same interpreter, exec -> exited (interleaved with the samples:
+  the floor the issue-30 target is set against, 5x);
 - `supervisor status --json` against a running daemon, and a bare `python -c pass`;
 - the import time of `supervisor.daemon` (`python -X importtime`, cumulative): a regression shows.
 
@@ -60,6 +62,7 @@ from tests.support import Daemon
 
 BENCH = "coldstart"
 FIRST_SPAWN_MS = 120.0
+FIRST_SPAWN_OVER_PASS = 5.0  # exec -> first spawn <= 5x `python -c pass` (issue 30)
 READY_OVER_CHILD_MS = 130.0
 STATUS_MS = 80.0
 
@@ -173,6 +176,14 @@ def one_direct() -> float:
         return ns_to_ms(listened - started)
 
 
+def one_pass(python: str) -> float:
+    """`python -c pass` of the same interpreter: exec -> exited (a pidfd notices the exit)."""
+    started = time.time_ns()
+    proc = subprocess.Popen([python, "-c", "pass"], cwd=ROOT)
+    wait_exited(proc, 30.0)
+    return ns_to_ms(time.time_ns() - started)
+
+
 def one_supervisord(binary: Path) -> float:
     """supervisord: exec -> its first child's creation (10 ms resolution)."""
     port = free_port()
@@ -207,12 +218,15 @@ def run(samples: int, editable: bool) -> tuple[list[Row], list[Check], list[str]
     ours: list[tuple[float, float, float, float, float]] = []
     direct: list[float] = []
     theirs: list[float] = []
+    bare: list[float] = []
     binary = supervisord_bin(notes)
     one_ours(command)  # unmeasured: warms the page cache
     one_direct()
+    one_pass(python)
     for _ in range(samples):
         ours.append(one_ours(command))
         direct.append(one_direct())
+        bare.append(one_pass(python))
         if binary is not None:
             theirs.append(one_supervisord(binary))
     rows = [
@@ -222,6 +236,14 @@ def run(samples: int, editable: bool) -> tuple[list[Row], list[Check], list[str]
         row(BENCH, "exec -> READY=1 (arrival)", "ours", "ms", [s[3] for s in ours]),
         row(BENCH, "spawned -> listening (child start-up)", "ours", "ms", [s[4] for s in ours]),
         row(BENCH, "exec -> listening, child alone", "direct", "ms", direct),
+        row(BENCH, "exec -> exited, python -c pass", "bare python", "ms", bare),
+        row(
+            BENCH,
+            "exec -> first spawn / python -c pass (pairs)",
+            "ours",
+            "x",
+            [s[1] / b for s, b in zip(ours, bare, strict=True)],
+        ),
     ]
     if theirs:
         rows.append(row(BENCH, "exec -> first spawn", "supervisord", "ms", theirs))
@@ -257,6 +279,14 @@ def run(samples: int, editable: bool) -> tuple[list[Row], list[Check], list[str]
     by = {(r.measure, r.system): r.median for r in rows}
     child = by[("exec -> listening, child alone", "direct")]
     checks = [
+        at_most(
+            BENCH,
+            "exec -> first spawn / python -c pass, medians",
+            by[("exec -> first spawn", "ours")]
+            / by[("exec -> exited, python -c pass", "bare python")],
+            FIRST_SPAWN_OVER_PASS,
+            "x",
+        ),
         at_most(
             BENCH,
             "exec -> first spawn, median",

@@ -242,6 +242,9 @@ class ProcStats:
     rss_kib: int
     voluntary_switches: int  # summed over /proc/PID/task/*/status
     fds: int
+    # utime + stime of the whole process, threads that exited included (/proc/PID/stat, clock
+    # ticks): `cpu_s` loses the time of a worker thread that exits between two samples.
+    cpu_total_s: float = 0.0
 
 
 def proc_stats(pid: int) -> ProcStats:
@@ -259,7 +262,11 @@ def proc_stats(pid: int) -> ProcStats:
                     switches += int(line.split()[1])
             # Time on a CPU in ns (user + system): /proc/PID/stat only counts 10 ms ticks.
             cpu_ns += int((task / "schedstat").read_text().split()[0])
-    return ProcStats(cpu_ns / 1e9, rss_kib, switches, len(os.listdir(proc / "fd")))
+    stat = (proc / "stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    total_s = ticks / os.sysconf("SC_CLK_TCK")
+    return ProcStats(cpu_ns / 1e9, rss_kib, switches, len(os.listdir(proc / "fd")), total_s)
 
 
 def _kill_tree(root: int, known: Sequence[int] = ()) -> None:

@@ -182,7 +182,12 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.report, "a") as report:
             report.write(f"listening {os.getpid()} {listened_ns}\n")
     where = server.getsockname()
-    print(f"listening on {where[0]}:{where[1]}", flush=True)
+    try:  # noqa: SIM105 - contextlib would cost an import
+        print(f"listening on {where[0]}:{where[1]}", flush=True)
+    except BrokenPipeError:
+        # Our supervisor was killed after it saw us listen, before it read this line: keep
+        # serving, as the orphans that the reclaim tests and `bench relaunch` need do.
+        pass
     if args.crash_after is not None:
         code = args.exit_code
 

@@ -601,8 +601,10 @@ class Attempt:
         }
 
     def _write_pidfile(self, record: dict[str, object]) -> None:
+        # Not fsynced (as the ledger): it names a living process, which a crash of the machine
+        # ends; an fsync here delayed `sidecar_ready` by 0.3 ms (median) to 17 ms (loaded disk).
         with self.state.subdir(self.name, create=True) as folder:
-            folder.write(SIDECAR_PID_NAME, record)
+            folder.write(SIDECAR_PID_NAME, record, durable=False)
 
     def _remove_pidfile(self) -> None:
         try:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Daemon, demo_command, free_port, render_config
+from tests.support import Daemon, demo_command, free_port, pid_gone, render_config
 
 # Imported where first used: after the first launches, only for some configs, or never at all
 # on a plain start (psutil: proctime reads /proc on Linux).
@@ -62,3 +62,25 @@ def test_psutil_is_not_loaded_by_a_plain_start(tmp_path: Path) -> None:
         daemon.wait_for("sidecar_ready")
         maps = Path(f"/proc/{daemon.pid}/maps").read_text()
         assert "_psutil_linux" not in maps
+
+
+def test_the_control_socket_opens_after_the_first_launch_over_an_orphan(tmp_path: Path) -> None:
+    """The control server's imports and the sweep wait until the first launch got past its
+    preflight: over an orphan, the preflight's scans run in a worker thread, and the event loop
+    used to import the control server meanwhile, ahead of the kill and the spawn."""
+    port = free_port()
+    config = tmp_path / "supervisor.toml"
+    config.write_text(render_config([{"name": "web", "command": demo_command(port), "port": port}]))
+    first = Daemon(config, tmp_path / "state", "--non-interactive")
+    orphan = first.wait_for("sidecar_ready")["pid"]
+    first.kill()
+    with Daemon(config, tmp_path / "state", "--non-interactive") as second:
+        killed = second.wait_for("orphan_killed")
+        assert killed["pid"] == orphan
+        spawned = second.wait_for("sidecar_spawned")
+        listening = second.wait_for("control_listening")
+        order = [e["event"] for e in second.events]
+        assert order.index("sidecar_spawned") < order.index("control_listening"), order
+        assert spawned["pid"] != orphan and listening is not None
+        assert second.stop() == 0
+    assert pid_gone(orphan)

@@ -1046,4 +1046,5 @@ def test_a_sidecar_named_after_a_state_dir_file_is_a_config_error(
     code = cli.main(["check-config", "-c", str(path)])
     out, err = capsys.readouterr()
     assert code == 2, err
-    assert_user_error(out, err, (f'sidecar "{name}": name: "{name}" is a file of the state dir',), path)
+    expected = f'sidecar "{name}": name: "{name}" is a file of the state dir'
+    assert_user_error(out, err, (expected,), path)

@@ -16,22 +16,23 @@ from supervisor.system import procs
 from supervisor.system.net import netlink
 from supervisor.system.net.listener import Listener
 
+_DIR = os.O_RDONLY | os.O_DIRECTORY
+
 
 def _socket_links(inodes: Iterable[int]) -> dict[str, int]:
     return {f"socket:[{inode}]": inode for inode in inodes}
 
 
-def _held(pid: int, links: Mapping[str, int]) -> set[int]:
-    """Which of the sockets (as /proc fd link texts) `pid` holds; empty if it is gone."""
-    base = f"/proc/{pid}/fd/"
+def _held_in(fd_dir: int, links: Mapping[str, int]) -> set[int]:
+    """Which of the sockets (as /proc fd link texts) the fd table open as `fd_dir` holds."""
+    found: set[int] = set()
     try:
-        names = os.listdir(base)
+        names = os.listdir(fd_dir)
     except OSError:
-        return set()
-    found = set()
+        return found
     for name in names:
         try:
-            inode = links.get(os.readlink(base + name))
+            inode = links.get(os.readlink(name, dir_fd=fd_dir))
         except OSError:
             continue
         if inode is not None:
@@ -39,38 +40,63 @@ def _held(pid: int, links: Mapping[str, int]) -> set[int]:
     return found
 
 
-def _readable_pids(uid: int) -> Iterator[int]:
-    """Pids whose fd table we may read: every process as root, else those of `uid`."""
+def _held(pid: int, links: Mapping[str, int], proc_dir: int | None = None) -> set[int]:
+    """Which of the sockets `pid` holds; empty if it is gone or its fd table is closed to us."""
     try:
-        proc_dir = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY)
+        fd_dir = os.open(
+            f"{pid}/fd" if proc_dir is not None else f"/proc/{pid}/fd", _DIR, dir_fd=proc_dir
+        )
     except OSError:
-        return
+        return set()
     try:
-        everyone = os.geteuid() == 0
-        for name in os.listdir(proc_dir):
-            if not name.isdigit():
-                continue
-            if not everyone:
-                try:
-                    if os.stat(name, dir_fd=proc_dir).st_uid != uid:
-                        continue
-                except OSError:
-                    continue
-            yield int(name)
+        return _held_in(fd_dir, links)
     finally:
-        os.close(proc_dir)
+        os.close(fd_dir)
+
+
+def _readable_pids(proc_dir: int, uid: int) -> Iterator[int]:
+    """Pids whose fd table we may read: every process as root, else those of `uid`."""
+    everyone = os.geteuid() == 0
+    for name in os.listdir(proc_dir):
+        if not name.isdigit():
+            continue
+        if not everyone:
+            try:
+                if os.stat(name, dir_fd=proc_dir).st_uid != uid:
+                    continue
+            except OSError:
+                continue
+        yield int(name)
 
 
 def map_inodes(listeners: Iterable[Listener], uid: int) -> dict[int, list[int]]:
-    """inode -> every pid holding it, for the sockets in `listeners` (a full scan)."""
+    """inode -> every pid holding it, for the sockets in `listeners` (a full scan).
+
+    Every fd table we may read is read: what would let the scan stop early or skip processes
+    is not sound. The socket's reference count (/proc/net/tcp's `refcnt`, sock_diag) counts the
+    kernel's references to the sock, not the descriptors that share its file: it stays 1
+    through dup() and fork() (measured), and no interface shows a file's count. Nor does the
+    socket's uid bound its holders: a root parent's worker that drops privileges after fork(),
+    a setuid program exec'd by a holder, or a descriptor passed with SCM_RIGHTS all hold it
+    under another uid. So the scan is cut in its constant, not its extent: each fd table is
+    opened once relative to an open /proc (no path walk of /proc/PID/fd per descriptor) and its
+    links are read relative to that directory.
+    """
     inodes = {lst.inode for lst in listeners if lst.inode is not None}
     owners: dict[int, list[int]] = {}
     if not inodes:
         return owners
     links = _socket_links(inodes)
-    for pid in _readable_pids(uid):
-        for inode in _held(pid, links):
-            owners.setdefault(inode, []).append(pid)
+    try:
+        proc_dir = os.open("/proc", _DIR)
+    except OSError:
+        return owners
+    try:
+        for pid in _readable_pids(proc_dir, uid):
+            for inode in _held(pid, links, proc_dir):
+                owners.setdefault(inode, []).append(pid)
+    finally:
+        os.close(proc_dir)
     return owners
 
 
