@@ -644,7 +644,7 @@ class Daemon:
             return
         from supervisor.reconcile.kill import stop_left
 
-        adopted = await anyio.to_thread.run_sync(reaper.adopted_identities)
+        adopted = await workers.run_sync(reaper.adopted_identities)
         if not adopted:
             return
         with anyio.move_on_after(ADOPTED_STOP_S + KILL_GRACE_S):

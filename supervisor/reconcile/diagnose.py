@@ -17,13 +17,15 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from supervisor.config import ReclaimConfig, SidecarConfig
 from supervisor.core import show
 from supervisor.errors import command as cli_command
 from supervisor.evidence.ledger import Spawn
+from supervisor.evidence.tags import OwnerTag
+from supervisor.reconcile.classify import Classification
 from supervisor.reconcile.decide import Act, Action, LaunchKind, decide
 from supervisor.system.proctime import same_create_time
 
@@ -156,6 +158,24 @@ class NextRun:
         }
 
 
+def _cgroup_owner(
+    pid: int | None, known: Sequence[Known]
+) -> tuple[str, Path, tuple[int, float] | None] | None:
+    """(sidecar, state dir, its running daemon) when `pid` is in a cgroup of a known state dir."""
+    from supervisor.system import cgroups
+
+    owner = cgroups.owner_of(pid) if pid is not None else None
+    if owner is None:
+        return None
+    for entry in known:
+        try:
+            if cgroups.state_id(entry.state_dir) == owner.state_id:
+                return owner.sidecar, entry.state_dir, entry.daemon
+        except OSError:
+            continue
+    return None
+
+
 def diagnose(
     port: int,
     marker: str | None,
@@ -190,7 +210,26 @@ def diagnose(
             if sidecar is not None
             else (evidence.ledger_sidecar or evidence.sidecar_tag or "")
         )
-        result = classify(evidence, name=name, marker=marker or "", our_uid=os.getuid())
+        by_cgroup = _cgroup_owner(holder.pid, known)
+        if by_cgroup is not None:  # the kernel's word, as the daemon reads it (SPEC 11.1)
+            cgroup_sidecar, folder, running = by_cgroup
+            name = sidecar.name if sidecar is not None else cgroup_sidecar
+            result = (
+                Classification(
+                    Verdict.LIVE,
+                    f"it is in the cgroup of sidecar {cgroup_sidecar!r} of the supervisor "
+                    f"(pid {running[0]}) of {folder}, which runs it now",
+                )
+                if running is not None
+                else classify(
+                    replace(evidence, cgroup_sidecar=cgroup_sidecar, cgroup_running=False),
+                    name=name,
+                    marker=marker or "",
+                    our_uid=os.getuid(),
+                )
+            )
+        else:
+            result = classify(evidence, name=name, marker=marker or "", our_uid=os.getuid())
         verdicts.append(result)
         facts = holder.facts
         reason = result.reason
@@ -200,6 +239,11 @@ def diagnose(
         owner = evidence.owner
         owner_alive = OwnerState.ALIVE in (evidence.owner_state, evidence.ledger_owner)
         state = _state_dir_of((owner.pid, owner.create_time) if owner else None, known)
+        if by_cgroup is not None:
+            state = by_cgroup[1]
+            running_daemon = by_cgroup[2]
+            owner = OwnerTag(*running_daemon) if running_daemon is not None else None
+            owner_alive = running_daemon is not None
         found.append(
             Diagnosis(
                 pid=holder.pid,

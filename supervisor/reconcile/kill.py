@@ -185,7 +185,7 @@ async def stop_left(
     left = [
         (pid, created)
         for pid, created in processes
-        if await anyio.to_thread.run_sync(proctime.is_alive, pid, created)
+        if await workers.run_sync(proctime.is_alive, pid, created)
     ]
     stopped: list[int] = []
 

@@ -124,7 +124,7 @@ class Attempt:
             env.update(inherit.listen_env(self.name))
         if wants_notify(self.config):
             try:
-                self.notify = await anyio.to_thread.run_sync(self._bind_notify)
+                self.notify = await workers.run_sync(self._bind_notify)
             except OSError as exc:
                 self.reason = f"cannot create its NOTIFY_SOCKET: {exc.strerror or exc}"
                 self.log.error("sidecar_start_failed", reason=self.reason)
@@ -201,7 +201,7 @@ class Attempt:
         finally:
             with anyio.CancelScope(shield=True):
                 if child.status is None and not child.abandoned:
-                    tree = await anyio.to_thread.run_sync(reaper.snapshot_tree, child.pid)
+                    tree = await workers.run_sync(reaper.snapshot_tree, child.pid)
                     await self._stop_child(child)
                     await self._stop_left(tree)
                 await recorded.wait()

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import socket
 
-import anyio
 from structlog.typing import FilteringBoundLogger
 
 from supervisor.config import ForeignAction, SidecarConfig
 from supervisor.reconcile.classify import Verdict
 from supervisor.reconcile.preflight import Action, Outcome
 from supervisor.sidecar import inherit
+from supervisor.system import workers
 
 
 def free_port(host: str) -> int:
@@ -43,7 +43,7 @@ async def take_free_port(
         listen = await sockets.acquire(config.name, config.host, 0)
         return listen.port, listen
     try:
-        return await anyio.to_thread.run_sync(free_port, config.host), None
+        return await workers.run_sync(free_port, config.host), None
     except OSError as exc:
         reason = f"cannot choose a port on {config.host}: {exc.strerror or exc}"
         raise inherit.BindError(config.host, reason, in_use=False) from None

@@ -87,14 +87,19 @@ def _children(parent: int | None) -> list[int]:
     me = os.getpid()
     if parent is not None and parent != me:
         return procs.child_pids(parent)
-    if sys.platform == "linux":
-        # Without CONFIG_PROC_CHILDREN (no such file): the slow way below.
-        with (
-            contextlib.suppress(FileNotFoundError),
-            open(f"/proc/{me}/task/{me}/children", "rb") as listing,
-        ):
-            return [int(word) for word in listing.read().split()]
-    return procs.child_pids(me)
+    try:
+        if sys.platform == "linux":
+            # Without CONFIG_PROC_CHILDREN (no such file): the slow way below.
+            with (
+                contextlib.suppress(FileNotFoundError),
+                open(f"/proc/{me}/task/{me}/children", "rb") as listing,
+            ):
+                return [int(word) for word in listing.read().split()]
+        return procs.child_pids(me)
+    except OSError:
+        # Out of fds (EMFILE) or /proc unreadable: none seen this time. An exited orphan is
+        # reaped at the next SIGCHLD; at shutdown, what was adopted stays for the next daemon.
+        return []
 
 
 def adopted(parent: int | None = None) -> list[int]:

@@ -34,6 +34,7 @@ from tests.support import (
     demo_sidecar,
     free_port,
     gone_owner_tag,
+    live_tags,
     render_config,
     wait_until,
 )
@@ -412,7 +413,10 @@ class Scenario:
                 env = {"SUPERVISOR_SIDECAR": name, "SUPERVISOR_OWNER": gone_owner_tag()}
                 holder = SharedHolder(port, env=env)
             else:
-                holder = Holder(port, "127.0.0.1", *flags)
+                # A live instance: tagged by a supervisor that runs (this test stands in for
+                # it). The marker alone would make it `unproven` (issue 24).
+                tags = live_tags(name) if kind == "live" else {}
+                holder = Holder(port, "127.0.0.1", *flags, env=tags)
         except RuntimeError:
             self.stats.grabs_lost += 1
             self.note(f"  {kind} holder lost the race for {name}'s port {port}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -32,6 +33,7 @@ from tests.support import (
     port_free,
     read_json,
     render_config,
+    run_cli,
     sidecar_entry,
     wait_until,
 )
@@ -175,6 +177,14 @@ def test_a_sigkilled_daemons_cgroup_is_reclaimed_whole_by_the_next(
     old = pids_in(pids)
     first.kill()
     assert not any(pid_gone(p) for p in old)  # orphans now, in their cgroup
+    # `supervisor port` reads the cgroups as the next run does (one truth, issue 25): every
+    # holder is an orphan by its cgroup, and the next run kills them before it launches.
+    said = run_cli("port", str(port), "--json", "--state-dir", str(cgroup_state))
+    assert said.returncode == 10, said.stderr
+    verdict = json.loads(said.stdout)
+    assert {h["verdict"] for h in verdict["holders"]} == {"orphan"}, verdict
+    assert all("by its cgroup" in h["reason"] for h in verdict["holders"]), verdict
+    assert verdict["next_run"]["unattended"] == "kill", verdict
     with Daemon(path, cgroup_state) as second:
         reclaimed = second.wait_for("cgroup_leftovers_killed", timeout=30, sidecar="web")
         assert reclaimed["count"] == 2
@@ -221,8 +231,9 @@ def test_status_shows_isolation_memory_and_cpu(cgroup_state: Path, tmp_path: Pat
             capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
         )  # fmt: skip
         header, row = table.stdout.splitlines()[1:3]
-        assert header.split()[6:9] == ["ISOLATION", "CPU", "MEM"], table.stdout
-        assert row.split()[6] == "cgroup" and row.split()[8].endswith("MiB"), table.stdout
+        cells = dict(zip(header.split(), row.split(), strict=False))
+        assert cells["ISOLATION"] == "cgroup", table.stdout
+        assert cells["MEM"][-1] in "KMG" and cells["CPU"].endswith("%"), table.stdout
         assert daemon.stop() == 0
 
 

@@ -70,7 +70,13 @@ def test_the_control_socket_opens_after_the_first_launch_over_an_orphan(tmp_path
     used to import the control server meanwhile, ahead of the kill and the spawn."""
     port = free_port()
     config = tmp_path / "supervisor.toml"
-    config.write_text(render_config([{"name": "web", "command": demo_command(port), "port": port}]))
+    # isolation = "none": the preflight's path (with a cgroup, the dead daemon's cgroup is
+    # emptied before any preflight runs: test_cgroups)
+    config.write_text(
+        render_config(
+            [{"name": "web", "command": demo_command(port), "port": port}], {"isolation": "none"}
+        )
+    )
     first = Daemon(config, tmp_path / "state", "--non-interactive")
     orphan = first.wait_for("sidecar_ready")["pid"]
     first.kill()

@@ -151,7 +151,11 @@ def test_a_clean_stop_leaves_no_spawn_record_and_no_member(tmp_path: Path) -> No
     goes with its process."""
     state = tmp_path / "state"
     config = tmp_path / "supervisor.toml"
-    config.write_text(render_config([{"name": "app", "command": [PYTHON, "-c", PGID_MEMBER]}]))
+    config.write_text(
+        render_config(
+            [{"name": "app", "command": [PYTHON, "-c", PGID_MEMBER]}], {"isolation": "none"}
+        )
+    )  # the evidence without cgroups (with them, test_cgroups)
     member = 0
     try:
         with Daemon(config, state) as daemon:
@@ -194,7 +198,11 @@ def test_an_adopted_grandchild_is_stopped_with_the_daemon(tmp_path: Path) -> Non
     the daemon adopted it (subreaper), which proves it ours. Before, a clean stop left it."""
     state = tmp_path / "state"
     config = tmp_path / "supervisor.toml"
-    config.write_text(render_config([{"name": "app", "command": [PYTHON, "-c", DOUBLE_FORK]}]))
+    config.write_text(
+        render_config(
+            [{"name": "app", "command": [PYTHON, "-c", DOUBLE_FORK]}], {"isolation": "none"}
+        )
+    )  # the evidence without cgroups (with them, test_cgroups)
     grandchild = 0
     try:
         with Daemon(config, state) as daemon:

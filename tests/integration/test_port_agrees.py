@@ -69,7 +69,10 @@ class Held:
 def write_config(tmp_path: Path, sidecar: dict[str, object]) -> Path:
     config = tmp_path / "supervisor.toml"
     state = tmp_path / "state"
-    config.write_text(f'[supervisor]\nstate_dir = "{state}"\n\n' + render_config([sidecar]))
+    # isolation = "none": the evidence `port` reads today (spawn records, tags, the marker)
+    config.write_text(
+        f'[supervisor]\nstate_dir = "{state}"\nisolation = "none"\n\n' + render_config([sidecar])
+    )
     return config
 
 

@@ -192,3 +192,16 @@ def test_the_architecture_table_lists_exactly_the_modules() -> None:
         name = rel.parts[1] if len(rel.parts) > 2 else rel.stem
         actual.setdefault(folder, set()).add(name)
     assert architecture_table() == actual
+
+
+def test_the_daemon_hands_blocking_work_to_workers_only() -> None:
+    """system/workers.run_sync is the one guard for a thread that cannot start (issue 25): the
+    daemon's code never calls anyio.to_thread itself. (The clients run in apps, not here.)"""
+    direct = [
+        name
+        for name, path in modules().items()
+        if name.split(".")[1:2] not in (["client"], ["mcp"])
+        and name != "supervisor.system.workers"
+        and "anyio.to_thread" in path.read_text()
+    ]
+    assert not direct, direct
