@@ -104,8 +104,8 @@ async def wait(target: Target, names: Sequence[str], timeout_s: float) -> tuple[
 
 
 def read_logs(target: Target, names: Sequence[str], lines: int) -> tuple[str, Json]:
-    from supervisor import tail
     from supervisor.control import client as control
+    from supervisor.sidecar import tail
 
     count = min(max(lines, 0), MAX_LOG_LINES)
     state_dir = control.resolve_state_dir(target.config, target.state_dir)

@@ -7,7 +7,8 @@ import subprocess
 
 import pytest
 
-from supervisor import cli, completion
+from supervisor import cli
+from supervisor.cli import completion
 from tests.support import PYTHON, ROOT
 
 

@@ -1015,7 +1015,7 @@ def test_demo_config_runs_the_demo_on_the_daemons_interpreter() -> None:
 
 
 def test_example_config_is_the_starter_that_init_writes() -> None:
-    from supervisor import starter
+    from supervisor.cli import starter
 
     shipped = ROOT / "supervisor" / "config" / "example.toml"
     repo = ROOT / "config" / "example.toml"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from supervisor import logmerge
+from supervisor.cli import logmerge
 
 
 def ln(ms: int, text: str) -> bytes:

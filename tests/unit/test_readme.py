@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import cli, starter
+from supervisor import cli
+from supervisor.cli import starter
 from tests.support import ROOT
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import tail
 from supervisor.config import OutputConfig, ProbeKind, ReadyConfig, SidecarConfig
+from supervisor.sidecar import tail
 from supervisor.sidecar.outputlog import OUTPUT_NAME
 from supervisor.system.rotating import RotatingFile
 

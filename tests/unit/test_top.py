@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor import top
+from supervisor.cli import top
 from supervisor.core import status
 from supervisor.system.procs import Usage
 

@@ -225,7 +225,7 @@ class Top:
         return curses.A_REVERSE if index == self.selected else curses.A_NORMAL
 
     def _last_lines(self) -> dict[str, str]:
-        from supervisor import tail
+        from supervisor.sidecar import tail
 
         found = {}
         for name in self.names:
@@ -292,7 +292,7 @@ class Top:
         import curses
         import sys
 
-        from supervisor import tail
+        from supervisor.sidecar import tail
 
         curses.def_prog_mode()
         curses.endwin()
