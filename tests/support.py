@@ -80,6 +80,22 @@ def render_config(
     return "\n".join(lines) + "\n"
 
 
+def write_config(tmp_path: Path, sidecars: list[dict[str, Any]], **supervisor: object) -> Path:
+    """`tmp_path/supervisor.toml` with these sidecars and [supervisor] keys."""
+    config = tmp_path / "supervisor.toml"
+    config.write_text(render_config(sidecars, supervisor or None))
+    return config
+
+
+def read_status(state: Path) -> dict[str, Any]:
+    """The daemon's status.json ({} while it is absent or being replaced)."""
+    try:
+        doc: dict[str, Any] = json.loads((state / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc
+
+
 def demo_command(port: int, *extra: str) -> list[str]:
     return [PYTHON, "-m", "supervisor.demo", "--port", str(port), *extra]
 

@@ -19,7 +19,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
@@ -33,25 +32,13 @@ from tests.support import (
     demo_sidecar,
     free_port,
     pid_gone,
+    read_status,
     render_config,
     wait_until,
+    write_config,
 )
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
-
-
-def write_config(tmp_path: Path, sidecars: list[dict[str, Any]], **supervisor: object) -> Path:
-    config = tmp_path / "supervisor.toml"
-    config.write_text(render_config(sidecars, supervisor or None))
-    return config
-
-
-def read_status(state: Path) -> dict[str, Any]:
-    try:
-        doc: dict[str, Any] = json.loads((state / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return doc
 
 
 # -- SIGCONT before every stop signal -----------------------------------------------------------

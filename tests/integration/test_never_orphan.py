@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import math
 import os
 import resource
@@ -35,26 +34,13 @@ from tests.support import (
     demo_sidecar,
     free_port,
     pid_gone,
-    render_config,
+    read_status,
     stamp_ns,
     wait_until,
+    write_config,
 )
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
-
-
-def write_config(tmp_path: Path, sidecars: list[dict[str, Any]], **supervisor: object) -> Path:
-    config = tmp_path / "supervisor.toml"
-    config.write_text(render_config(sidecars, supervisor or None))
-    return config
-
-
-def read_status(state: Path) -> dict[str, Any]:
-    try:
-        doc: dict[str, Any] = json.loads((state / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return doc
 
 
 def sidecar_entry(state: Path, name: str) -> dict[str, Any]:
