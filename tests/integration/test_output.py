@@ -177,6 +177,10 @@ def test_rotation_keeps_output_log_within_max_bytes_plus_one_line(tmp_path: Path
         assert daemon.stop() == 0
 
 
+TERMINAL_SIGINT = ["env", "--default-signal=INT", "--"]  # coreutils >= 8.31
+FOLLOW = [PYTHON, "-m", "supervisor", "logs", "web", "-f", "-n", "1"]
+
+
 def test_logs_follow_keeps_following_across_rotations(tmp_path: Path) -> None:
     state = tmp_path / "state"
     output = {"max_bytes": 1024, "backups": 3}  # 30 ticks to a file: a rotation every ~0.3 s
@@ -184,7 +188,9 @@ def test_logs_follow_keeps_following_across_rotations(tmp_path: Path) -> None:
     with start(tmp_path, [entry], state) as daemon:
         daemon.wait_for("child_output", line="tick 000005")
         follow = subprocess.Popen(
-            [PYTHON, "-m", "supervisor", "logs", "web", "-f", "-n", "1", "--state-dir", str(state)],
+            # As from a terminal: SIGINT at its default disposition (env --default-signal),
+            # whatever the test process inherited or was left with below Python.
+            [*TERMINAL_SIGINT, *FOLLOW, "--state-dir", str(state)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=ROOT,
