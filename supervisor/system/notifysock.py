@@ -110,8 +110,11 @@ class NotifySocket:
             except OSError as exc:  # never out into the attempt: no more notifications, said why
                 on_rejected(None, f"the notify socket failed: {exc.strerror or exc}")
                 return
-            sender = _read_ancillary(ancillary)  # closes any fd passed along (BARRIER=1)
+            # Judge the sender before closing what it passed: closing a BARRIER=1 fd releases
+            # systemd-notify, which then exits, and a gone sender cannot be identified.
+            sender = _sender(ancillary)
             why = _refusal(sender, child_pid)
+            _close_passed_fds(ancillary)
             if why is not None:
                 on_rejected(sender, why)
                 continue
@@ -130,21 +133,25 @@ class NotifySocket:
             self._ping = anyio.Event()
 
 
-def _read_ancillary(ancillary: list[tuple[int, int, bytes]]) -> int | None:
-    """The sender's pid (None if the kernel gave none); every passed fd is closed."""
+def _sender(ancillary: list[tuple[int, int, bytes]]) -> int | None:
+    """The sender's pid (None if the kernel gave none)."""
     pid: int | None = None
     for level, kind, data in ancillary:
-        if level != socket.SOL_SOCKET:
-            continue
-        if SUPPORTED and kind == socket.SCM_CREDENTIALS and len(data) >= _UCRED.size:
+        credentials = level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS
+        if SUPPORTED and credentials and len(data) >= _UCRED.size:
             pid = _UCRED.unpack(data[: _UCRED.size])[0]
-        elif kind == socket.SCM_RIGHTS:
+    return pid
+
+
+def _close_passed_fds(ancillary: list[tuple[int, int, bytes]]) -> None:
+    """Every fd passed along (SCM_RIGHTS: BARRIER=1) is closed: we keep none."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds = array.array("i")
             fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-    return pid
 
 
 def _refusal(sender: int | None, child_pid: int) -> str | None:

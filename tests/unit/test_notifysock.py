@@ -40,7 +40,8 @@ def test_the_kernel_names_the_sender_and_passed_fds_are_closed() -> None:
                 notifysock.MAX_DATAGRAM, socket.CMSG_SPACE(12) + socket.CMSG_SPACE(64)
             )
             assert data == b"BARRIER=1"
-            assert notifysock._read_ancillary(ancillary) == os.getpid()
+            assert notifysock._sender(ancillary) == os.getpid()
+            notifysock._close_passed_fds(ancillary)
             # Every copy of the write end is closed: the reader sees end of file at once (as
             # systemd-notify's barrier does).
             assert os.read(read_end, 1) == b""
