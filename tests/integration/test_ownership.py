@@ -108,15 +108,28 @@ def spawn_of(pid: int, boot_id: str) -> Spawn:
     )
 
 
+@contextlib.contextmanager
+def session_leader() -> Iterator[int]:
+    child = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        yield child.pid
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+
+
 @linux_only
 def test_spawn_records_of_another_boot_are_dropped_and_pruned(tmp_path: Path) -> None:
     """After a reboot every pid is new: a record of the last boot naming pid P proves nothing
     about today's P, even with a matching create time (clocks move)."""
-    with StateDir.open(tmp_path / "state", create=True) as state:
+    # Two children of this test, each leading its own session as the daemon's sidecars do (the
+    # test's own session may lead outside this pid namespace: getsid() is then 0, no record).
+    with session_leader() as old, session_leader() as new, StateDir.open(
+        tmp_path / "state", create=True
+    ) as state:
         book = Ledger(state)
-        me = os.getpid()
-        book.record(spawn_of(me, "another-boot"))
-        ours = spawn_of(os.getppid(), book.boot_id)
+        book.record(spawn_of(old, "another-boot"))
+        ours = spawn_of(new, book.boot_id)
         book.record(ours)
         reader = Ledger(state, prune=False)  # `supervisor port`: reads, never prunes
         assert reader.entries() == [ours]
