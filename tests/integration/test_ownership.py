@@ -124,9 +124,11 @@ def test_spawn_records_of_another_boot_are_dropped_and_pruned(tmp_path: Path) ->
     about today's P, even with a matching create time (clocks move)."""
     # Two children of this test, each leading its own session as the daemon's sidecars do (the
     # test's own session may lead outside this pid namespace: getsid() is then 0, no record).
-    with session_leader() as old, session_leader() as new, StateDir.open(
-        tmp_path / "state", create=True
-    ) as state:
+    with (
+        session_leader() as old,
+        session_leader() as new,
+        StateDir.open(tmp_path / "state", create=True) as state,
+    ):
         book = Ledger(state)
         book.record(spawn_of(old, "another-boot"))
         ours = spawn_of(new, book.boot_id)
