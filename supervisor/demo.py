@@ -52,6 +52,24 @@ def _answer(conn: socket.socket) -> None:
             return
 
 
+# Signals that end the demo: the main thread must be the one to take them.
+_MAIN_THREAD_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def _start_thread(thread: threading.Thread) -> None:
+    """Start `thread` with the ending signals blocked in it (threads inherit the mask).
+
+    A process-directed signal goes to any thread that does not block it. Taken by a worker,
+    Python's handler only sets a flag for the main thread, which sits on in accept() and never
+    runs it: a SIGSTOPped demo continued and SIGTERMed (SIGCONT pending on the main thread, so
+    the kernel picked the thread answering a probe) served on until the stop escalated."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _MAIN_THREAD_SIGNALS)
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _MAIN_THREAD_SIGNALS)
+
+
 def _page() -> bytes:
     """GET /: a small page saying what this is and what to try next."""
     return (
@@ -197,11 +215,11 @@ def main(argv: list[str] | None = None) -> int:
 
         timer = threading.Timer(args.crash_after, crash)
         timer.daemon = True
-        timer.start()
+        _start_thread(timer)
     try:
         while True:
             conn, _ = server.accept()
-            threading.Thread(target=_answer, args=(conn,), daemon=True).start()
+            _start_thread(threading.Thread(target=_answer, args=(conn,), daemon=True))
     except KeyboardInterrupt:
         return 0
 

@@ -322,11 +322,15 @@ class Daemon:
         """SIGTERM the daemon and wait for it to exit; returns its exit code."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+        return self.wait_exit(timeout)
+
+    def wait_exit(self, timeout: float) -> int:
+        """Wait for the daemon to exit; past `timeout`, SIGKILL it and fail with its log tail."""
         try:
             code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as exc:
             self.kill()
-            raise
+            raise LogTimeout(f"no exit within {timeout}s; log tail:\n{self.tail()}") from exc
         self._reader.join(5)
         self._close_pipe()
         return code
@@ -353,8 +357,7 @@ class Daemon:
 
     def __exit__(self, *exc: object) -> None:
         if self.proc.poll() is None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.stop()
+            self.stop()  # a daemon that does not stop within 20 s fails the test, with its log
 
 
 def _matches(event: Event, name: str, fields: Mapping[str, object]) -> bool:

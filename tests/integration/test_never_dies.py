@@ -29,6 +29,7 @@ from tests.support import (
     ControlClient,
     Daemon,
     arrival_ns,
+    demo_command,
     demo_sidecar,
     free_port,
     pid_gone,
@@ -52,11 +53,44 @@ def test_a_stopped_child_is_continued_and_stops_at_once_at_shutdown(tmp_path: Pa
         pid = daemon.wait_for("sidecar_ready")["pid"]
         os.kill(pid, signal.SIGSTOP)
         daemon.signal(signal.SIGTERM)
-        assert daemon.proc.wait(30) == 0
+        assert daemon.wait_exit(30) == 0
     stopped = daemon.wait_for("sidecar_stopped", timeout=0, pid=pid)
     assert stopped["escalated"] is False  # it obeyed SIGTERM: nothing needed SIGKILL
     assert not daemon.find("shutdown_timeout_exceeded")
     assert pid_gone(pid)
+
+
+def _threads_of(pid: int, count: int) -> bool:
+    return psutil.Process(pid).num_threads() == count
+
+
+def test_the_demo_ends_on_sigterm_whichever_of_its_threads_takes_it() -> None:
+    """The test above failed once in a fresh-clone run: the demo, continued and SIGTERMed, served
+    on. With the SIGCONT still pending on its main thread, the kernel hands the SIGTERM to
+    another thread (one answering a request); Python's handler then only flags the main thread,
+    which sits on in accept(). Signalled as the daemon does, back to back, the demo without
+    blocking the ending signals in its threads stayed up 8 times in 20 (on Linux 6.18)."""
+    port = free_port()
+    for _ in range(10):
+        demo = subprocess.Popen(
+            demo_command(port), stdout=subprocess.PIPE, start_new_session=True, cwd=ROOT
+        )
+        try:
+            assert demo.stdout is not None and demo.stdout.readline().startswith(b"listening")
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as request:
+                request.sendall(b"GET /health")  # no blank line: its thread waits in recv
+                answering = functools.partial(_threads_of, demo.pid, 2)
+                wait_until(answering, 10.0, "a thread for the request")
+                os.kill(demo.pid, signal.SIGSTOP)
+                os.killpg(demo.pid, signal.SIGCONT)
+                os.killpg(demo.pid, signal.SIGTERM)
+                assert demo.wait(10) == 0
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+                demo.wait(10)
+            assert demo.stdout is not None
+            demo.stdout.close()
 
 
 # -- findable from the first instant -------------------------------------------------------------
