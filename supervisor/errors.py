@@ -197,8 +197,7 @@ class LaunchFailedError(SupervisorError):
         self.last_line = last_line
         said = f": {last_line}" if last_line else ""
         super().__init__(
-            f"supervisor run for {state_dir} exited with {returncode}{said}; "
-            f"see its log {log_file}"
+            f"supervisor run for {state_dir} exited with {returncode}{said}; see its log {log_file}"
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -91,6 +92,31 @@ def _describe(proc: psutil.Process) -> str:
         return f"pid {proc.pid}: {' '.join(proc.cmdline())[:120]}"
     except psutil.Error:
         return f"pid {proc.pid}"
+
+
+def _signal_state() -> tuple[frozenset[int], dict[int, object]]:
+    blocked = frozenset(signal.pthread_sigmask(signal.SIG_BLOCK, ()))
+    return blocked, {sig: signal.getsignal(sig) for sig in _WATCHED_SIGNALS}
+
+
+_WATCHED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_signal_state() -> Iterator[None]:
+    """Fail a test that leaves this process's signal mask or handlers changed (and restore
+    them): every child started afterwards would inherit a blocked SIGINT or SIGTERM, and a
+    server or `logs -f` would then ignore the test's Ctrl-C or stop."""
+    before = _signal_state()
+    yield
+    after = _signal_state()
+    if after == before:
+        return
+    signal.pthread_sigmask(signal.SIG_SETMASK, before[0])
+    for sig, handler in before[1].items():
+        if handler is not None:
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+    pytest.fail(f"test left the signal state changed: {before} -> {after}", pytrace=False)
 
 
 @pytest.fixture(autouse=True)

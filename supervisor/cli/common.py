@@ -15,9 +15,7 @@ from supervisor.errors import (
 )
 
 if TYPE_CHECKING:
-
     from supervisor import control
-
 
 
 Handler = Callable[[argparse.Namespace], int]
@@ -25,6 +23,7 @@ Handler = Callable[[argparse.Namespace], int]
 # How long `stop` waits for the daemon to be gone by default: past the daemon's own bound
 # (shutdown_timeout, 30 s by default, then it kills what is left).
 STOP_WAIT_S = 120.0
+
 
 def _fail(message: str) -> None:
     from supervisor.core import show
@@ -34,6 +33,7 @@ def _fail(message: str) -> None:
     with contextlib.suppress(OSError, ValueError, AttributeError):
         print(f"supervisor: {show.printable(message)}", file=sys.stderr, flush=True)
 
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one `supervisor: ...` line and exit 2."""
 
@@ -41,14 +41,17 @@ class _Parser(argparse.ArgumentParser):
         _fail(f'{message}; see "{self.prog} --help"')
         raise SystemExit(EXIT_USAGE)
 
+
 def _out(text: str) -> None:
     print(text)
+
 
 def _running(args: argparse.Namespace) -> control.RunningDaemon:
     """The one daemon this command addresses (exit 2 when the registry lists several)."""
     from supervisor import control
 
     return control.the_daemon(args.config, args.state_dir)
+
 
 def _ask(
     conn: control.Connection,
@@ -66,6 +69,7 @@ def _ask(
         what = f"no answer to {cmd} within {timeout_s or 0.0:g}s"
         raise BusyError(daemon.state_dir, daemon.pid, what, no_answer=True) from None
 
+
 def _act(args: argparse.Namespace, cmd: control.Command, timeout_s: float | None) -> int:
     """start / stop / restart NAME...: one line per sidecar."""
     from supervisor import control
@@ -81,6 +85,7 @@ def _act(args: argparse.Namespace, cmd: control.Command, timeout_s: float | None
             )
     return EXIT_OK
 
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -90,6 +95,7 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
     return value
 
+
 def _line_count(text: str) -> int:
     try:
         value = int(text)
@@ -98,6 +104,7 @@ def _line_count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a number of lines >= 0, got {value}")
     return value
+
 
 def _port(text: str) -> int:
     try:

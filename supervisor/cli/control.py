@@ -12,7 +12,6 @@ from supervisor.errors import (
 )
 
 if TYPE_CHECKING:
-
     pass
 
 from supervisor.cli.common import STOP_WAIT_S, _act, _ask, _fail, _out, _running
@@ -45,7 +44,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
         _out("\n\n".join(status.render_table(doc, now) for doc in docs if isinstance(doc, dict)))
     return EXIT_OK
 
+
 USAGE_SAMPLE_S = 0.1  # CPU is a rate: two readings this far apart (only without the daemon's)
+
 
 def _with_usage(doc: object) -> None:
     """CPU and memory of each sidecar's process tree, when the daemon's status lacks them."""
@@ -70,10 +71,12 @@ def _with_usage(doc: object) -> None:
             entry["cpu_percent"] = found.cpu_percent
             entry["memory_bytes"] = found.memory_bytes
 
+
 def _cmd_start(args: argparse.Namespace) -> int:
     from supervisor import control
 
     return _act(args, control.Command.START, control.REPLY_TIMEOUT_S)
+
 
 def _cmd_stop(args: argparse.Namespace) -> int:
     from supervisor import control
@@ -99,6 +102,7 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     _out(f"stopped: the daemon (pid {daemon.pid}) and its sidecars are gone")
     return EXIT_OK
 
+
 def _cmd_reload(args: argparse.Namespace) -> int:
     from supervisor import control
 
@@ -115,6 +119,7 @@ def _cmd_reload(args: argparse.Namespace) -> int:
         _out(f"asked the daemon (pid {daemon.pid}) to reload its config (--wait waits for it)")
     return EXIT_OK
 
+
 def _cmd_restart(args: argparse.Namespace) -> int:
     import signal
 
@@ -126,6 +131,7 @@ def _cmd_restart(args: argparse.Namespace) -> int:
     control.send(daemon, signal.SIGUSR1)
     _out(f"asked the daemon (pid {daemon.pid}) to restart every sidecar")
     return EXIT_OK
+
 
 def _cmd_wait(args: argparse.Namespace) -> int:
     from supervisor import control
@@ -145,6 +151,7 @@ def _cmd_wait(args: argparse.Namespace) -> int:
         _out(f"{record.get('name')}: {record.get('state') or 'ready'}{url}")  # or completed
     return EXIT_OK
 
+
 def _cmd_events(args: argparse.Namespace) -> int:
     import json
 
@@ -160,6 +167,7 @@ def _cmd_events(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass  # the normal way to stop following
     return EXIT_OK
+
 
 def _cmd_top(args: argparse.Namespace) -> int:
     from supervisor.errors import NoTerminalError

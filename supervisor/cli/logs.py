@@ -34,6 +34,7 @@ def _configured_sidecars(config_arg: str | None) -> tuple[SidecarConfig, ...]:
             raise
         return ()
 
+
 def _cmd_logs(args: argparse.Namespace) -> int:
     import time
 
@@ -65,6 +66,7 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     finally:
         reader.close()
     return EXIT_OK
+
 
 def _merged_logs(
     args: argparse.Namespace, state_dir: Path, configured: Sequence[SidecarConfig]

@@ -34,6 +34,7 @@ def _report(args: argparse.Namespace, exc: SupervisorError) -> None:
     else:
         _fail(exc.message)
 
+
 def _with_leftovers(exc: NotRunningError) -> SupervisorError:
     """After an unclean exit: which sidecars still run (and hold their port)."""
     from supervisor.cli import leftovers
@@ -43,6 +44,7 @@ def _with_leftovers(exc: NotRunningError) -> SupervisorError:
         return exc
     found = leftovers.find(state_dir)
     return leftovers.LeftoversError(state_dir, found) if found else exc
+
 
 def _daemon_logs_json(args: argparse.Namespace) -> bool:
     """Whether `run` logs JSON: --log-format, else the config's log_format, else auto.
@@ -65,12 +67,14 @@ def _daemon_logs_json(args: argparse.Namespace) -> bool:
             return True
     return log_format == "json"
 
+
 def _json_safe(value: object) -> object:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, list | tuple):
         return [_json_safe(item) for item in value]
     return str(value)
+
 
 def _start_failed_event(exc: SupervisorError) -> str:
     """`daemon_start_failed` as one JSON line, shaped like the daemon's own log events."""
@@ -88,6 +92,7 @@ def _start_failed_event(exc: SupervisorError) -> str:
     event["level"] = "error"
     event["timestamp"] = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
     return json.dumps(event)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     from supervisor.system import signals
@@ -119,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.flush()
         os._exit(code)
     return code
+
 
 def _finish_logs(daemon: bool) -> None:
     if daemon and "supervisor.system.logs" in sys.modules:

@@ -7,7 +7,6 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-
     pass
 
 from supervisor.cli.common import STOP_WAIT_S, Handler, _line_count, _Parser, _port, _positive_float

@@ -10,7 +10,6 @@ from supervisor.errors import (
 )
 
 if TYPE_CHECKING:
-
     from supervisor.reconcile import diagnose
 
 from supervisor.cli.common import _out
@@ -43,6 +42,7 @@ def _cmd_port(args: argparse.Namespace) -> int:
         _out(diagnose.render_text(args.port, found, marker, next_run))
     return EXIT_PORT_HELD if found else EXIT_OK
 
+
 def _known_ledgers(state_dir_arg: str | None) -> list[diagnose.Known]:
     """The spawn ledgers the MCP tool `diagnose_port` reads: the default state dir's, --state-dir's
     and every registered daemon's (as `port` without -c)."""
@@ -53,6 +53,7 @@ def _known_ledgers(state_dir_arg: str | None) -> list[diagnose.Known]:
     if state_dir_arg:
         folders.append(paths.state_dir(state_dir_arg, None))
     return registry.known_ledgers(folders)
+
 
 def _cmd_mcp(args: argparse.Namespace) -> int:
     from supervisor import mcp  # the optional MCP SDK: only here

@@ -47,6 +47,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     _out(f"{path}: valid; {cfg.summary()}")
     return EXIT_OK
 
+
 def _service_notes(sidecars: Sequence[SidecarConfig]) -> None:
     """With a user service installed: the programs its minimal PATH would not find (notes)."""
     from supervisor import service
@@ -59,6 +60,7 @@ def _service_notes(sidecars: Sequence[SidecarConfig]) -> None:
     if installed:
         for line in service.path_notes(kind, sidecars):
             _fail(f"note: under the installed {kind} service: {line}")
+
 
 def _cmd_run(args: argparse.Namespace) -> int:
     if sys.platform == "win32":
@@ -84,6 +86,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     )
 
+
 def _cmd_service(args: argparse.Namespace) -> int:
     from supervisor import service
 
@@ -102,12 +105,14 @@ def _cmd_service(args: argparse.Namespace) -> int:
             _out("\n".join(service.uninstall(kind, service.home(), force=args.force)))
     return EXIT_OK
 
+
 def _path_notes(kind: service.Kind, config_path: Path) -> None:
     """A note on stderr for each sidecar command the service's minimal PATH would not find."""
     from supervisor import config, service
 
     for line in service.path_notes(kind, config.load(config_path).sidecars):
         _fail(f"note: {line}")
+
 
 def _cmd_init(args: argparse.Namespace) -> int:
     from pathlib import Path

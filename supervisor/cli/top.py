@@ -341,4 +341,3 @@ class Top:
 def _entries(doc: Mapping[str, object]) -> list[Mapping[str, object]]:
     sidecars = doc.get("sidecars")
     return [s for s in sidecars if isinstance(s, Mapping)] if isinstance(sidecars, list) else []
-

@@ -329,9 +329,7 @@ def _depends_on(table: Table) -> dict[str, Condition]:
     return result
 
 
-def _check_dependencies(
-    sidecars: list[SidecarConfig], keys: list[str], problems: Problems
-) -> None:
+def _check_dependencies(sidecars: list[SidecarConfig], keys: list[str], problems: Problems) -> None:
     """Every dependency names a sidecar of this file, not itself, and they form no cycle."""
     index = {s.name: i for i, s in enumerate(sidecars)}
 
@@ -360,7 +358,8 @@ def _entry_keys(entries: list[object]) -> list[str]:
         for e in entries
     ]
     return [
-        f'sidecar "{name}"' if name and NAME_RE.fullmatch(name) and names.count(name) == 1
+        f'sidecar "{name}"'
+        if name and NAME_RE.fullmatch(name) and names.count(name) == 1
         else f"sidecar[{index}]"
         for index, name in enumerate(names)
     ]

@@ -428,9 +428,7 @@ class Connection:
         return error_from_reply(self.daemon.state_dir, error, pid=self.daemon.pid)
 
 
-def error_from_reply(
-    state_dir: Path, error: object, *, pid: int | None = None
-) -> SupervisorError:
+def error_from_reply(state_dir: Path, error: object, *, pid: int | None = None) -> SupervisorError:
     """The SupervisorError of an error reply's `error` object."""
     fields = error if isinstance(error, dict) else {}
     code = fields.get("code")

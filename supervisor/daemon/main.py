@@ -32,6 +32,7 @@ from supervisor.daemon.statuswriter import StatusWriter
 from supervisor.errors import ForeignProcError, IsolationError, StateDirError, SupervisorError
 from supervisor.evidence.ledger import Ledger
 from supervisor.evidence.tags import OwnerTag, format_owner_tag
+from supervisor.reconcile.decide import LaunchKind
 from supervisor.sidecar import inherit
 from supervisor.sidecar.loop import Sidecar
 from supervisor.sidecar.runtime import Runtime
@@ -356,9 +357,13 @@ class Daemon:
     def _sidecar_changed(self, sidecar: status.Observed) -> None:
         self.runtime.changes.notify()  # dependents waiting on it look again
         launched = self.sidecars.get(sidecar.name)
-        if launched is not None and sidecar.name in self._launching and (
-            launched.state is not State.STARTING
-            or (launched.attempt is not None and launched.attempt.child is not None)
+        if (
+            launched is not None
+            and sidecar.name in self._launching
+            and (
+                launched.state is not State.STARTING
+                or (launched.attempt is not None and launched.attempt.child is not None)
+            )
         ):
             self._launching.discard(sidecar.name)
             if not self._launching:
@@ -394,7 +399,7 @@ class Daemon:
         return {s.name: list(s.config.depends_on) for s in self.sidecars.values()}
 
     async def _start(
-        self, cfg: SidecarConfig, *, interactive: bool, auto_port: int | None = None
+        self, cfg: SidecarConfig, launch: LaunchKind, *, auto_port: int | None = None
     ) -> Sidecar:
         sidecar = self.sidecars.get(cfg.name)
         if sidecar is None or sidecar.config != cfg:
@@ -402,7 +407,7 @@ class Daemon:
             if cfg.auto_port and auto_port is not None:
                 sidecar.keep_port(auto_port)  # an auto port is kept while the daemon runs
             self.sidecars[cfg.name] = sidecar
-        await self._group().start(_run_sidecar, sidecar, interactive)
+        await self._group().start(_run_sidecar, sidecar, launch)
         return sidecar
 
     # -- the control socket (control/) ---------------------------------------------------------
@@ -415,7 +420,7 @@ class Daemon:
         actions = SidecarActions(
             sidecars=lambda: self.sidecars,
             document=self.status_document,
-            launch=lambda sidecar: self._group().start(_run_sidecar, sidecar, True),
+            launch=lambda sidecar: self._group().start(_run_sidecar, sidecar, LaunchKind.REQUEST),
             lock=self.ops_lock,
             needs=lambda name: depgraph.needs(self._graph(), name),
             stopping=lambda: self.shutting_down,
@@ -477,7 +482,7 @@ class Daemon:
     async def _start_all(self) -> None:
         await self._reclaim_cgroups()
         for cfg in self.cfg.sidecars:
-            await self._start(cfg, interactive=True)
+            await self._start(cfg, LaunchKind.BOOT)
 
     async def _until_launched(self) -> None:
         """Until every first launch got past its preflight (FIRST_LAUNCH_BOUND_S at most).
@@ -696,7 +701,7 @@ class Daemon:
             )
             self.cfg = new
             started = [
-                await self._start(cfg, interactive=True, auto_port=auto_ports.get(cfg.name))
+                await self._start(cfg, LaunchKind.RELOAD, auto_port=auto_ports.get(cfg.name))
                 for cfg in new.sidecars
                 if cfg.name in plan.to_start
             ]
@@ -740,16 +745,16 @@ class Daemon:
         await self._stop_all(sidecars)
         for sidecar in sidecars:
             sidecar.reset_attempts()
-            await self._group().start(_run_sidecar, sidecar, True)
+            await self._group().start(_run_sidecar, sidecar, LaunchKind.REQUEST)
 
 
 async def _run_sidecar(
     sidecar: Sidecar,
-    interactive: bool,
+    launch: LaunchKind,
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    await sidecar.run(interactive=interactive, task_status=task_status)
+    await sidecar.run(launch=launch, task_status=task_status)
 
 
 async def _stop_after_dependents(sidecar: Sidecar, among: list[Sidecar]) -> None:

@@ -81,12 +81,18 @@ def choose_provider(
 
 
 async def ask(
-    reclaim: ReclaimConfig, request: ConsentRequest, *, stdin_is_tty: bool | None = None
+    reclaim: ReclaimConfig,
+    request: ConsentRequest,
+    *,
+    stdin_is_tty: bool | None = None,
+    provider: Provider | None = None,
 ) -> ConsentResult:
-    """Ask whether the live holder in `request` may be killed; bounded by consent_timeout."""
+    """Ask whether the live holder in `request` may be killed; bounded by consent_timeout.
+    `provider`: the one the caller chose (and logged) with `choose_provider`."""
     if stdin_is_tty is None:
         stdin_is_tty = _isatty(0)
-    provider = choose_provider(reclaim, stdin_is_tty=stdin_is_tty, unproven=request.unproven)
+    if provider is None:
+        provider = choose_provider(reclaim, stdin_is_tty=stdin_is_tty, unproven=request.unproven)
     match provider:
         case Provider.DENY:
             if reclaim.consent is ConsentMode.DENY:

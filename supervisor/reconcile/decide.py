@@ -45,6 +45,12 @@ def may_ask(kind: LaunchKind) -> bool:
     return kind in ASKING_KINDS
 
 
+def launch_kind(kind: LaunchKind, *, unattended: bool) -> LaunchKind:
+    """What a launch is for the rules above: any launch of a daemon run with --non-interactive
+    is unattended, whatever caused it."""
+    return LaunchKind.UNATTENDED if unattended else kind
+
+
 class Act(StrEnum):
     LAUNCH = "launch"  # nothing in the way
     WAIT = "wait"  # until the port is free (or the holder's supervisor exits)

@@ -111,14 +111,14 @@ def _judge(
 
 
 async def preflight(
-    config: SidecarConfig, *, interactive: bool, ctx: Context, log: FilteringBoundLogger
+    config: SidecarConfig, *, launch: LaunchKind, ctx: Context, log: FilteringBoundLogger
 ) -> Outcome:
     """Make the port free for a launch, or say why we must wait or fail."""
     if not config.reconciles or config.port is None:
         return Outcome(Action.LAUNCH)
     try:
         for _ in range(MAX_RERUNS):
-            outcome = await _attempt(config, config.port, interactive=interactive, ctx=ctx, log=log)
+            outcome = await _attempt(config, config.port, launch=launch, ctx=ctx, log=log)
             if outcome is not None:
                 return outcome
         return Outcome(Action.LAUNCH, reason="the holder kept changing; launching anyway")
@@ -131,7 +131,7 @@ async def _attempt(
     config: SidecarConfig,
     port: int,
     *,
-    interactive: bool,
+    launch: LaunchKind,
     ctx: Context,
     log: FilteringBoundLogger,
 ) -> Outcome | None:
@@ -154,8 +154,6 @@ async def _attempt(
         return Outcome(Action.LAUNCH)
     for item in judged:
         _log_found(log, port, item, recorded_pid)
-    # Until issue 29's launch kinds reach the sidecar: an interactive launch is one that may ask.
-    launch = LaunchKind.REQUEST if interactive else LaunchKind.RESTART
     action = decide([item.classification for item in judged], config.reclaim, launch)
     match action.act:
         case Act.LAUNCH:
@@ -331,7 +329,9 @@ async def _consented(
         if provider is consent.Provider.TTY:
             ctx.asking(f"waiting for your answer in the terminal (kill pid {holder.pid}?)")
         try:
-            result = await consent.ask(config.reclaim, request, stdin_is_tty=ctx.stdin_is_tty)
+            result = await consent.ask(
+                config.reclaim, request, stdin_is_tty=ctx.stdin_is_tty, provider=provider
+            )
         finally:
             ctx.asking(None)
     if result.granted:

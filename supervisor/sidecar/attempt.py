@@ -24,6 +24,7 @@ from supervisor.config import HealthKind, ProbeKind, SidecarConfig
 from supervisor.core import show, status
 from supervisor.core.lifecycle import ExitInfo
 from supervisor.evidence import ledger, tags
+from supervisor.reconcile.decide import LaunchKind, may_ask
 from supervisor.reconcile.kill import KillAborted, kill_process, stop_left
 from supervisor.sidecar import inherit, output, probes
 from supervisor.sidecar.outputlog import OutputLog
@@ -115,7 +116,7 @@ class Attempt:
     def abandoned(self) -> bool:
         return self._abandoned
 
-    async def run(self, *, attempt: int, interactive: bool) -> ExitInfo:
+    async def run(self, *, attempt: int, launch: LaunchKind) -> ExitInfo:
         """Spawn the child and supervise it until it ends; a cancelled attempt stops it."""
         rt = self.rt
         env = tags.child_env(rt.base_env, self.config.env, sidecar=self.name, owner=rt.owner_tag)
@@ -150,7 +151,13 @@ class Attempt:
             return ExitInfo(code=None, signal=None, failed_start=True, unstartable=exc.fatal)
         self.child = child
         spawned = time.monotonic()
-        self.log.info("sidecar_spawned", pid=child.pid, attempt=attempt, interactive=interactive)
+        self.log.info(
+            "sidecar_spawned",
+            pid=child.pid,
+            attempt=attempt,
+            interactive=may_ask(launch),
+            launch=launch.value,
+        )
         self.host.spawned(child)
         failed_start = True
         daemonized = False
@@ -480,9 +487,7 @@ class Attempt:
         with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
             delay = 0.005
             while await workers.run_sync(cgroup.populated):
-                listening = await workers.run_sync(
-                    net.pids_listening, port, cgroup.members()
-                )
+                listening = await workers.run_sync(net.pids_listening, port, cgroup.members())
                 if listening:
                     holder = min(listening)
                     break
@@ -510,9 +515,7 @@ class Attempt:
         port = self.config.port
         if port is None:
             return False
-        born, left = await workers.run_sync(
-            _left_on_port, child.pid, child.create_time, port
-        )
+        born, left = await workers.run_sync(_left_on_port, child.pid, child.create_time, port)
         with anyio.move_on_after(self.config.ready.timeout_s if wait else 0.0):
             while born and not left:
                 await anyio.sleep(DAEMONIZED_POLL_S)

@@ -17,6 +17,7 @@ from supervisor.config.expand import for_launch
 from supervisor.core import status
 from supervisor.core.depends import Blocker
 from supervisor.core.lifecycle import Event, State, decide_after_exit, finish_event, next_state
+from supervisor.reconcile.decide import LaunchKind, launch_kind
 from supervisor.reconcile.preflight import Action, Context, Outcome, preflight
 from supervisor.sidecar import inherit, ports
 from supervisor.sidecar.attempt import Attempt, read_recorded_pid
@@ -95,11 +96,12 @@ class Sidecar:
     async def run(
         self,
         *,
-        interactive: bool,
+        launch: LaunchKind,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Supervise until stopped (cancelled) or until a terminal state (failed, exited,
-        completed)."""
+        completed). `launch` says why this first launch happens; every later one is a
+        RESTART."""
         self._finished = anyio.Event()
         self._settled = anyio.Event()
         # output.log spans the restarts of one run; its file is opened with the first line.
@@ -110,7 +112,8 @@ class Sidecar:
                 task_status.started()
                 async with anyio.create_task_group() as chores:
                     self._chores = chores
-                    await self._supervise(interactive and self.rt.interactive_allowed)
+                    unattended = not self.rt.interactive_allowed
+                    await self._supervise(launch_kind(launch, unattended=unattended))
         finally:
             self._settled.set()
             if self._output_log is not None:
@@ -215,7 +218,7 @@ class Sidecar:
         )
         return True
 
-    async def _supervise(self, interactive: bool) -> None:
+    async def _supervise(self, launch: LaunchKind) -> None:
         while True:
             self.is_healthy = False
             await self._await_dependencies()
@@ -226,9 +229,9 @@ class Sidecar:
                 self.log.error("sidecar_start_failed", reason=str(exc))
                 self._transition(Event.GIVE_UP, reason=str(exc))
                 return
-            outcome = await self._preflight(interactive)
+            outcome = await self._preflight(launch)
             if await self._relocate(outcome):
-                outcome = await self._preflight(interactive)
+                outcome = await self._preflight(launch)
             if outcome.action is Action.WAIT:
                 verdict = outcome.verdict.value if outcome.verdict else None
                 self.holder = (outcome.holder_pid, verdict)
@@ -241,7 +244,7 @@ class Sidecar:
                     reason=outcome.reason,
                 )
                 await self._wait_for_port(outcome)
-                interactive = False
+                launch = LaunchKind.RESTART
                 continue
             if outcome.action is Action.FAIL:
                 self.log.error("sidecar_start_failed", reason=outcome.reason)
@@ -254,7 +257,7 @@ class Sidecar:
                 except inherit.BindError as exc:
                     if not await self._bind_failed(exc):
                         return
-                    interactive = False
+                    launch = LaunchKind.RESTART
                     continue
             self.attempt = Attempt(
                 self.launch,
@@ -266,7 +269,7 @@ class Sidecar:
                 output_log=self._output_log,
             )
             try:
-                exit_info = await self.attempt.run(attempt=self.attempts, interactive=interactive)
+                exit_info = await self.attempt.run(attempt=self.attempts, launch=launch)
             finally:
                 self.abandoned = self.abandoned or self.attempt.abandoned
                 self.attempt = None
@@ -284,7 +287,7 @@ class Sidecar:
                     self.next_attempt = (decision.delay_s, time.time() + decision.delay_s)
                     self._transition(Event.RETRY, reason=self.reason)
                     await anyio.sleep(decision.delay_s)
-                    interactive = False
+                    launch = LaunchKind.RESTART
                 case Event.GIVE_UP if exit_info.daemonized or exit_info.unstartable:
                     self._transition(Event.GIVE_UP, reason=self.reason)
                     return
@@ -324,7 +327,7 @@ class Sidecar:
         await anyio.sleep(WAIT_POLL_S)
         return True
 
-    async def _preflight(self, interactive: bool) -> Outcome:
+    async def _preflight(self, launch: LaunchKind) -> Outcome:
         ctx = Context(
             our_pid=self.rt.our_pid,
             our_create_time=self.rt.our_create_time,
@@ -338,7 +341,7 @@ class Sidecar:
             adopted=lambda: frozenset(reaper.adopted()),
             asking=self._asking,
         )
-        return await preflight(self.launch, interactive=interactive, ctx=ctx, log=self.log)
+        return await preflight(self.launch, launch=launch, ctx=ctx, log=self.log)
 
     def _asking(self, why: str | None) -> None:
         self.reason = why

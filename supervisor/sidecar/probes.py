@@ -151,9 +151,7 @@ async def wait_ready(
     if listen_inode is not None:
         pause = _pacer(started, config.ready.interval_s)
         if config.ready.probe is ProbeKind.TCP:
-            probe = _AcceptProbe(
-                config.host, port, child_pid, listen_inode, pause, members=members
-            )
+            probe = _AcceptProbe(config.host, port, child_pid, listen_inode, pause, members=members)
             await probe.wait(on_stranger)
             return
         while not (

@@ -143,6 +143,7 @@ async def _rounds(rounds: int, state_path: str) -> dict[str, object]:
     from supervisor.evidence import ledger
     from supervisor.evidence.tags import OwnerTag
     from supervisor.reconcile import preflight, sweep
+    from supervisor.reconcile.decide import LaunchKind
     from supervisor.system import procs
     from supervisor.system.statedir import StateDir
 
@@ -187,7 +188,8 @@ async def _rounds(rounds: int, state_path: str) -> dict[str, object]:
             should_run=lambda: True,
             ledger=book,
         )
-        outcome = await preflight.preflight(web, interactive=True, ctx=ctx, log=log)
+        launch = LaunchKind.REQUEST
+        outcome = await preflight.preflight(web, launch=launch, ctx=ctx, log=log)
         expected = preflight.Action.WAIT if on_port else preflight.Action.LAUNCH
         if outcome.action is not expected:
             errors.append(f"round {number}: the preflight did not {expected}: {outcome}")

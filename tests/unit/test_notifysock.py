@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -53,12 +56,23 @@ def test_the_kernel_names_the_sender_and_passed_fds_are_closed() -> None:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="sessions read from /proc")
 def test_refusal_rules() -> None:
-    me = os.getpid()
-    assert notifysock._refusal(me, me) is None  # the child itself
-    assert notifysock._refusal(None, me) == "the sender cannot be identified (no credentials)"
-    assert notifysock._refusal(0, me) == "the sender cannot be identified (no credentials)"
-    # Our parent is neither us, nor in a session we lead (we lead none), nor our descendant.
-    stranger = os.getppid()
-    if os.getsid(stranger) == me:
-        pytest.skip("the test runner leads its parent's session")
-    assert notifysock._refusal(stranger, me) == "the sender is not a process of this sidecar"
+    # Two processes of this test, each leading its own session as sidecars do: neither is the
+    # other, in a session the other leads, or born of it. (Not the runner's parent: as pid 1
+    # of a pid namespace, the runner has none that it can see.)
+    with _session_leader() as child, _session_leader() as stranger:
+        assert notifysock._refusal(child, child) is None  # the child itself
+        assert (
+            notifysock._refusal(None, child) == "the sender cannot be identified (no credentials)"
+        )
+        assert notifysock._refusal(0, child) == "the sender cannot be identified (no credentials)"
+        assert notifysock._refusal(stranger, child) == "the sender is not a process of this sidecar"
+
+
+@contextlib.contextmanager
+def _session_leader() -> Iterator[int]:
+    process = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        yield process.pid
+    finally:
+        process.kill()
+        process.wait(10)
