@@ -140,6 +140,6 @@ def _result(sidecar: Sidecar, was: State, action: str) -> dict[str, object]:
         "name": sidecar.name,
         "action": action,
         "was": was.value,
-        "state": record["state"],
-        "pid": record["pid"],
+        "state": record.state.value,
+        "pid": record.pid,
     }

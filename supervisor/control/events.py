@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from supervisor.control import protocol
-from supervisor.core.status import Details, Observed
+from supervisor.core.lifecycle import State
+from supervisor.core.status import Details, Observed, SidecarRecord
 
 
 def iso_utc_ms(epoch_s: float) -> str:
@@ -23,31 +24,32 @@ def iso_utc_ms(epoch_s: float) -> str:
 
 
 def sidecar_event(
-    kind: str, record: Mapping[str, object], details: Details, now_s: float
+    kind: str, record: SidecarRecord, details: Details, now_s: float
 ) -> dict[str, object]:
     """The event for a sidecar that has just entered state `kind` (or `spawned` a child)."""
     event: dict[str, object] = {
         "event": kind,
-        "sidecar": record.get("name"),
-        "state": record.get("state"),
-        "pid": record.get("pid"),
+        "sidecar": record.name,
+        "state": record.state.value,
+        "pid": record.pid,
         "at": iso_utc_ms(now_s),
     }
+    last_exit = record.last_exit.to_json() if record.last_exit is not None else None
     match kind:
         case "ready":
-            event["url"] = record.get("url")
+            event["url"] = record.url
         case "waiting" if details.dependency is not None:
             event.update(
                 dependency=details.dependency,
                 condition=details.condition,
-                reason=record.get("reason"),
+                reason=record.reason,
             )
         case "waiting":
             event.update(
-                port=record.get("port"),
+                port=record.port,
                 holder_pid=details.holder_pid,
                 verdict=details.verdict,
-                reason=record.get("reason"),
+                reason=record.reason,
             )
         case "backoff":
             event.update(
@@ -59,15 +61,11 @@ def sidecar_event(
                     if details.next_attempt_at is not None
                     else None
                 ),
-                reason=record.get("reason"),
-                last_exit=record.get("last_exit"),
+                reason=record.reason,
+                last_exit=last_exit,
             )
         case "failed" | "exited" | "completed":
-            event.update(
-                reason=record.get("reason"),
-                last_exit=record.get("last_exit"),
-                output=list(details.output),
-            )
+            event.update(reason=record.reason, last_exit=last_exit, output=list(details.output))
     return event
 
 
@@ -88,7 +86,7 @@ class EventHub:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._subscribers: dict[int, Subscriber] = {}
-        self._seen: dict[str, tuple[object, object]] = {}  # name -> (state, pid) last published
+        self._seen: dict[str, tuple[State, int | None]] = {}  # name -> (state, pid) published
 
     @property
     def subscribers(self) -> int:
@@ -103,15 +101,15 @@ class EventHub:
     def sidecar_changed(self, sidecar: Observed) -> None:
         """Called on every change the daemon hears of; publishes state (and pid) changes."""
         record = sidecar.record()
-        state, pid = record.get("state"), record.get("pid")
+        state, pid = record.state, record.pid
         previous = self._seen.get(sidecar.name)
         self._seen[sidecar.name] = (state, pid)
-        if previous is not None and previous[0] == state:
-            if state != "starting" or pid is None or previous[1] == pid:
+        if previous is not None and previous[0] is state:
+            if state is not State.STARTING or pid is None or previous[1] == pid:
                 return  # nothing a client follows changed (e.g. the attempt count was reset)
             kind = "spawned"
         else:
-            kind = str(state)
+            kind = state.value
         if not self._subscribers:
             return
         event = sidecar_event(kind, record, sidecar.details(), self._clock())

@@ -1,11 +1,15 @@
-"""status.json: the document the daemon writes, and its rendering for `supervisor status`."""
+"""status.json: the records the daemon keeps (typed), the document it writes of them, and its
+rendering for `supervisor status`. JSON is made only at the edges: status.json and the control
+protocol (`to_json`)."""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
+from supervisor.core.lifecycle import State
 from supervisor.core.show import printable
 
 OUTPUT_LINES = 20  # recent child output lines carried by `failed` and `exited` events
@@ -26,19 +30,80 @@ def parse_iso(text: object) -> float | None:
         return None
 
 
+@dataclass(frozen=True)
+class LastExit:
+    """How the child's last run ended: its exit code or the signal that killed it (neither for
+    a child that could not be started)."""
+
+    code: int | None
+    signal: str | None
+    at: float  # epoch seconds
+
+    def to_json(self) -> dict[str, object]:
+        return {"code": self.code, "signal": self.signal, "at": iso_utc(self.at)}
+
+
+@dataclass(frozen=True)
+class WaitingFor:
+    """The dependency a waiting sidecar waits for, and the condition it needs."""
+
+    dependency: str
+    condition: str
+
+    def to_json(self) -> dict[str, object]:
+        return {"dependency": self.dependency, "condition": self.condition}
+
+
+@dataclass(frozen=True)
+class SidecarRecord:
+    """One sidecar as status.json, `status` and the control API describe it (SPEC 6)."""
+
+    name: str
+    state: State
+    pid: int | None  # the running child's
+    create_time: float | None  # the child's, once it is ready
+    port: int | None
+    url: str | None
+    attempts: int
+    restarts: int
+    since: float  # epoch seconds of the last state change
+    last_exit: LastExit | None
+    reason: str | None
+    depends_on: Mapping[str, str] = field(default_factory=dict)  # name -> condition
+    waiting_for: WaitingFor | None = None
+    notify_status: str | None = None  # the child's own sd_notify STATUS=
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "state": self.state.value,
+            "pid": self.pid,
+            "create_time": self.create_time,
+            "port": self.port,
+            "url": self.url,
+            "attempts": self.attempts,
+            "restarts": self.restarts,
+            "since": iso_utc(self.since),
+            "last_exit": self.last_exit.to_json() if self.last_exit is not None else None,
+            "reason": self.reason,
+            "depends_on": dict(self.depends_on),
+            "waiting_for": self.waiting_for.to_json() if self.waiting_for is not None else None,
+            "notify_status": self.notify_status,
+        }
+
+
 def document(
     supervisor: Mapping[str, object], sidecars: Sequence[Mapping[str, object]]
 ) -> dict[str, object]:
     return {"supervisor": dict(supervisor), "sidecars": [dict(s) for s in sidecars]}
 
 
-def summary_line(sidecars: Sequence[Mapping[str, object]]) -> str:
+def summary_line(sidecars: Sequence[SidecarRecord]) -> str:
     """One line for systemd's STATUS=: `name: state (pid N), ...`."""
     parts = []
     for sidecar in sidecars:
-        pid = sidecar.get("pid")
-        suffix = f" (pid {pid})" if isinstance(pid, int) else ""
-        parts.append(f"{sidecar.get('name')}: {sidecar.get('state')}{suffix}")
+        suffix = f" (pid {sidecar.pid})" if sidecar.pid is not None else ""
+        parts.append(f"{sidecar.name}: {sidecar.state.value}{suffix}")
     return ", ".join(parts) if parts else "no sidecars"
 
 
@@ -204,6 +269,6 @@ class Observed(Protocol):
     @property
     def name(self) -> str: ...
 
-    def record(self) -> dict[str, object]: ...
+    def record(self) -> SidecarRecord: ...
 
     def details(self) -> Details: ...

@@ -349,10 +349,9 @@ class Daemon:
         """The sidecar's record, with its isolation, memory and CPU (usage.py)."""
         record = sidecar.record()
         isolation = self.runtime.isolation
-        pid = record.get("pid")
         cgroup = isolation.sidecar(sidecar.name) if isolation is not None else None
-        usage = self._usage.sample(sidecar.name, pid if isinstance(pid, int) else None, cgroup)
-        return {**record, **usage.fields()}
+        usage = self._usage.sample(sidecar.name, record.pid, cgroup)
+        return {**record.to_json(), **usage.fields()}
 
     def _sidecar_changed(self, sidecar: status.Observed) -> None:
         self.runtime.changes.notify()  # dependents waiting on it look again

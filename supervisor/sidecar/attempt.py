@@ -63,7 +63,7 @@ class AttemptHost(Protocol):
     def stopping(self) -> None:
         """The sidecar is being stopped while this attempt runs."""
 
-    def ended(self, reason: str | None, last_exit: dict[str, object]) -> None: ...
+    def ended(self, reason: str | None, last_exit: status.LastExit) -> None: ...
 
     def output(self, line: str) -> None:
         """One line of the child's output (the latest are kept for the control API)."""
@@ -693,8 +693,8 @@ def _pipes(child: children.Child) -> list[tuple[int, str]]:
     ]
 
 
-def _last_exit(code: int | None, signal_name: str | None) -> dict[str, object]:
-    return {"code": code, "signal": signal_name, "at": status.iso_utc(time.time())}
+def _last_exit(code: int | None, signal_name: str | None) -> status.LastExit:
+    return status.LastExit(code, signal_name, time.time())
 
 
 def read_recorded_pid(state: StateDir, name: str) -> int | None:

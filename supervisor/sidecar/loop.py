@@ -50,7 +50,7 @@ class Sidecar:
         self.restarts = 0
         self.since = time.time()
         self.reason: str | None = None
-        self.last_exit: dict[str, object] | None = None
+        self.last_exit: status.LastExit | None = None
         self.attempt: Attempt | None = None
         self._chores: anyio.abc.TaskGroup | None = None
         self.abandoned = False  # a child of it outlived SIGKILL (left unreaped)
@@ -368,7 +368,7 @@ class Sidecar:
         if self.state in (State.STARTING, State.READY):
             self._transition(Event.STOP, reason=None)
 
-    def ended(self, reason: str | None, last_exit: dict[str, object]) -> None:
+    def ended(self, reason: str | None, last_exit: status.LastExit) -> None:
         self.reason = reason
         self.last_exit = last_exit
 
@@ -406,34 +406,32 @@ class Sidecar:
             self._settled.set()
         self.rt.on_change(self)
 
-    def record(self) -> dict[str, object]:
+    def record(self) -> status.SidecarRecord:
         attempt = self.attempt
         child = attempt.child if attempt is not None else None
         ready_child = attempt.ready_child if attempt is not None else None
-        return {
-            "name": self.name,
-            "state": self.state.value,
-            "pid": child.pid if child is not None and child.status is None else None,
+        waiting = self.waiting_for if self.state is State.WAITING else None
+        return status.SidecarRecord(
+            name=self.name,
+            state=self.state,
+            pid=child.pid if child is not None and child.status is None else None,
             # Known once ready (see Child.create_time); never read here before.
-            "create_time": ready_child.create_time if ready_child else None,
-            "port": self.port,
-            "url": self.launch.url,
-            "attempts": self.attempts,
-            "restarts": self.restarts,
-            "since": status.iso_utc(self.since),
-            "last_exit": self.last_exit,
-            "reason": self.reason,
-            "depends_on": {name: c.value for name, c in self.config.depends_on.items()},
-            "waiting_for": (
-                {
-                    "dependency": self.waiting_for.dependency,
-                    "condition": self.waiting_for.condition.value,
-                }
-                if self.waiting_for is not None and self.state is State.WAITING
+            create_time=ready_child.create_time if ready_child else None,
+            port=self.port,
+            url=self.launch.url,
+            attempts=self.attempts,
+            restarts=self.restarts,
+            since=self.since,
+            last_exit=self.last_exit,
+            reason=self.reason,
+            depends_on={name: c.value for name, c in self.config.depends_on.items()},
+            waiting_for=(
+                status.WaitingFor(waiting.dependency, waiting.condition.value)
+                if waiting is not None
                 else None
             ),
-            "notify_status": self.notify_status,
-        }
+            notify_status=self.notify_status,
+        )
 
     def details(self) -> status.Details:
         """What the control API's event for the current state carries beyond `record()`."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shlex
@@ -14,7 +15,8 @@ from supervisor.config import ProbeKind, ReadyConfig, SidecarConfig
 from supervisor.control import events, protocol
 from supervisor.control.protocol import Command, ErrorCode, ProtocolError
 from supervisor.core import status
-from supervisor.core.status import Details
+from supervisor.core.lifecycle import State
+from supervisor.core.status import Details, LastExit, SidecarRecord
 from supervisor.evidence import tags
 
 
@@ -119,10 +121,12 @@ def test_unknown_names_lists_them_and_the_known_ones() -> None:
     }
 
 
-RECORD = {
-    "name": "web", "state": "ready", "pid": 12, "port": 8080, "url": "tcp://127.0.0.1:8080",
-    "reason": "exited with code 1", "last_exit": {"code": 1, "signal": None, "at": "t"},
-}  # fmt: skip
+RECORD = SidecarRecord(
+    name="web", state=State.READY, pid=12, create_time=None, port=8080,
+    url="tcp://127.0.0.1:8080", attempts=0, restarts=0, since=1767225600.0,
+    last_exit=LastExit(code=1, signal=None, at=1767225599.0), reason="exited with code 1",
+)  # fmt: skip
+LAST_EXIT = {"code": 1, "signal": None, "at": "2025-12-31T23:59:59Z"}
 
 
 @pytest.mark.parametrize(
@@ -133,12 +137,12 @@ RECORD = {
                      "reason": "exited with code 1"}),
         ("backoff", {"attempt": 2, "max_attempts": 5, "delay_s": 2.0,
                      "next_attempt_at": "2026-01-01T00:00:02.000Z", "reason": "exited with code 1",
-                     "last_exit": RECORD["last_exit"]}),
-        ("failed", {"reason": "exited with code 1", "last_exit": RECORD["last_exit"],
+                     "last_exit": LAST_EXIT}),
+        ("failed", {"reason": "exited with code 1", "last_exit": LAST_EXIT,
                     "output": ["one", "two"]}),
-        ("exited", {"reason": "exited with code 1", "last_exit": RECORD["last_exit"],
+        ("exited", {"reason": "exited with code 1", "last_exit": LAST_EXIT,
                     "output": ["one", "two"]}),
-        ("completed", {"reason": "exited with code 1", "last_exit": RECORD["last_exit"],
+        ("completed", {"reason": "exited with code 1", "last_exit": LAST_EXIT,
                        "output": ["one", "two"]}),
         ("stopped", {}),
         ("spawned", {}),
@@ -164,7 +168,8 @@ def test_sidecar_events_carry_the_fields_of_their_kind(
 
 def test_a_dependency_wait_event_names_the_dependency_not_a_port_holder() -> None:
     details = Details(dependency="db", condition="ready")
-    record = {**RECORD, "state": "waiting", "reason": 'waiting for "db" to be ready (it is failed)'}
+    reason = 'waiting for "db" to be ready (it is failed)'
+    record = dataclasses.replace(RECORD, state=State.WAITING, reason=reason)
     event = events.sidecar_event("waiting", record, details, 1767225600.0)
     assert event == {
         "event": "waiting", "sidecar": "web", "state": "waiting", "pid": 12,
@@ -210,11 +215,11 @@ class FakeSidecar:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.state = "stopped"
+        self.state = State.STOPPED
         self.pid: int | None = None
 
-    def record(self) -> dict[str, object]:
-        return {"name": self.name, "state": self.state, "pid": self.pid, "url": None}
+    def record(self) -> SidecarRecord:
+        return dataclasses.replace(RECORD, name=self.name, state=self.state, pid=self.pid)
 
     def details(self) -> Details:
         return Details()
@@ -236,12 +241,12 @@ def test_hub_publishes_state_and_spawn_changes_once_to_matching_subscribers() ->
     hub.subscribe(only_web)
     web, api = FakeSidecar("web"), FakeSidecar("api")
     steps = [
-        (web, "starting", None),
-        (web, "starting", None),  # e.g. the attempt count changed: nothing to publish
-        (web, "starting", 5),  # the child is spawned
-        (api, "starting", None),
-        (web, "ready", 5),
-        (web, "ready", 5),
+        (web, State.STARTING, None),
+        (web, State.STARTING, None),  # e.g. the attempt count changed: nothing to publish
+        (web, State.STARTING, 5),  # the child is spawned
+        (api, State.STARTING, None),
+        (web, State.READY, 5),
+        (web, State.READY, 5),
     ]
     for item, state, pid in steps:
         item.state, item.pid = state, pid
@@ -256,7 +261,7 @@ def test_hub_publishes_state_and_spawn_changes_once_to_matching_subscribers() ->
         ("web", "starting"), ("web", "spawned"), ("web", "ready"), (None, "daemon_stopping"),
     ]  # fmt: skip
     hub.unsubscribe(everything)
-    web.state = "stopping"
+    web.state = State.STOPPING
     hub.sidecar_changed(web)
     assert len(everything.got) == 5 and only_web.got[-1]["event"] == "stopping"
 
