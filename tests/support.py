@@ -722,3 +722,16 @@ def wait_recorded(state: Path, pid: int, timeout: float = 10.0) -> None:
     wait_until(
         lambda: any((state / "_spawns").glob(f"{pid}-*.json")), timeout, f"pid {pid} in the ledger"
     )
+
+
+@contextlib.contextmanager
+def session_leader() -> Iterator[int]:
+    """A child of the test that leads its own session, as the daemon's sidecars do; its pid.
+    (Not the runner's parent: as pid 1 of a pid namespace the runner has none it can see, and
+    elsewhere its session may lead outside the namespace, where getsid() says 0.)"""
+    process = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        yield process.pid
+    finally:
+        process.kill()
+        process.wait(10)

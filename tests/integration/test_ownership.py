@@ -38,6 +38,7 @@ from tests.support import (
     pid_gone,
     port_free,
     render_config,
+    session_leader,
     wait_until,
 )
 
@@ -108,22 +109,11 @@ def spawn_of(pid: int, boot_id: str) -> Spawn:
     )
 
 
-@contextlib.contextmanager
-def session_leader() -> Iterator[int]:
-    child = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    try:
-        yield child.pid
-    finally:
-        child.kill()
-        child.wait(timeout=10)
-
-
 @linux_only
 def test_spawn_records_of_another_boot_are_dropped_and_pruned(tmp_path: Path) -> None:
     """After a reboot every pid is new: a record of the last boot naming pid P proves nothing
     about today's P, even with a matching create time (clocks move)."""
-    # Two children of this test, each leading its own session as the daemon's sidecars do (the
-    # test's own session may lead outside this pid namespace: getsid() is then 0, no record).
+    # Two children of this test, each leading its own session as the daemon's sidecars do.
     with (
         session_leader() as old,
         session_leader() as new,

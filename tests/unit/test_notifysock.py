@@ -3,16 +3,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
-import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
 from supervisor.system import notifysock
+from tests.support import session_leader
 
 MESSAGES = [
     (b"READY=1", {"READY": "1"}),
@@ -57,22 +55,11 @@ def test_the_kernel_names_the_sender_and_passed_fds_are_closed() -> None:
 @pytest.mark.skipif(sys.platform != "linux", reason="sessions read from /proc")
 def test_refusal_rules() -> None:
     # Two processes of this test, each leading its own session as sidecars do: neither is the
-    # other, in a session the other leads, or born of it. (Not the runner's parent: as pid 1
-    # of a pid namespace, the runner has none that it can see.)
-    with _session_leader() as child, _session_leader() as stranger:
+    # other, in a session the other leads, or born of it.
+    with session_leader() as child, session_leader() as stranger:
         assert notifysock._refusal(child, child) is None  # the child itself
         assert (
             notifysock._refusal(None, child) == "the sender cannot be identified (no credentials)"
         )
         assert notifysock._refusal(0, child) == "the sender cannot be identified (no credentials)"
         assert notifysock._refusal(stranger, child) == "the sender is not a process of this sidecar"
-
-
-@contextlib.contextmanager
-def _session_leader() -> Iterator[int]:
-    process = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    try:
-        yield process.pid
-    finally:
-        process.kill()
-        process.wait(10)
