@@ -63,11 +63,11 @@ def _start_thread(thread: threading.Thread) -> None:
     Python's handler only sets a flag for the main thread, which sits on in accept() and never
     runs it: a SIGSTOPped demo continued and SIGTERMed (SIGCONT pending on the main thread, so
     the kernel picked the thread answering a probe) served on until the stop escalated."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, _MAIN_THREAD_SIGNALS)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _MAIN_THREAD_SIGNALS)
     try:
         thread.start()
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _MAIN_THREAD_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _page() -> bytes:

@@ -112,8 +112,7 @@ class Sidecar:
                 task_status.started()
                 async with anyio.create_task_group() as chores:
                     self._chores = chores
-                    unattended = not self.rt.interactive_allowed
-                    await self._supervise(launch_kind(launch, unattended=unattended))
+                    await self._supervise(self._kind(launch))
         finally:
             self._settled.set()
             if self._output_log is not None:
@@ -166,8 +165,9 @@ class Sidecar:
 
     # -- the supervision loop ------------------------------------------------------------------
 
-    async def _await_dependencies(self) -> None:
-        """Until every `depends_on` condition holds: `waiting`, with the dependency named."""
+    async def _await_dependencies(self) -> bool:
+        """Until every `depends_on` condition holds: `waiting`, with the dependency named.
+        True if it waited (the launch then comes out of `waiting`: SPEC 5.3 non-interactive)."""
         while (blocker := self.rt.blocker(self.config)) is not None:
             if blocker != self.waiting_for:
                 before, self.waiting_for = self.waiting_for, blocker
@@ -187,9 +187,11 @@ class Sidecar:
             if blocker.settled:
                 self._settled.set()  # its dependency has an outcome: so has this launch
             await self.rt.changes.wait()
-        if self.waiting_for is not None:
-            self.waiting_for = None
-            self.log.info("sidecar_dependencies_met")
+        if self.waiting_for is None:
+            return False
+        self.waiting_for = None
+        self.log.info("sidecar_dependencies_met")
+        return True
 
     async def _choose_port(self) -> None:
         """`port = "auto"` at its first launch: a free port, kept while the daemon runs."""
@@ -218,10 +220,16 @@ class Sidecar:
         )
         return True
 
+    def _kind(self, launch: LaunchKind) -> LaunchKind:
+        return launch_kind(launch, unattended=not self.rt.interactive_allowed)
+
     async def _supervise(self, launch: LaunchKind) -> None:
+        """`launch`: why the first launch happens. Every later one, and one out of `waiting`
+        (a port, a dependency), is a RESTART: nobody asked for it now, so it never asks."""
         while True:
             self.is_healthy = False
-            await self._await_dependencies()
+            if await self._await_dependencies():
+                launch = self._kind(LaunchKind.RESTART)
             self._transition(Event.LAUNCH, reason=None)
             try:
                 await self._choose_port()
@@ -244,7 +252,7 @@ class Sidecar:
                     reason=outcome.reason,
                 )
                 await self._wait_for_port(outcome)
-                launch = LaunchKind.RESTART
+                launch = self._kind(LaunchKind.RESTART)
                 continue
             if outcome.action is Action.FAIL:
                 self.log.error("sidecar_start_failed", reason=outcome.reason)
@@ -257,7 +265,7 @@ class Sidecar:
                 except inherit.BindError as exc:
                     if not await self._bind_failed(exc):
                         return
-                    launch = LaunchKind.RESTART
+                    launch = self._kind(LaunchKind.RESTART)
                     continue
             self.attempt = Attempt(
                 self.launch,
@@ -287,7 +295,7 @@ class Sidecar:
                     self.next_attempt = (decision.delay_s, time.time() + decision.delay_s)
                     self._transition(Event.RETRY, reason=self.reason)
                     await anyio.sleep(decision.delay_s)
-                    launch = LaunchKind.RESTART
+                    launch = self._kind(LaunchKind.RESTART)
                 case Event.GIVE_UP if exit_info.daemonized or exit_info.unstartable:
                     self._transition(Event.GIVE_UP, reason=self.reason)
                     return

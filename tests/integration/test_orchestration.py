@@ -75,6 +75,26 @@ def sidecar_status(daemon: Daemon, name: str) -> dict[str, Any]:
     return dict(record)
 
 
+@pytest.mark.parametrize(
+    ("flags", "kinds"),
+    [((), ["boot", "restart"]), (("--non-interactive",), ["unattended", "unattended"])],
+)
+def test_each_launch_says_its_kind(
+    tmp_path: Path, flags: tuple[str, ...], kinds: list[str]
+) -> None:
+    config = tmp_path / "supervisor.toml"
+    port = free_port()
+    config.write_text(render_config([app("web", "--port", str(port), port=port)]))
+    with Daemon(config, tmp_path / "state", *flags) as daemon:
+        first = daemon.wait_for("sidecar_ready", sidecar="web")["pid"]
+        os.kill(first, signal.SIGKILL)  # a crash: restarted with nobody asking
+        daemon.wait_for("sidecar_ready", sidecar="web", count=2)
+        spawned = daemon.find("sidecar_spawned", sidecar="web")
+        assert [e["launch"] for e in spawned] == kinds
+        assert [e["interactive"] for e in spawned] == [kinds[0] == "boot", False]
+        assert daemon.stop() == 0
+
+
 def test_a_three_level_chain_starts_in_order_and_stops_in_reverse(tmp_path: Path) -> None:
     db_port, api_port = free_port(), free_port()
     sidecars = [
@@ -109,6 +129,9 @@ def test_a_three_level_chain_starts_in_order_and_stops_in_reverse(tmp_path: Path
         }
         assert waits == {"api": ("db", "ready"), "dashboard": ("api", "healthy")}
         assert stamp_ns(db_ready) <= stamp_ns(api_spawned)
+        # Out of a dependency wait a launch is a restart: it would never ask for consent.
+        launches = {e["sidecar"]: e["launch"] for e in daemon.find("sidecar_spawned")}
+        assert launches == {"db": "boot", "api": "restart", "dashboard": "restart"}
         # healthy = ready and a health check passed since: the first check is one interval on.
         assert stamp_ns(dash_spawned) - stamp_ns(api_ready) >= 0.3e9
         record = sidecar_status(daemon, "dashboard")
