@@ -35,6 +35,7 @@ HARNESS = textwrap.dedent(
     from structlog.testing import capture_logs
     from supervisor import config
     from supervisor.system import net
+    from supervisor.reconcile.decide import LaunchKind
     from supervisor.reconcile.preflight import Action, Context, Outcome, preflight
     from supervisor.sidecar.loop import wait_for_port
 
@@ -69,7 +70,7 @@ HARNESS = textwrap.dedent(
         with capture_logs() as logs:
             if mode == "preflight":
                 with no_fd_left():
-                    outcome = await preflight(sidecar, interactive=False, ctx=ctx(), log=log)
+                    outcome = await preflight(sidecar, launch=LaunchKind.RESTART, ctx=ctx(), log=log)
                 print(json.dumps({"outcome": outcome.action.value, "reason": outcome.reason}))
             else:  # a sidecar waits on a held port while every lookup fails
                 # Found by the test process: this one must open no netlink socket before.
