@@ -70,7 +70,8 @@ HARNESS = textwrap.dedent(
         with capture_logs() as logs:
             if mode == "preflight":
                 with no_fd_left():
-                    outcome = await preflight(sidecar, launch=LaunchKind.RESTART, ctx=ctx(), log=log)
+                    launch = LaunchKind.RESTART
+                    outcome = await preflight(sidecar, launch=launch, ctx=ctx(), log=log)
                 print(json.dumps({"outcome": outcome.action.value, "reason": outcome.reason}))
             else:  # a sidecar waits on a held port while every lookup fails
                 # Found by the test process: this one must open no netlink socket before.
