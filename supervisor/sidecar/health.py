@@ -74,7 +74,7 @@ async def check(
             return await run_exec(
                 health.command, cwd=config.cwd, env=env, timeout_s=timeout_s, cgroup=cgroup
             )
-        case HealthKind.NONE | HealthKind.NOTIFY:  # notify: the watchdog (attempt.py) judges
+        case HealthKind.NONE | HealthKind.NOTIFY:  # notify: the watchdog (hold.py) judges
             return None
         case _:
             assert_never(health.probe)

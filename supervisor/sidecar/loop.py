@@ -20,8 +20,9 @@ from supervisor.core.lifecycle import Event, State, decide_after_exit, finish_ev
 from supervisor.reconcile.decide import LaunchKind, launch_kind
 from supervisor.reconcile.preflight import Action, Context, Outcome, preflight
 from supervisor.sidecar import inherit, ports
-from supervisor.sidecar.attempt import Attempt, read_recorded_pid
+from supervisor.sidecar.attempt import Attempt
 from supervisor.sidecar.outputlog import OutputLog
+from supervisor.sidecar.records import read_recorded_pid
 from supervisor.sidecar.runtime import Runtime
 from supervisor.system import children, exitwatch, logs, net, proctime, reaper
 

@@ -19,7 +19,7 @@ LONG_MODULES: dict[str, str] = {
     "supervisor.cli": "argparse for every command and the renderings only the CLI prints",
     "supervisor.daemon.main": "one Daemon: start-up, the signal loop, reload and shutdown in order",
     "supervisor.control.client": "every command's request, its errors and discovery of daemons",
-    "supervisor.sidecar.attempt": "one attempt's whole life: spawn, readiness, hold, end",
+    "supervisor.sidecar.attempt": "one attempt's run: spawn, its phases in order, each way it ends",
     "supervisor.sidecar.loop": "the restart loop and each wait it can be in (port, dependency)",
     "supervisor.config.parse": "every key's validation, in the order of the file's tables",
     "supervisor.control.server": "the socket server: peer credentials, bounded clients, budget",
