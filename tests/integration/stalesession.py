@@ -1,7 +1,9 @@
 """The stale-session stranger: run as pid 1 of a fresh pid namespace with a tiny pid_max.
 
-`python -m tests.integration.stalesession ROUNDS STATE_DIR` under `unshare --pid --fork
---mount-proc` (Linux >= 6.14 for pid_max in a namespace; see pidreuse.py).
+`python -m tests.integration.stalesession ROUNDS STATE_DIR ISOLATION` under `unshare --pid
+--fork --mount-proc` (Linux >= 6.14 for pid_max in a namespace; see pidreuse.py). ISOLATION is
+`none` or `cgroup`: with `cgroup` this process sets up the state dir's cgroups as a daemon does
+(the stranger is in none of them, so the evidence beside the cgroup's decides).
 
 Each round: a sidecar of ours is spawned (its own session) and recorded in the spawn ledger as
 a daemon that is gone would have left it; then it dies. A stranger takes its pid, calls
@@ -124,14 +126,26 @@ def _release(daemon: int, release: int) -> int:
 
 
 def main() -> None:
-    rounds, state_path = int(sys.argv[1]), sys.argv[2]
+    rounds, state_path, isolation = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     if os.getpid() != 1:
         _skip("not pid 1 of a fresh pid namespace")
     _set_pid_max()
 
     import anyio
 
+    from supervisor.system import cgroups
+
+    cgroup = None
+    if isolation == "cgroup":
+        Path(state_path).mkdir(mode=0o700, exist_ok=True)  # its id is the folder's
+        try:
+            cgroup = cgroups.Isolation.setup(Path(state_path))
+        except cgroups.CgroupUnavailable as exc:
+            _skip(f"cgroups: {exc}")
     report = anyio.run(_rounds, rounds, state_path)
+    report["isolation"] = "cgroup" if cgroups.active() is not None else "none"
+    if cgroup is not None:
+        cgroup.remove_empty()
     print(json.dumps(report), flush=True)
 
 

@@ -51,7 +51,10 @@ STALE_SESSION_ROUNDS = 20
 
 @linux_only
 @pytest.mark.root
-def test_a_stranger_in_a_dead_sidecars_session_number_is_never_killed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("isolation", ["none", "cgroup"])
+def test_a_stranger_in_a_dead_sidecars_session_number_is_never_killed(
+    tmp_path: Path, isolation: str
+) -> None:
     """Before: `ledger.session_member` accepted any process whose session id equalled a dead
     spawn's, and the sweep and the preflight killed it (10/10 after a simulated reboot). Each
     round hands the number to a stranger (a pid namespace with pid_max 304); the harness checks
@@ -73,6 +76,7 @@ def test_a_stranger_in_a_dead_sidecars_session_number_is_never_killed(tmp_path: 
             "tests.integration.stalesession",
             str(STALE_SESSION_ROUNDS),
             str(state),
+            isolation,
         ],
         capture_output=True,
         text=True,
@@ -89,6 +93,7 @@ def test_a_stranger_in_a_dead_sidecars_session_number_is_never_killed(tmp_path: 
     assert report["killed"] == [], report
     # Every round the stranger's session carried our dead sidecar's number: not vacuous.
     assert report["reused"] == report["rounds"] == STALE_SESSION_ROUNDS
+    assert report["isolation"] == isolation
 
 
 # -- boots ------------------------------------------------------------------------------------
