@@ -322,12 +322,7 @@ class Daemon:
         )
 
     def pid_record(self) -> dict[str, object]:
-        return {
-            "pid": self.pid,
-            "create_time": self.create_time,
-            "started_at": status.iso_utc(self.started_at),
-            "config": str(self.config_path),
-        }
+        return _Started(self.pid, self.create_time, self.started_at, self.config_path).record()
 
     # -- status --------------------------------------------------------------------------------
 
