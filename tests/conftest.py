@@ -37,9 +37,10 @@ _become_subreaper()
 def _compile_sources() -> None:
     """Byte-compile the package once, as an install does. Every test starts real daemons and
     commands (`python -m supervisor`); where PYTHONDONTWRITEBYTECODE is set (this machine sets
-    it for every process), each of them compiled all ~70 modules from source again: 46 s instead of 19 s for the
-    control CLI and `port` tests here, and ~0.2 s more per daemon start under every timing the
-    tests observe. Writes only __pycache__/ beside the sources (as Python itself would)."""
+    it for every process), each of them compiled all ~70 modules from source again: 46 s
+    instead of 19 s for the control-CLI and `port` tests here, and ~0.2 s more per daemon
+    start under every timing the tests observe. Writes only __pycache__/ beside the sources
+    (as Python itself would)."""
     import compileall
 
     compileall.compile_dir(Path(__file__).resolve().parent.parent / "supervisor", quiet=2)
