@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 from supervisor.control import protocol, starting, unixsock
 from supervisor.control.protocol import Command, ErrorCode
+from supervisor.control.readiness import Readiness
 from supervisor.errors import (
     EXIT_LOCKED,
     EXIT_TIMEOUT,
@@ -33,6 +34,7 @@ from supervisor.errors import (
     StillRunningError,
     SupervisorError,
     UnknownSidecarError,
+    WaitTimeoutError,
     command,
 )
 from supervisor.system import paths, proctime
@@ -473,14 +475,6 @@ def connect_socket(daemon: RunningDaemon) -> socket.socket:
 
 # -- waiting --------------------------------------------------------------------------------------
 
-DOWN = frozenset({"failed", "exited"})
-DONE = frozenset({"ready", "completed"})  # completed: a one-shot task that exited 0 (v3)
-
-
-def _sidecars(doc: object) -> list[dict[str, object]]:
-    sidecars = doc.get("sidecars") if isinstance(doc, dict) else None
-    return [s for s in sidecars if isinstance(s, dict)] if isinstance(sidecars, list) else []
-
 
 def wait_ready(
     conn: Connection,
@@ -494,49 +488,24 @@ def wait_ready(
     `timeout_s`; NotRunningError if the daemon exits meanwhile. The subscription's snapshot and
     the events after it leave no gap in which a change could be missed.
     """
-    from supervisor.errors import SidecarDownError, WaitTimeoutError
-
     started = time.monotonic()
     deadline = None if timeout_s is None else started + timeout_s
     try:
-        snapshot = _sidecars(conn.request(Command.SUBSCRIBE, names, timeout_s=timeout_s))
+        snapshot = conn.request(Command.SUBSCRIBE, names, timeout_s=timeout_s)
     except TimeoutError:
         raise WaitTimeoutError(timeout_s or 0.0, {}, conn.daemon.state_dir) from None
-    records = {str(s.get("name")): s for s in snapshot}
-    wanted = list(names) if names else list(records)
-    stopped = [n for n in wanted if records.get(n, {}).get("state") == "stopped"]
+    readiness = Readiness(names, snapshot, conn.daemon.state_dir)
+    stopped = readiness.stopped()
     if stopped and on_stopped is not None:
         on_stopped(stopped)  # it stays so until someone starts it: worth saying
-
-    def check() -> bool:
-        for name in wanted:
-            record = records.get(name, {})
-            state = str(record.get("state"))
-            if state in DOWN:
-                reason = record.get("reason")
-                raise SidecarDownError(
-                    name, state, str(reason) if reason else None, conn.daemon.state_dir
-                )
-        return all(records.get(name, {}).get("state") in DONE for name in wanted)
-
-    if check():
-        return [records[name] for name in wanted]
+    if (ready := readiness.ready_records()) is not None:
+        return ready
     try:
         for event in conn.events(deadline):
-            name = event.get("sidecar")
-            if not isinstance(name, str) or name not in records:
-                continue
-            records[name] = {
-                **records[name],
-                **{k: event[k] for k in ("state", "pid", "url", "reason") if k in event},
-            }
-            if check():
-                return [records[name] for name in wanted]
+            readiness.update(event)
+            if (ready := readiness.ready_records()) is not None:
+                return ready
     except TimeoutError:
-        pending = {
-            name: str(records.get(name, {}).get("state"))
-            for name in wanted
-            if records.get(name, {}).get("state") not in DONE
-        }
+        pending = readiness.pending()
         raise WaitTimeoutError(timeout_s or 0.0, pending, conn.daemon.state_dir) from None
     raise NotRunningError(conn.daemon.state_dir)
