@@ -39,7 +39,7 @@ from bench.common import (
     sidecar,
     wait_connect,
 )
-from bench.respawn import cycles
+from bench.respawn import daemon_cycles
 from supervisor.system import cgroups, children
 
 BENCH = "cgroups"
@@ -124,20 +124,7 @@ def join_costs(samples: int, cgroup: cgroups.Cgroup) -> list[Row]:
 
 
 def daemon_respawn(samples: int, isolation: str) -> list[float]:
-    port = free_port()
-    with scratch(BENCH) as work:
-        listen_report = work / "report"
-        entry = sidecar(
-            "demo",
-            port,
-            "--report",
-            str(listen_report),
-            restart={"base_delay": 0.0, "max_attempts": 1_000_000},
-        )
-        with Daemon(work, [entry], {"isolation": isolation}) as daemon:
-            done = cycles(
-                port, listen_report, samples, lambda n: daemon.wait_for("sidecar_ready", count=n)
-            )
+    done, _ = daemon_cycles(samples, {"isolation": isolation})
     return [c.respawn_ms for c in done]
 
 

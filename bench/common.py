@@ -233,6 +233,15 @@ def sidecar(
     return entry
 
 
+def respawning(
+    name: str, port: int, listen_report: Path, **tables: Mapping[str, object]
+) -> dict[str, Any]:
+    """The demo sidecar reporting each launch to `listen_report`, restarted at once and without
+    limit after every crash (the respawn measurements)."""
+    restart = {"base_delay": 0.0, "max_attempts": 1_000_000}
+    return sidecar(name, port, "--report", str(listen_report), **tables, restart=restart)
+
+
 # -- process counters ---------------------------------------------------------------------------
 
 

@@ -42,9 +42,9 @@ from bench.common import (
     machine,
     ns_to_ms,
     report,
+    respawning,
     row,
     scratch,
-    sidecar,
     stamp_ns,
     supervisord_bin,
     wait_report,
@@ -244,13 +244,10 @@ def ours(inherit: bool, crashes: int, interval_s: float) -> Run:
     port = free_port()
     with scratch(BENCH) as work:
         listen_report = work / "report"
-        tables: dict[str, dict[str, object]] = {
-            "ready": {"probe": "http", "path": "/health"},
-            "restart": {"base_delay": 0.0, "max_attempts": 1_000_000},
-        }
+        tables: dict[str, dict[str, object]] = {"ready": {"probe": "http", "path": "/health"}}
         if inherit:
             tables["socket"] = {"inherit": True}
-        entry = sidecar("demo", port, "--report", str(listen_report), **tables)
+        entry = respawning("demo", port, listen_report, **tables)
         with Daemon(work, [entry]) as daemon:
             done, outcomes = crash_loop(
                 port,

@@ -38,15 +38,14 @@ from bench.common import (
     at_most,
     free_port,
     machine,
-    ns_to_ms,
     render_config,
     report,
+    respawning,
     row,
     scratch,
-    sidecar,
     stamp_ns,
 )
-from bench.respawn import cycles
+from bench.respawn import breakdown, cycles
 from tests.support import daemon_command
 
 BENCH = "output"
@@ -201,14 +200,7 @@ def respawn(samples: int, *, flood: bool) -> tuple[list[float], list[float], lis
     port = free_port()
     with scratch(BENCH) as work:
         listen_report = work / "report"
-        quiet = sidecar(
-            "quiet",
-            port,
-            "--report",
-            str(listen_report),
-            restart={"base_delay": 0.0, "max_attempts": 1_000_000},
-        )
-        entries = [quiet]
+        entries = [respawning("quiet", port, listen_report)]
         if flood:
             yes = shutil.which("yes")
             script = work / "flood.py"
@@ -222,8 +214,7 @@ def respawn(samples: int, *, flood: bool) -> tuple[list[float], list[float], lis
             done = cycles(port, listen_report, samples, lambda n: None)
             daemon.close()
             spawned = _spawned_ns(daemon.log_path, "quiet")[1:]
-    reacted = [ns_to_ms(s - c.killed_ns) for c, s in zip(done, spawned, strict=True)]
-    started = [ns_to_ms(c.listened_ns - s) for c, s in zip(done, spawned, strict=True)]
+    reacted, started = breakdown(done, spawned)
     return [c.respawn_ms for c in done], reacted, started
 
 

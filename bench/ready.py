@@ -18,6 +18,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from bench.common import (
     SETTLE_S,
@@ -31,9 +32,9 @@ from bench.common import (
     machine,
     ns_to_ms,
     report,
+    respawning,
     row,
     scratch,
-    sidecar,
     stamp_ns,
     wait_report,
 )
@@ -60,8 +61,7 @@ NOTIFY_CHILD = textwrap.dedent(
 )
 
 
-def _entry(kind: str, port: int, listen_report: str) -> dict[str, object]:
-    restart = {"base_delay": 0.0, "max_attempts": 1_000_000}
+def _entry(kind: str, port: int, listen_report: Path) -> dict[str, object]:
     match kind:
         case "http":
             ready: dict[str, object] = {"probe": kind, "path": "/health"}
@@ -73,12 +73,12 @@ def _entry(kind: str, port: int, listen_report: str) -> dict[str, object]:
                 "command": ["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"],
             }
         case "notify":
-            entry = sidecar("demo", port, ready={"probe": "notify"}, restart=restart)
-            entry["command"] = [sys.executable, "-c", NOTIFY_CHILD, str(port), listen_report]
+            entry = respawning("demo", port, listen_report, ready={"probe": "notify"})
+            entry["command"] = [sys.executable, "-c", NOTIFY_CHILD, str(port), str(listen_report)]
             return entry
         case _:
             ready = {"probe": kind}
-    return sidecar("demo", port, "--report", listen_report, ready=ready, restart=restart)
+    return respawning("demo", port, listen_report, ready=ready)
 
 
 def measure(kind: str, samples: int) -> list[Row]:
@@ -88,7 +88,7 @@ def measure(kind: str, samples: int) -> list[Row]:
     port = free_port()
     with scratch(BENCH) as work:
         listen_report = work / "report"
-        entry = _entry(kind, port, str(listen_report))
+        entry = _entry(kind, port, listen_report)
         with Daemon(work, [entry]) as daemon:
             for n in range(1, samples + 1):
                 ready = daemon.wait_for("sidecar_ready", count=n)

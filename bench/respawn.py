@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +30,9 @@ from bench.common import (
     ns_to_ms,
     ratio_at_least,
     report,
+    respawning,
     row,
     scratch,
-    sidecar,
     stamp_ns,
     supervisord_bin,
     wait_connect,
@@ -77,25 +77,34 @@ def cycles(
     return out
 
 
-def ours(samples: int) -> list[Row]:
-    """The respawn figure, and where it goes: kill -> `sidecar_spawned` -> child listening."""
+def breakdown(done: Sequence[Cycle], spawned_ns: Sequence[int]) -> tuple[list[float], list[float]]:
+    """Where each respawn went (ms): SIGKILL -> `sidecar_spawned` (the daemon's reaction), and
+    `sidecar_spawned` -> listening (the new child's own start); `spawned_ns`: each successor's."""
+    reacted = [ns_to_ms(s - c.killed_ns) for c, s in zip(done, spawned_ns, strict=True)]
+    started = [ns_to_ms(c.listened_ns - s) for c, s in zip(done, spawned_ns, strict=True)]
+    return reacted, started
+
+
+def daemon_cycles(
+    samples: int, supervisor: Mapping[str, object] | None = None
+) -> tuple[list[Cycle], list[int]]:
+    """`cycles` of our daemon's demo sidecar, restarted at once, and each successor's
+    `sidecar_spawned` instant (time_ns)."""
     port = free_port()
     with scratch(BENCH) as work:
         listen_report = work / "report"
-        entry = sidecar(
-            "demo",
-            port,
-            "--report",
-            str(listen_report),
-            restart={"base_delay": 0.0, "max_attempts": 1_000_000},
-        )
-        with Daemon(work, [entry]) as daemon:
+        with Daemon(work, [respawning("demo", port, listen_report)], supervisor) as daemon:
             done = cycles(
                 port, listen_report, samples, lambda n: daemon.wait_for("sidecar_ready", count=n)
             )
             spawned = [daemon.wait_for("sidecar_spawned", count=n + 2) for n in range(samples)]
-    reacted = [ns_to_ms(stamp_ns(s) - c.killed_ns) for c, s in zip(done, spawned, strict=True)]
-    started = [ns_to_ms(c.listened_ns - stamp_ns(s)) for c, s in zip(done, spawned, strict=True)]
+    return done, [stamp_ns(s) for s in spawned]
+
+
+def ours(samples: int) -> list[Row]:
+    """The respawn figure, and where it goes: kill -> `sidecar_spawned` -> child listening."""
+    done, spawned_ns = daemon_cycles(samples)
+    reacted, started = breakdown(done, spawned_ns)
     return [
         row(BENCH, MEASURE, "ours", "ms", [c.respawn_ms for c in done]),
         row(BENCH, "  of which SIGKILL -> sidecar_spawned", "ours", "ms", reacted),

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import subprocess
-from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import anyio.abc
 import anyio.to_thread
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from supervisor.client.launch import LaunchOptions, launch_or_attach
+from supervisor.client.launch import LaunchOptions, launch_or_attach, running_daemon
 from supervisor.client.records import (
     ActionResult,
     Event,
@@ -28,10 +26,9 @@ from supervisor.client.records import (
 )
 from supervisor.client.sync import stop_child
 from supervisor.control import client as control
-from supervisor.control import protocol, unixsock
+from supervisor.control import protocol
 from supervisor.control.protocol import Command
 from supervisor.errors import ControlError, NoAnswerError, NotRunningError, WaitTimeoutError
-from supervisor.system import proctime
 
 _LOST = (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError)
 
@@ -43,8 +40,7 @@ class AsyncConnection:
         self.daemon = daemon
         self._stream = stream
         self._reader = BufferedByteReceiveStream(stream)
-        self._events: deque[dict[str, object]] = deque()  # arrived while awaiting a reply
-        self._next_id = 1
+        self._exchange = control.Exchange(daemon)
 
     @classmethod
     async def open(
@@ -53,27 +49,18 @@ class AsyncConnection:
         """Connect; while the daemon lives but does not listen yet (it is starting), retry."""
         deadline = anyio.current_time() + wait_s
         delay = 0.005
-        socket_path = daemon.state_dir / unixsock.SOCKET_NAME
         while True:
             try:
                 # A Unix connect does not block (a listening socket accepts or refuses at once).
                 sock = control.connect_socket(daemon)
-            except (FileNotFoundError, ConnectionRefusedError) as exc:
-                if not proctime.is_alive(daemon.pid, daemon.create_time):
-                    raise NotRunningError(daemon.state_dir) from None
-                if anyio.current_time() >= deadline:
-                    raise ControlError(
-                        daemon.state_dir,
-                        f"the supervisor (pid {daemon.pid}) does not accept connections on "
-                        f"{socket_path}: {exc.strerror}",
-                    ) from None
+            except OSError as exc:
+                expired = anyio.current_time() >= deadline
+                error = control.connect_failure(daemon, exc, wait_s, expired=expired)
+                if error is not None:
+                    raise error from None
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 0.1)
                 continue
-            except OSError as exc:
-                raise ControlError(
-                    daemon.state_dir, f"cannot connect to {socket_path}: {exc.strerror or exc}"
-                ) from None
             sock.setblocking(False)
             return cls(daemon, await anyio.abc.UNIXSocketStream.from_socket(sock))
 
@@ -90,34 +77,29 @@ class AsyncConnection:
         NoAnswerError after `timeout_s`."""
         try:
             with anyio.fail_after(timeout_s):
-                return await self._exchange(cmd, names)
+                return await self._roundtrip(cmd, names)
         except TimeoutError:
             raise NoAnswerError(
                 self.daemon.state_dir, self.daemon.pid, cmd, timeout_s or 0.0
             ) from None
 
-    async def _exchange(self, cmd: Command, names: Sequence[str]) -> object:
-        request_id = self._next_id
-        self._next_id += 1
+    async def _roundtrip(self, cmd: Command, names: Sequence[str]) -> object:
+        request_id, line = self._exchange.request(cmd, names)
         try:
-            await self._stream.send(protocol.encode(protocol.request(request_id, cmd, names)))
+            await self._stream.send(line)
         except _LOST:
             raise NotRunningError(self.daemon.state_dir) from None
         while True:
             message = await self._receive()
             if message is None:
                 raise NotRunningError(self.daemon.state_dir)  # it closed: it is exiting
-            if "event" in message and "id" not in message:
-                self._events.append(message)
-            elif message.get("id") == request_id:
-                if message.get("ok") is True:
-                    return message.get("result")
-                raise control.error_from_reply(self.daemon.state_dir, message.get("error"))
+            if (reply := self._exchange.reply(message, request_id)) is not None:
+                return reply.result
 
     async def events(self) -> AsyncIterator[dict[str, object]]:
         """Events in order until the daemon closes the connection."""
-        while self._events:
-            yield self._events.popleft()
+        while self._exchange.events:
+            yield self._exchange.events.popleft()
         while (message := await self._receive()) is not None:
             if "event" in message:
                 yield message
@@ -133,16 +115,8 @@ class AsyncConnection:
                 raise ControlError(
                     self.daemon.state_dir, "the daemon sent an oversized line"
                 ) from None
-            try:
-                message = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(message, dict):
+            if (message := protocol.decode(line)) is not None:
                 return message
-
-
-def _path(value: str | Path | None) -> str | None:
-    return None if value is None else str(value)
 
 
 class AsyncClient:
@@ -171,7 +145,7 @@ class AsyncClient:
         timeout_s: float = control.REPLY_TIMEOUT_S,
     ) -> AsyncClient:
         """See Client.connect."""
-        daemon = await anyio.to_thread.run_sync(control.the_daemon, _path(config), _path(state_dir))
+        daemon = await anyio.to_thread.run_sync(running_daemon, state_dir, config)
         return cls(daemon, timeout_s=timeout_s)
 
     @classmethod

@@ -1,4 +1,5 @@
-"""Launch `supervisor run` for a state dir, or attach to the daemon that holds it (blocking).
+"""Launch `supervisor run` for a state dir, or attach to the daemon that holds it; or find the
+running daemon a client names (blocking).
 
 The state dir's lock decides: our launch either becomes the daemon (its supervisor.pid names our
 child) or exits 75 because another one holds the lock; then we attach to that one, unless it is
@@ -68,6 +69,16 @@ class LaunchOptions:
         if self.exit_with_parent:
             run.append("--exit-with-parent")
         return [*run, *self.args]
+
+
+def running_daemon(
+    state_dir: str | Path | None, config: str | Path | None
+) -> control.RunningDaemon:
+    """The daemon of `state_dir` (or of `config`'s state dir); with neither, the one running
+    daemon of the registry (SeveralRunningError if there are more). NotRunningError if none."""
+    return control.the_daemon(
+        None if config is None else str(config), None if state_dir is None else str(state_dir)
+    )
 
 
 def launch_or_attach(

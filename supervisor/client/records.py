@@ -1,17 +1,16 @@
 """What the public client returns (pure): typed, frozen records built from the control protocol's
-JSON at the edge, and the readiness rule `wait` applies to a snapshot and the events after it.
+JSON at the edge; `wait`'s readiness rule (control/readiness.py) giving those records.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from supervisor.control import readiness
+from supervisor.control.readiness import records_of
 from supervisor.core.lifecycle import State
-from supervisor.errors import SidecarDownError
-
-DOWN = frozenset({State.FAILED, State.EXITED})
 
 
 def _int(value: object) -> int | None:
@@ -172,39 +171,9 @@ class Event:
         return _str(self.fields.get("reason"))
 
 
-def records_of(doc: object) -> list[dict[str, object]]:
-    sidecars = doc.get("sidecars") if isinstance(doc, dict) else None
-    return [s for s in sidecars if isinstance(s, dict)] if isinstance(sidecars, list) else []
-
-
-class Readiness:
-    """`wait`'s rule over a subscription's snapshot and the events after it: done once every
-    wanted sidecar is ready; SidecarDownError as soon as one is failed or exited."""
-
-    def __init__(self, names: Sequence[str], snapshot: object, state_dir: Path) -> None:
-        self.records = {str(s.get("name")): s for s in records_of(snapshot)}
-        self.wanted = list(names) if names else list(self.records)
-        self.state_dir = state_dir
-
-    def update(self, event: Mapping[str, object]) -> None:
-        name = event.get("sidecar")
-        if isinstance(name, str) and name in self.records:
-            changed = {k: event[k] for k in ("state", "pid", "url", "reason") if k in event}
-            self.records[name] = {**self.records[name], **changed}
+class Readiness(readiness.Readiness):
+    """`wait`'s rule (control/readiness.py), its records as Sidecars."""
 
     def done(self) -> list[Sidecar] | None:
-        for name in self.wanted:
-            record = self.records.get(name, {})
-            state = str(record.get("state"))
-            if state in DOWN:
-                raise SidecarDownError(name, state, _str(record.get("reason")), self.state_dir)
-        if all(self.records.get(n, {}).get("state") == State.READY for n in self.wanted):
-            return [Sidecar.from_record(self.records[n]) for n in self.wanted]
-        return None
-
-    def pending(self) -> dict[str, str]:
-        return {
-            name: str(self.records.get(name, {}).get("state"))
-            for name in self.wanted
-            if self.records.get(name, {}).get("state") != State.READY
-        }
+        ready = self.ready_records()
+        return None if ready is None else [Sidecar.from_record(r) for r in ready]

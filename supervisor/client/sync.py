@@ -7,17 +7,13 @@ import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from supervisor.client.launch import LaunchOptions, launch_or_attach
+from supervisor.client.launch import LaunchOptions, launch_or_attach, running_daemon
 from supervisor.client.records import ActionResult, Event, Sidecar, Status, action_results
 from supervisor.control import client as control
 from supervisor.control.protocol import Command
 from supervisor.errors import NoAnswerError
 
 STOP_WAIT_S = 30.0  # a daemon we launched stops its sidecars (stop.timeout each, then SIGKILL)
-
-
-def _path(value: str | Path | None) -> str | None:
-    return None if value is None else str(value)
 
 
 def stop_child(child: subprocess.Popen[bytes]) -> None:
@@ -59,7 +55,7 @@ class Client:
     ) -> Client:
         """The daemon of `state_dir` (or of `config`'s state dir); with neither, the one running
         daemon of the registry (SeveralRunningError if there are more). NotRunningError if none."""
-        return cls(control.the_daemon(_path(config), _path(state_dir)), timeout_s=timeout_s)
+        return cls(running_daemon(state_dir, config), timeout_s=timeout_s)
 
     @classmethod
     def launch(

@@ -10,7 +10,6 @@ must start fast.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 import socket
@@ -22,6 +21,7 @@ from typing import NamedTuple
 
 from supervisor.control import protocol, starting, unixsock
 from supervisor.control.protocol import Command, ErrorCode
+from supervisor.control.readiness import Readiness
 from supervisor.errors import (
     EXIT_LOCKED,
     EXIT_TIMEOUT,
@@ -33,6 +33,7 @@ from supervisor.errors import (
     StillRunningError,
     SupervisorError,
     UnknownSidecarError,
+    WaitTimeoutError,
     command,
 )
 from supervisor.system import paths, proctime
@@ -268,6 +269,70 @@ def _reload_record(daemon: RunningDaemon) -> dict[str, object]:
 # -- the control socket ---------------------------------------------------------------------------
 
 
+class Reply(NamedTuple):
+    result: object
+
+
+class Exchange:
+    """A connection's requests and what comes back, without I/O (the blocking Connection and the
+    async client share it): request ids, the events that arrive while a reply is awaited, and
+    what each message means."""
+
+    def __init__(self, daemon: RunningDaemon) -> None:
+        self.daemon = daemon
+        self.events: deque[dict[str, object]] = deque()  # arrived while awaiting a reply
+        self._next_id = 1
+
+    def request(self, cmd: Command, names: Sequence[str]) -> tuple[int, bytes]:
+        """A new request: its id and its line."""
+        request_id = self._next_id
+        self._next_id += 1
+        return request_id, protocol.encode(protocol.request(request_id, cmd, names))
+
+    def reply(self, message: dict[str, object], request_id: int) -> Reply | None:
+        """The reply to `request_id` if `message` is it, else None (an event is kept for later).
+        An error reply raises its SupervisorError, as does a refusal sent as we connected (busy).
+        """
+        if "event" in message and "id" not in message:
+            self.events.append(message)
+            return None
+        if message.get("id") is None and message.get("ok") is False:
+            raise self.error(message.get("error"))  # refused as it connected: busy
+        if message.get("id") != request_id:
+            return None
+        if message.get("ok") is True:
+            return Reply(message.get("result"))
+        raise self.error(message.get("error"))
+
+    def error(self, error: object) -> SupervisorError:
+        return error_from_reply(self.daemon.state_dir, error, pid=self.daemon.pid)
+
+
+def connect_failure(
+    daemon: RunningDaemon, exc: OSError, wait_s: float, *, expired: bool
+) -> SupervisorError | None:
+    """What a failed connect to control.sock means: None to try again (the daemon lives but does
+    not listen yet, it is starting; or its backlog is full), else the error to raise. `expired`:
+    the `wait_s` allowed for retries are over."""
+    socket_path = daemon.state_dir / unixsock.SOCKET_NAME
+    if isinstance(exc, BlockingIOError | TimeoutError):
+        # Its backlog is full: it is alive and accepting, just not us yet.
+        if not expired:
+            return None
+        return BusyError(daemon.state_dir, daemon.pid, f"no connection accepted within {wait_s:g}s")
+    if isinstance(exc, FileNotFoundError | ConnectionRefusedError):
+        if not proctime.is_alive(daemon.pid, daemon.create_time):
+            return NotRunningError(daemon.state_dir)
+        if not expired:
+            return None
+        return ControlError(
+            daemon.state_dir,
+            f"the supervisor (pid {daemon.pid}) does not accept connections on {socket_path}: "
+            f"{exc.strerror}",
+        )
+    return ControlError(daemon.state_dir, f"cannot connect to {socket_path}: {exc.strerror or exc}")
+
+
 class Connection:
     """A blocking JSON-lines connection to a daemon's control.sock."""
 
@@ -275,8 +340,7 @@ class Connection:
         self.daemon = daemon
         self._sock = sock
         self._buffer = bytearray()
-        self._events: deque[dict[str, object]] = deque()  # arrived while awaiting a reply
-        self._next_id = 1
+        self._exchange = Exchange(daemon)
         self._eof = False
 
     @classmethod
@@ -287,33 +351,14 @@ class Connection:
         while True:
             try:
                 sock = connect_socket(daemon)
-            except (BlockingIOError, TimeoutError):
-                # Its backlog is full: it is alive and accepting, just not us yet.
-                if time.monotonic() >= deadline:
-                    raise BusyError(
-                        daemon.state_dir, daemon.pid, f"no connection accepted within {wait_s:g}s"
-                    ) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.1)
-                continue
-            except (FileNotFoundError, ConnectionRefusedError) as exc:
-                if not proctime.is_alive(daemon.pid, daemon.create_time):
-                    raise NotRunningError(daemon.state_dir) from None
-                if time.monotonic() >= deadline:
-                    raise ControlError(
-                        daemon.state_dir,
-                        f"the supervisor (pid {daemon.pid}) does not accept connections on "
-                        f"{daemon.state_dir / unixsock.SOCKET_NAME}: {exc.strerror}",
-                    ) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.1)
-                continue
             except OSError as exc:
-                raise ControlError(
-                    daemon.state_dir,
-                    f"cannot connect to {daemon.state_dir / unixsock.SOCKET_NAME}: "
-                    f"{exc.strerror or exc}",
-                ) from None
+                expired = time.monotonic() >= deadline
+                error = connect_failure(daemon, exc, wait_s, expired=expired)
+                if error is not None:
+                    raise error from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+                continue
             return cls(daemon, sock)
 
     def close(self) -> None:
@@ -332,11 +377,10 @@ class Connection:
         timeout_s: float | None = REPLY_TIMEOUT_S,
     ) -> object:
         """Send a request and return its result; its error as the matching SupervisorError."""
-        request_id = self._next_id
-        self._next_id += 1
+        request_id, line = self._exchange.request(cmd, names)
         self._sock.settimeout(timeout_s)
         try:
-            self._sock.sendall(protocol.encode(protocol.request(request_id, cmd, names)))
+            self._sock.sendall(line)
         except OSError as exc:
             # It may have refused us (busy) and closed before our request went out: its one
             # line says so, and is still there to read.
@@ -346,22 +390,14 @@ class Connection:
             message = self._receive(deadline)
             if message is None:
                 raise NotRunningError(self.daemon.state_dir)  # it closed: it is exiting
-            if "event" in message and "id" not in message:
-                self._events.append(message)
-                continue
-            if message.get("id") is None and message.get("ok") is False:
-                raise self._error(message.get("error"))  # refused as it connected: busy
-            if message.get("id") != request_id:
-                continue
-            if message.get("ok") is True:
-                return message.get("result")
-            raise self._error(message.get("error"))
+            if (reply := self._exchange.reply(message, request_id)) is not None:
+                return reply.result
 
     def events(self, deadline: float | None = None) -> Iterator[dict[str, object]]:
         """Events in order until the daemon closes the connection (TimeoutError at `deadline`,
         a time.monotonic() instant)."""
-        while self._events:
-            yield self._events.popleft()
+        while self._exchange.events:
+            yield self._exchange.events.popleft()
         while True:
             message = self._receive(deadline)
             if message is None:
@@ -376,11 +412,7 @@ class Connection:
             if newline >= 0:
                 line = bytes(self._buffer[:newline])
                 del self._buffer[: newline + 1]
-                try:
-                    message = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(message, dict):
+                if (message := protocol.decode(line)) is not None:
                     return message
                 continue
             if self._eof:
@@ -415,7 +447,7 @@ class Connection:
             return None
         if message is None or message.get("ok") is not False:
             return None
-        return self._error(message.get("error"))
+        return self._exchange.error(message.get("error"))
 
     def _lost(self, exc: OSError) -> Exception:
         if exc.errno in (errno.EPIPE, errno.ECONNRESET):
@@ -423,9 +455,6 @@ class Connection:
         return ControlError(
             self.daemon.state_dir, f"the control connection failed: {exc.strerror or exc}"
         )
-
-    def _error(self, error: object) -> Exception:
-        return error_from_reply(self.daemon.state_dir, error, pid=self.daemon.pid)
 
 
 def error_from_reply(state_dir: Path, error: object, *, pid: int | None = None) -> SupervisorError:
@@ -473,14 +502,6 @@ def connect_socket(daemon: RunningDaemon) -> socket.socket:
 
 # -- waiting --------------------------------------------------------------------------------------
 
-DOWN = frozenset({"failed", "exited"})
-DONE = frozenset({"ready", "completed"})  # completed: a one-shot task that exited 0 (v3)
-
-
-def _sidecars(doc: object) -> list[dict[str, object]]:
-    sidecars = doc.get("sidecars") if isinstance(doc, dict) else None
-    return [s for s in sidecars if isinstance(s, dict)] if isinstance(sidecars, list) else []
-
 
 def wait_ready(
     conn: Connection,
@@ -494,49 +515,24 @@ def wait_ready(
     `timeout_s`; NotRunningError if the daemon exits meanwhile. The subscription's snapshot and
     the events after it leave no gap in which a change could be missed.
     """
-    from supervisor.errors import SidecarDownError, WaitTimeoutError
-
     started = time.monotonic()
     deadline = None if timeout_s is None else started + timeout_s
     try:
-        snapshot = _sidecars(conn.request(Command.SUBSCRIBE, names, timeout_s=timeout_s))
+        snapshot = conn.request(Command.SUBSCRIBE, names, timeout_s=timeout_s)
     except TimeoutError:
         raise WaitTimeoutError(timeout_s or 0.0, {}, conn.daemon.state_dir) from None
-    records = {str(s.get("name")): s for s in snapshot}
-    wanted = list(names) if names else list(records)
-    stopped = [n for n in wanted if records.get(n, {}).get("state") == "stopped"]
+    readiness = Readiness(names, snapshot, conn.daemon.state_dir)
+    stopped = readiness.stopped()
     if stopped and on_stopped is not None:
         on_stopped(stopped)  # it stays so until someone starts it: worth saying
-
-    def check() -> bool:
-        for name in wanted:
-            record = records.get(name, {})
-            state = str(record.get("state"))
-            if state in DOWN:
-                reason = record.get("reason")
-                raise SidecarDownError(
-                    name, state, str(reason) if reason else None, conn.daemon.state_dir
-                )
-        return all(records.get(name, {}).get("state") in DONE for name in wanted)
-
-    if check():
-        return [records[name] for name in wanted]
+    if (ready := readiness.ready_records()) is not None:
+        return ready
     try:
         for event in conn.events(deadline):
-            name = event.get("sidecar")
-            if not isinstance(name, str) or name not in records:
-                continue
-            records[name] = {
-                **records[name],
-                **{k: event[k] for k in ("state", "pid", "url", "reason") if k in event},
-            }
-            if check():
-                return [records[name] for name in wanted]
+            readiness.update(event)
+            if (ready := readiness.ready_records()) is not None:
+                return ready
     except TimeoutError:
-        pending = {
-            name: str(records.get(name, {}).get("state"))
-            for name in wanted
-            if records.get(name, {}).get("state") not in DONE
-        }
+        pending = readiness.pending()
         raise WaitTimeoutError(timeout_s or 0.0, pending, conn.daemon.state_dir) from None
     raise NotRunningError(conn.daemon.state_dir)

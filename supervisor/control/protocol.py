@@ -175,6 +175,15 @@ def encode(message: Mapping[str, object]) -> bytes:
     return json.dumps(message, separators=(",", ":"), default=str).encode() + b"\n"
 
 
+def decode(line: bytes) -> dict[str, object] | None:
+    """A line the daemon sent, as the JSON object it is; None for anything else (skipped)."""
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) else None
+
+
 def unknown_names(names: Sequence[str], known: Sequence[str]) -> ProtocolError | None:
     """The error for names that are not configured (None when every name is known)."""
     missing = [n for n in names if n not in known]

@@ -71,6 +71,9 @@ def test_action_results_and_events() -> None:
         ((("a", "exited"), ("b", "ready")), ("b",), [], ["b"]),
         ((("a", "exited"),), (), [], SidecarDownError),
         ((("a", "stopped"),), (), [("zzz", "ready")], None),
+        # completed (a one-shot task that exited 0) is done, as for `supervisor wait`
+        ((("a", "completed"), ("b", "ready")), (), [], ["a", "b"]),
+        ((("a", "starting"),), (), [("a", "completed")], ["a"]),
     ],
 )
 def test_readiness(

@@ -12,7 +12,7 @@ import pytest
 
 from supervisor import errors
 from supervisor.config import ProbeKind, ReadyConfig, SidecarConfig
-from supervisor.control import events, protocol
+from supervisor.control import client, events, protocol
 from supervisor.control.protocol import Command, ErrorCode, ProtocolError
 from supervisor.core import status
 from supervisor.core.lifecycle import State
@@ -358,3 +358,49 @@ async def test_the_control_budget_makes_clients_wait_for_the_next_window_once_sp
     waited = anyio.current_time() - before
     assert waited > 0.0  # it slept until the window ended (a lower bound: load only adds)
     await budget.turn()  # a new window: no wait
+
+
+DAEMON = client.RunningDaemon(pid=7, create_time=1.5, state_dir=Path("/tmp/state"))
+BUSY = {"code": "busy", "message": "too many connections"}
+
+
+@pytest.mark.parametrize(
+    ("message", "outcome"),
+    [
+        ({"id": 1, "ok": True, "result": {"x": 1}}, client.Reply({"x": 1})),
+        ({"id": 1, "ok": True, "result": None}, client.Reply(None)),
+        ({"id": 2, "ok": True, "result": 1}, None),  # another request's reply
+        ({"event": "ready", "sidecar": "a"}, "event"),
+        ({"id": None, "ok": False, "error": BUSY}, client.BusyError),  # refused as we connected
+        ({"id": 1, "ok": False, "error": BUSY}, client.BusyError),
+        ({"id": 1, "ok": False, "error": {"code": "shutting_down"}}, errors.NotRunningError),
+        ({"id": 1, "ok": False, "error": {"code": "unknown_sidecar", "names": ["b"]}},
+         errors.UnknownSidecarError),
+        ({"id": 1, "ok": False, "error": "garbled"}, errors.RequestRefusedError),
+    ],
+)  # fmt: skip
+def test_a_client_tells_its_reply_from_events_other_replies_and_refusals(
+    message: dict[str, object], outcome: object
+) -> None:
+    exchange = client.Exchange(DAEMON)
+    request_id, line = exchange.request(Command.STATUS, ["a"])
+    assert (request_id, json.loads(line)) == (1, {"id": 1, "cmd": "status", "names": ["a"]})
+    if isinstance(outcome, type):
+        with pytest.raises(outcome):
+            exchange.reply(message, request_id)
+    elif outcome == "event":
+        assert exchange.reply(message, request_id) is None
+        assert list(exchange.events) == [message]
+    else:
+        assert exchange.reply(message, request_id) == outcome
+        assert not exchange.events
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [(b'{"id": 1}', {"id": 1}), (b"[1]", None), (b"not json", None), (b"\xff", None)],
+)
+def test_a_client_skips_lines_that_are_not_json_objects(
+    line: bytes, message: dict[str, object] | None
+) -> None:
+    assert protocol.decode(line) == message
