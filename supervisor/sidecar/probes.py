@@ -9,6 +9,8 @@ the child's tree has accepted the probe's own connection, the http probe until i
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import re
 import socket
 import time
@@ -73,7 +75,25 @@ def _status_text(status: bytes) -> str:
 
 
 async def _connects(host: str, port: int) -> bool:
-    return await tcp_failure(host, port, CONNECT_TIMEOUT_S) is None
+    """Does a connect to host:port succeed within CONNECT_TIMEOUT_S? (The readiness probe.)
+
+    To an address (the usual `host`): a bare non-blocking socket, connected and closed. A
+    readiness probe runs once or more per spawn, and `anyio.connect_tcp` (a task group, a
+    task, an event, a transport for a stream that is closed at once) cost several times the
+    connect itself in a crash storm. A host name goes through `tcp_failure` (its lookup).
+    """
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return await tcp_failure(host, port, CONNECT_TIMEOUT_S) is None
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setblocking(False)
+        error = sock.connect_ex((host, port))
+        if error == errno.EINPROGRESS:
+            with anyio.move_on_after(CONNECT_TIMEOUT_S):
+                await anyio.wait_writable(sock)
+                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        return error == 0
 
 
 async def _http_ok(host: str, port: int, path: str) -> bool:

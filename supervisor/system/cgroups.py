@@ -161,6 +161,10 @@ class Cgroup:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        # Read several times per spawn and per status write: plain strings, read with os.read
+        # (a Path join and a text file object cost more than the read itself).
+        self._procs = os.path.join(path, "cgroup.procs")
+        self._events = os.path.join(path, "cgroup.events")
 
     def __repr__(self) -> str:
         return f"Cgroup({str(self.path)!r})"
@@ -186,20 +190,20 @@ class Cgroup:
         """The pids in it (living processes; an exited one leaves its cgroup at once); none
         if it is gone or cannot be listed (a threaded cgroup: EOPNOTSUPP): never raises."""
         try:
-            text = self.procs_file.read_text()
+            data = _read(self._procs)
         except OSError:
             return []
-        return [int(line) for line in text.split()]
+        return [int(line) for line in data.split()]
 
     def populated(self) -> bool:
         """Does it (or a cgroup below it) hold a process? (cgroup.events `populated`)"""
         try:
-            text = (self.path / "cgroup.events").read_text()
+            data = _read(self._events)
         except FileNotFoundError:
             return False
         except OSError:
             return bool(self.members())
-        return "populated 1" in text
+        return b"populated 1" in data
 
     def signal_all(self, sig: int) -> int:
         """Send `sig` to every member; how many got it. Each pid is pinned by a pidfd and
@@ -261,21 +265,33 @@ class Cgroup:
 
     def cpu_usage_usec(self) -> int | None:
         try:
-            text = (self.path / "cpu.stat").read_text()
+            data = _read(os.path.join(self.path, "cpu.stat"))
         except OSError:
             return None
-        for line in text.splitlines():
-            key, _, value = line.partition(" ")
-            if key == "usage_usec":
+        for line in data.splitlines():
+            key, _, value = line.partition(b" ")
+            if key == b"usage_usec":
                 return int(value)
         return None
 
     def memory_bytes(self) -> int | None:
         """memory.current where the memory controller is enabled here, else None."""
         try:
-            return int((self.path / "memory.current").read_text())
+            return int(_read(os.path.join(self.path, "memory.current")))
         except (OSError, ValueError):
             return None
+
+
+def _read(path: str) -> bytes:
+    """The whole of a small kernel file (cgroupfs, /proc): one open, reads until EOF."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def _write_quietly(path: Path, text: str) -> bool:

@@ -111,13 +111,13 @@ class Child:
             self.sigkilled = True
         return self._signal_group(sig)
 
-    def _signal_group(self, sig: int) -> bool:
+    def _signal_group(self, sig: int, *, cgroup: bool = True) -> bool:
         if self.status is not None:
             raise RuntimeError("the group of a reaped child must not be signalled")
         handle = self._exit_handle
         pidfd = handle.pidfd if handle is not None else None
         sent = groups.signal_group(self.pgid, sig, pidfd=pidfd, leader_unreaped=True)
-        if self.cgroup is not None:
+        if cgroup and self.cgroup is not None:
             # Its group too: before the shim joined the cgroup, the child is only there.
             if sig == signal.SIGKILL:
                 return self.cgroup.kill() > 0 or sent
@@ -192,7 +192,9 @@ class Child:
             return self.status
         if self.cgroup is not None:
             self.leftovers_killed = self.cgroup.kill()
-        self._signal_group(signal.SIGKILL)  # leftovers only: the stop itself did not escalate
+        # Leftovers only: the stop itself did not escalate. The cgroup was just killed: a second
+        # cgroup.kill (another read of its members) would add nothing.
+        self._signal_group(signal.SIGKILL, cgroup=False)
         return self.reap()
 
     def close(self) -> None:
