@@ -570,6 +570,11 @@ class Scenario:
         for name, record in sidecars.items():
             if record["state"] != self.expected_state(name):
                 return False
+            if record["state"] == "ready" and record["pid"] is None:
+                # Its child was just reaped; the daemon is finishing that attempt (output
+                # drain, cgroup emptied) and has not scheduled the restart yet: a few ms in
+                # which status says `ready` with no pid. Moving, not settled.
+                return False
             grab = self.grabs.get(name)
             if grab is not None and not re.search(rf"pid {grab.waits_on}\b", str(record["reason"])):
                 return False
