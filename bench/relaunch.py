@@ -143,17 +143,18 @@ class Orphan:
         self.reaper.join(10)
 
 
-def write_config(work: Path, port: int, report_file: Path) -> Path:
+def write_config(work: Path, port: int, report_file: Path, isolation: str) -> Path:
     config = work / "supervisor.toml"
-    config.write_text(render_config([sidecar("demo", port, "--report", str(report_file))]))
+    entry = sidecar("demo", port, "--report", str(report_file))
+    config.write_text(render_config([entry], {"isolation": isolation}))
     return config
 
 
-def one_ours(command: Sequence[str]) -> Ours:
+def one_ours(command: Sequence[str], isolation: str) -> Ours:
     port = free_port()
     with scratch(BENCH) as work:
         report_file = work / "report"
-        config = write_config(work, port, report_file)
+        config = write_config(work, port, report_file, isolation)
         orphan = Orphan(config, work / "state", command)
         try:
             with Daemon(
@@ -178,12 +179,12 @@ def one_ours(command: Sequence[str]) -> Ours:
             orphan.close()
 
 
-def one_script(command: Sequence[str]) -> tuple[float, float]:
+def one_script(command: Sequence[str], isolation: str) -> tuple[float, float]:
     """The script by hand: exec -> the new child listening, exec -> the script's probe."""
     port = free_port()
     with scratch(BENCH) as work:
         report_file = work / "report"
-        config = write_config(work, port, report_file)
+        config = write_config(work, port, report_file, isolation)
         orphan = Orphan(config, work / "state", command)
         child = None
         try:
@@ -271,7 +272,7 @@ def one_pm2(pm2: str) -> tuple[float, float]:
         return ns_to_ms(listened - started), ns_to_ms(accepted - started)
 
 
-def run(samples: int, editable: bool) -> tuple[list[Row], list[Check], list[str]]:
+def run(samples: int, editable: bool, isolation: str) -> tuple[list[Row], list[Check], list[str]]:
     notes: list[str] = []
     become_subreaper()
     python = PYTHON if editable else installed_python(notes)
@@ -283,16 +284,17 @@ def run(samples: int, editable: bool) -> tuple[list[Row], list[Check], list[str]
     have_lsof = shutil.which("lsof") is not None and shutil.which("ps") is not None
     if not have_lsof:
         notes.append("script skipped: no lsof or ps")
-    one_ours(command)  # unmeasured: warms the page cache
+    notes.append(f'ours with isolation = "{isolation}"')
+    one_ours(command, isolation)  # unmeasured: warms the page cache
     ours: list[Ours] = []
     script: list[tuple[float, float]] = []
     direct: list[tuple[float, float]] = []
     theirs: list[tuple[float, float]] = []
     pm2s: list[tuple[float, float]] = []
     for _ in range(samples):
-        ours.append(one_ours(command))
+        ours.append(one_ours(command, isolation))
         if have_lsof:
-            script.append(one_script(command))
+            script.append(one_script(command, isolation))
         direct.append(one_direct())
         if binary is not None:
             theirs.append(one_supervisord(binary))
@@ -367,7 +369,13 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--editable", action="store_true", help="run this venv's (editable) install instead"
     )
+    parser.add_argument(
+        "--isolation",
+        choices=("auto", "cgroup", "none"),
+        default="auto",
+        help="the daemon's [supervisor] isolation (a cgroup per sidecar, or none)",
+    )
     args = parser.parse_args(argv)
-    rows, checks, notes = run(max(args.samples, 5), args.editable)
+    rows, checks, notes = run(max(args.samples, 5), args.editable, args.isolation)
     report(f"relaunch over an orphan; {machine()}", rows, checks, notes)
     return 0

@@ -15,7 +15,7 @@ import itertools
 import signal
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bench.common import (
@@ -76,10 +76,10 @@ def all_ready(daemon: Daemon, names: int, after_ns: int, timeout_s: float = 120.
 
 
 def storm(
-    daemon: Daemon, ports: list[int], storm_s: float
+    daemon: Daemon, ports: list[int], storm_s: float, table: Mapping[str, object]
 ) -> tuple[ProcStats, ProcStats, list[float], int]:
     """Every child crashes CRASH_AFTER_S after it starts, for `storm_s`; then calm again."""
-    daemon.write_config(sidecars(ports, "--crash-after", str(CRASH_AFTER_S)))
+    daemon.write_config(sidecars(ports, "--crash-after", str(CRASH_AFTER_S)), table)
     spawned_at_hup = daemon.count("sidecar_spawned")
     daemon.proc.send_signal(signal.SIGHUP)
     # Every sidecar restarted under the storm config. (Not `config_reloaded`: it waits until
@@ -93,7 +93,7 @@ def storm(
         time.sleep(1.0)
         fds.append(proc_stats(daemon.pid).fds)
     end, spawned_after = proc_stats(daemon.pid), daemon.count("sidecar_spawned")
-    daemon.write_config(sidecars(ports))
+    daemon.write_config(sidecars(ports), table)
     calm_ns = time.time_ns()
     daemon.proc.send_signal(signal.SIGHUP)
     all_ready(daemon, len(ports), calm_ns)
@@ -101,22 +101,25 @@ def storm(
     return start, end, fds, spawned_after - spawned_before
 
 
-def run(count: int, storm_s: float, storms: int = 2) -> tuple[list[Row], list[Check], list[str]]:
+def run(
+    count: int, storm_s: float, storms: int = 2, isolation: str = "auto"
+) -> tuple[list[Row], list[Check], list[str]]:
     ports = free_ports(count)
-    notes: list[str] = []
-    with scratch(BENCH) as work, Daemon(work, sidecars(ports)) as daemon:
+    notes: list[str] = [f'isolation = "{isolation}"']
+    table = {"isolation": isolation}
+    with scratch(BENCH) as work, Daemon(work, sidecars(ports), table) as daemon:
         last = all_ready(daemon, count, daemon.started_ns)
         ready_s = (stamp_ns(last) - daemon.started_ns) / 1e9
         time.sleep(SETTLE_S)
         calm_before = proc_stats(daemon.pid)
-        storm_start, storm_end, fds, spawned = storm(daemon, ports, storm_s)
+        storm_start, storm_end, fds, spawned = storm(daemon, ports, storm_s, table)
         calm_after = proc_stats(daemon.pid)
         # More storms: the first one grows the allocator's pools to their working size; a
         # leak keeps growing with every storm, that high-water mark does not.
         calms = [calm_after]
         per_spawn = [(storm_end.cpu_total_s - storm_start.cpu_total_s) * 1000 / max(1, spawned)]
         for _ in range(storms - 1):
-            start_k, end_k, _, spawned_k = storm(daemon, ports, storm_s)
+            start_k, end_k, _, spawned_k = storm(daemon, ports, storm_s, table)
             per_spawn.append((end_k.cpu_total_s - start_k.cpu_total_s) * 1000 / max(1, spawned_k))
             calms.append(proc_stats(daemon.pid))
         calm_after_second = calms[-1]
@@ -199,7 +202,13 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--sidecars", type=int, default=50)
     parser.add_argument("--storm-s", type=float, default=30.0, help="crash-storm length")
     parser.add_argument("--storms", type=int, default=2, help="crash storms in a row (>= 2)")
+    parser.add_argument(
+        "--isolation",
+        choices=("auto", "cgroup", "none"),
+        default="auto",
+        help="the daemon's [supervisor] isolation (a cgroup per sidecar, or none)",
+    )
     args = parser.parse_args(argv)
-    rows, checks, notes = run(args.sidecars, args.storm_s, max(args.storms, 2))
+    rows, checks, notes = run(args.sidecars, args.storm_s, max(args.storms, 2), args.isolation)
     report(f"{args.sidecars} sidecars; {machine()}", rows, checks, notes)
     return 0
