@@ -159,8 +159,12 @@ def running(config_arg: str | None, state_dir_arg: str | None) -> list[RunningDa
         try:
             return _running_now(config_arg, state_dir_arg)
         except NotRunningError:
-            if time.monotonic() >= deadline or not starting.starting_daemons():
+            if time.monotonic() >= deadline:
                 raise
+            if not starting.starting_daemons():
+                # None starting now: it may have registered since the look above (the scan
+                # leaves registered daemons out). One more look, then "not running" stands.
+                return _running_now(config_arg, state_dir_arg)
         time.sleep(delay)
         delay = min(delay * 2, STOP_POLL_MAX_S)
 
