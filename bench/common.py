@@ -254,6 +254,7 @@ class ProcStats:
     # utime + stime of the whole process, threads that exited included (/proc/PID/stat, clock
     # ticks): `cpu_s` loses the time of a worker thread that exits between two samples.
     cpu_total_s: float = 0.0
+    threads: int = 0  # live threads (/proc/PID/task)
 
 
 def proc_stats(pid: int) -> ProcStats:
@@ -264,7 +265,8 @@ def proc_stats(pid: int) -> ProcStats:
             rss_kib = int(line.split()[1])
     switches = 0
     cpu_ns = 0
-    for task in (proc / "task").iterdir():
+    tasks = list((proc / "task").iterdir())
+    for task in tasks:
         with contextlib.suppress(FileNotFoundError):
             for line in (task / "status").read_text().splitlines():
                 if line.startswith("voluntary_ctxt_switches:"):
@@ -275,7 +277,8 @@ def proc_stats(pid: int) -> ProcStats:
     fields = stat[stat.rindex(")") + 2 :].split()
     ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
     total_s = ticks / os.sysconf("SC_CLK_TCK")
-    return ProcStats(cpu_ns / 1e9, rss_kib, switches, len(os.listdir(proc / "fd")), total_s)
+    fds = len(os.listdir(proc / "fd"))
+    return ProcStats(cpu_ns / 1e9, rss_kib, switches, fds, total_s, len(tasks))
 
 
 def _kill_tree(root: int, known: Sequence[int] = ()) -> None:

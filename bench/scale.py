@@ -180,6 +180,10 @@ def run(
         ),
     ]
     notes.append(
+        "each calm, in order: RSS MiB / live threads: "
+        + ", ".join(f"{c.rss_kib / 1024:.2f} / {c.threads}" for c in [calm_before, *calms])
+    )
+    notes.append(
         f"{count} sidecars, each `--crash-after {CRASH_AFTER_S:g}`; restart_budget_exhausted "
         f"logged {exhausted} times; all ready = JSON timestamp of the last `sidecar_ready` - "
         f"daemon spawn ({ns_to_ms(arrival_ns(last) - stamp_ns(last)):.1f} ms before it reached us)"
