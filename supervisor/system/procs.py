@@ -9,7 +9,8 @@ waiting and then escalates, and evidence is kept rather than forgotten (issue 25
 logged at most once a minute (`process_scan_failed`, with a count); the next scan tries again.
 
 psutil is imported inside each function that uses it, on first use: the path to a daemon's first
-spawn and most commands need none of it on Linux (proctime reads /proc), and it costs ~6 ms.
+spawn and most commands need none of it on Linux (proctime reads /proc, and so does `facts`, which
+a launch over an orphan needs), and it costs ~6-14 ms.
 (A module-level lazy proxy such as importlib's LazyLoader is not safe when two threads touch it
 first at once, as the preflight's and the sweep's worker threads do; `import` is.)
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -47,7 +49,18 @@ class ProcessFacts:
 
 
 def facts(pid: int, *, with_environ: bool = True) -> ProcessFacts | None:
-    """Facts of `pid`, or None if it does not exist (or is a zombie)."""
+    """Facts of `pid`, or None if it does not exist (or is a zombie).
+
+    On Linux they are read from /proc as psutil reads them, without importing psutil: over an
+    orphan the first call is on the launch's path, and the import took 10-14 ms of the 25 ms
+    between `daemon_started` and the kill (bench relaunch, isolation none).
+    """
+    if sys.platform == "linux":
+        return _facts_from_proc(pid, with_environ)
+    return _facts_from_psutil(pid, with_environ)
+
+
+def _facts_from_psutil(pid: int, with_environ: bool) -> ProcessFacts | None:
     import psutil
 
     try:
@@ -74,6 +87,89 @@ def facts(pid: int, *, with_environ: bool = True) -> ProcessFacts | None:
         cmdline=tuple(cmdline),
         environ=environ,
     )
+
+
+def _facts_from_proc(pid: int, with_environ: bool) -> ProcessFacts | None:
+    """psutil's Linux reads, alike: a vanished process is None, and so is one whose stat we
+    may not read; another field we may not read is None (an unreadable command line is empty);
+    any other error (EMFILE) is raised, never read as "gone"."""
+    try:
+        fields = proctime.read_stat(pid)
+        created = proctime.create_time_in(fields)
+        if created is None or fields[0] == b"Z":
+            return None
+        uid = _real_uid(pid)
+        cmdline = _unless_denied(lambda: _proc_cmdline(pid)) or ()
+        environ = _unless_denied(lambda: _proc_environ(pid)) if with_environ else None
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return ProcessFacts(
+        pid=pid,
+        ppid=int(fields[1]),
+        uid=uid,
+        user=_user_name(uid) if uid is not None else None,
+        create_time=created,
+        cmdline=cmdline,
+        environ=environ,
+    )
+
+
+def _unless_denied(read: Callable[[], T]) -> T | None:
+    try:
+        return read()
+    except PermissionError:
+        return None
+
+
+def _proc_text(pid: int, name: str) -> str:
+    """/proc/PID/NAME decoded as psutil decodes it (the file system encoding, surrogateescape)."""
+    with open(f"/proc/{pid}/{name}", "rb") as file:
+        data = file.read()
+    return data.decode(sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
+
+
+def _real_uid(pid: int) -> int | None:
+    text = _unless_denied(lambda: _proc_text(pid, "status"))
+    for line in (text or "").splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    return None
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:  # no such user in the password database: psutil says the number
+        return str(uid)
+
+
+def _proc_cmdline(pid: int) -> tuple[str, ...]:
+    """psutil's parse: NUL-separated; a title rewritten with spaces (setproctitle) is split on
+    them, as is a single argument holding spaces."""
+    data = _proc_text(pid, "cmdline")
+    if not data:
+        return ()
+    sep = "\0" if data.endswith("\0") else " "
+    if data.endswith(sep):
+        data = data[:-1]
+    parts = data.split(sep)
+    if sep == "\0" and len(parts) == 1 and " " in data:
+        parts = data.split(" ")
+    return tuple(parts)
+
+
+def _proc_environ(pid: int) -> dict[str, str]:
+    """psutil's parse_environ_block: NAME=VALUE entries up to the first empty one; an entry
+    without a name is skipped."""
+    data = _proc_text(pid, "environ")
+    environ: dict[str, str] = {}
+    pos = 0
+    while (end := data.find("\0", pos)) > pos:
+        equal = data.find("=", pos, end)
+        if equal > pos:
+            environ[data[pos:equal]] = data[equal + 1 : end]
+        pos = end + 1
+    return environ
 
 
 def _quiet(getter: Callable[[], T]) -> T | None:
@@ -103,7 +199,15 @@ def rss_and_cpu(pid: int) -> tuple[int, float] | None:
 
 
 def ancestors(pid: int) -> list[int]:
-    """Pids of the ancestors of `pid`, nearest first."""
+    """Pids of the ancestors of `pid`, nearest first (as psutil's `parents()`: a parent created
+    after its child is another process on a reused pid, and ends the line). On Linux read from
+    /proc, like `facts`: the evidence of a holder over an orphan needs both."""
+    if sys.platform == "linux":
+        return _ancestors_from_proc(pid)
+    return _ancestors_from_psutil(pid)
+
+
+def _ancestors_from_psutil(pid: int) -> list[int]:
     import psutil
 
     try:
@@ -112,20 +216,31 @@ def ancestors(pid: int) -> list[int]:
         return []
 
 
+def _ancestors_from_proc(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        fields = proctime.read_stat(pid)
+        while (ppid := int(fields[1])) > 0 and ppid != pid and ppid not in found:
+            created = proctime.create_time_in(fields)
+            try:
+                parent = proctime.read_stat(ppid)
+            except (FileNotFoundError, ProcessLookupError):
+                break
+            parent_created = proctime.create_time_in(parent)
+            if created is None or parent_created is None or parent_created > created:
+                break
+            found.append(ppid)
+            fields = parent
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return []
+    return found
+
+
 def pids_of_uid(uid: int) -> Iterator[int]:
     """Pids of processes whose real uid is `uid`, newest first (a fresh holder is likelier)."""
-    import psutil
-
     for pid in sorted(all_pids(), reverse=True):
-        try:
-            if sys.platform == "linux":
-                if os.stat(f"/proc/{pid}").st_uid != uid:
-                    continue
-            elif psutil.Process(pid).uids().real != uid:
-                continue
-        except (OSError, psutil.Error):
-            continue
-        yield pid
+        if proctime.owner_uid(pid) == uid:
+            yield pid
 
 
 def session_id(pid: int) -> int | None:

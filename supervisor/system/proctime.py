@@ -67,18 +67,23 @@ if sys.platform == "linux":
     def stat_fields(pid: int) -> list[bytes] | None:
         """Fields of /proc/PID/stat after the command name: state, ppid, pgrp, ... (None: gone)."""
         try:
-            with open(f"/proc/{pid}/stat", "rb") as stat:
-                data = stat.read()
+            return read_stat(pid)
         except OSError:
             return None
+
+    def read_stat(pid: int) -> list[bytes]:
+        """`stat_fields`, raising the OSError of the read (ENOENT or ESRCH: gone)."""
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
         # The command name may contain spaces and parentheses: fields start after the last ')'.
         return data[data.rfind(b")") + 2 :].split()
 
     def create_time(pid: int) -> float | None:
         """When `pid` was created (psutil's float), or None if it is gone."""
-        return _created(stat_fields(pid))
+        return create_time_in(stat_fields(pid))
 
-    def _created(fields: list[bytes] | None) -> float | None:
+    def create_time_in(fields: list[bytes] | None) -> float | None:
+        """The create time in `stat_fields`' answer (None: none, or no boot time)."""
         boot = _boot_time()
         if fields is None or boot is None or len(fields) < 20:
             return None
@@ -87,7 +92,7 @@ if sys.platform == "linux":
     def is_alive(pid: int, created: float) -> bool:
         """True if `pid` runs (not a zombie) and was created at `created`."""
         fields = stat_fields(pid)
-        started = _created(fields)
+        started = create_time_in(fields)
         if fields is None or started is None or fields[0] == b"Z":
             return False
         return same_create_time(started, created)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import grp
 import os
@@ -13,10 +15,11 @@ import sys
 import textwrap
 from collections.abc import Iterator
 
+import psutil
 import pytest
 
 from supervisor.reconcile import holders
-from supervisor.system import net
+from supervisor.system import net, procs
 from supervisor.system.net import Listener, fallbacks, netlink
 from tests.support import PYTHON, Holder, _readline, free_port, pid_gone, wait_until
 
@@ -211,3 +214,120 @@ def test_forked_worker_sharing_the_socket_is_found_from_a_scan(
     address = f"127.0.0.1:{port}"
     assert pid_address_pairs(port) == {(master, address), (worker, address)}
     assert net.pids_listening(port, [worker]) == {worker}
+
+
+@contextlib.contextmanager
+def _blocked_child(argv: list[bytes], env: dict[bytes, bytes], shown: bytes) -> Iterator[int]:
+    """A child that waits on its stdin with `argv` and `env`, once /proc shows `shown` as its
+    command line (bash's `exec -a` changes it); it ends when the pipe closes."""
+    child = subprocess.Popen(argv, stdin=subprocess.PIPE, env=env)
+    try:
+        wait_until(lambda: _cmdline(child.pid) == shown, 10, f"the child to show {shown!r}")
+        yield child.pid
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(10)
+
+
+def _cmdline(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as file:
+        return file.read()
+
+
+@linux_only
+@pytest.mark.parametrize(
+    ("argv", "shown"),
+    [
+        pytest.param(
+            [b"bash", b"-c", b"exec -a 'my sidecar' cat"],
+            b"my sidecar\0",
+            id="one-argument-with-spaces",
+        ),
+        pytest.param(
+            [b"bash", b"-c", b"read line", b"\xff not utf-8", b"two words", b""],
+            b"bash\0-c\0read line\0\xff not utf-8\0two words\0\0",
+            id="odd-arguments",
+        ),
+        pytest.param([b"cat", b"-"], b"cat\0-\0", id="plain"),
+    ],
+)
+def test_process_facts_read_from_proc_are_psutils(argv: list[bytes], shown: bytes) -> None:
+    # On Linux the facts are read from /proc without psutil (its import was on the launch's
+    # path over an orphan); the classifier must see exactly what psutil showed it.
+    env = {b"PATH": os.environb[b"PATH"], b"EMPTY": b"", b"EQ": b"a=b=c", b"UNI": "é".encode()}
+    with _blocked_child(argv, env, shown) as pid:
+        ours = procs._facts_from_proc(pid, True)
+        assert ours is not None
+        assert ours == procs._facts_from_psutil(pid, True)
+        assert ours.environ is not None
+        shown_env = (ours.environ["EMPTY"], ours.environ["EQ"], ours.environ["UNI"])
+        assert shown_env == ("", "a=b=c", "é")
+        assert procs._facts_from_proc(pid, False) == procs._facts_from_psutil(pid, False)
+    if argv[2:3] == [b"exec -a 'my sidecar' cat"]:
+        assert ours.cmdline == ("my", "sidecar")  # psutil's reading of a title with spaces
+    me = os.getpid()
+    assert procs._facts_from_proc(me, True) == procs._facts_from_psutil(me, True)
+
+
+@linux_only
+def test_process_facts_of_a_zombie_and_of_a_reaped_child_are_none() -> None:
+    child = subprocess.Popen(["true"])
+    os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped: a zombie
+    created = procs.create_time(child.pid)
+    assert created is not None
+    assert procs._facts_from_proc(child.pid, True) is None
+    assert procs._facts_from_psutil(child.pid, True) is None
+    child.wait(10)
+    gone = procs._facts_from_proc(child.pid, True)
+    assert gone is None or gone.create_time != created  # (its pid may be another's by now)
+
+
+FACTS_WITHOUT_FDS = textwrap.dedent(
+    """
+    import os, resource, sys
+    from supervisor.system import procs
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 4, hard))
+    hogs = []
+    try:
+        while True:
+            hogs.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        pass
+    try:
+        found = procs.facts(os.getpid())
+    except OSError as exc:
+        outcome = f"raised {exc.errno}"
+    else:
+        outcome = f"answered {found is not None}"
+    for fd in hogs:
+        os.close(fd)
+    print(outcome)
+    """
+)
+
+
+@linux_only
+def test_process_facts_without_a_free_fd_raise_instead_of_saying_gone() -> None:
+    # "Gone" would let a sweep forget a ledger entry whose process lives (issue 25): a read
+    # that cannot be made is an error, as it was with psutil.
+    done = subprocess.run(
+        [PYTHON, "-c", FACTS_WITHOUT_FDS], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == f"raised {errno.EMFILE}", done.stderr
+
+
+@linux_only
+def test_ancestors_read_from_proc_are_psutils() -> None:
+    # A grandchild (bash -> cat) and the test itself: the chain up to pid 1 (or to the pid
+    # namespace's edge) as psutil's parents() gives it.
+    with _blocked_child(
+        [b"bash", b"-c", b"cat; true"], {b"PATH": os.environb[b"PATH"]}, b"bash\0-c\0cat; true\0"
+    ) as shell:
+        wait_until(lambda: bool(psutil.Process(shell).children()), 10, "bash to start cat")
+        (cat,) = psutil.Process(shell).children()
+        chain = procs._ancestors_from_proc(cat.pid)
+        assert chain[:2] == [shell, os.getpid()]
+        assert chain == procs._ancestors_from_psutil(cat.pid)
+    assert procs._ancestors_from_proc(os.getpid()) == procs._ancestors_from_psutil(os.getpid())
