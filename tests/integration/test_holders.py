@@ -21,7 +21,7 @@ import pytest
 from supervisor.reconcile import holders
 from supervisor.system import net, procs
 from supervisor.system.net import Listener, fallbacks, netlink
-from tests.support import PYTHON, Holder, _readline, free_port, pid_gone, wait_until
+from tests.support import PYTHON, ROOT, Holder, _readline, free_port, pid_gone, wait_until
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="netlink sock_diag is Linux-only")
 
@@ -285,24 +285,16 @@ def test_process_facts_of_a_zombie_and_of_a_reaped_child_are_none() -> None:
 
 FACTS_WITHOUT_FDS = textwrap.dedent(
     """
-    import os, resource, sys
+    import os
     from supervisor.system import procs
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 4, hard))
-    hogs = []
-    try:
-        while True:
-            hogs.append(os.open("/dev/null", os.O_RDONLY))
-    except OSError:
-        pass
-    try:
-        found = procs.facts(os.getpid())
-    except OSError as exc:
-        outcome = f"raised {exc.errno}"
-    else:
-        outcome = f"answered {found is not None}"
-    for fd in hogs:
-        os.close(fd)
+    from tests.helpers.nofds import no_fd_left
+    with no_fd_left():
+        try:
+            found = procs.facts(os.getpid())
+        except OSError as exc:
+            outcome = f"raised {exc.errno}"
+        else:
+            outcome = f"answered {found is not None}"
     print(outcome)
     """
 )
@@ -313,7 +305,12 @@ def test_process_facts_without_a_free_fd_raise_instead_of_saying_gone() -> None:
     # "Gone" would let a sweep forget a ledger entry whose process lives (issue 25): a read
     # that cannot be made is an error, as it was with psutil.
     done = subprocess.run(
-        [PYTHON, "-c", FACTS_WITHOUT_FDS], capture_output=True, text=True, timeout=60, check=True
+        [PYTHON, "-c", FACTS_WITHOUT_FDS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=True,
     )
     assert done.stdout.strip() == f"raised {errno.EMFILE}", done.stderr
 

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT and /pro
 # runs the code under test, releases them and prints what was logged as JSON lines.
 HARNESS = textwrap.dedent(
     """
-    import contextlib, json, os, resource, sys
+    import json, sys
     import anyio, structlog
     from structlog.testing import capture_logs
     from supervisor import config
@@ -38,26 +38,9 @@ HARNESS = textwrap.dedent(
     from supervisor.reconcile.decide import LaunchKind
     from supervisor.reconcile.preflight import Action, Context, Outcome, preflight
     from supervisor.sidecar.loop import wait_for_port
+    from tests.helpers.nofds import no_fd_left
 
     mode, port = sys.argv[1], int(sys.argv[2])
-
-    @contextlib.contextmanager
-    def no_fd_left():
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        used = len(os.listdir("/proc/self/fd"))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (used + 8, hard))
-        hogs = []
-        try:
-            while True:
-                hogs.append(os.open("/dev/null", os.O_RDONLY))
-        except OSError:
-            pass
-        try:
-            yield
-        finally:
-            for fd in hogs:
-                os.close(fd)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
     def ctx():
         return Context(our_pid=1, our_create_time=0.0, recorded_pid=lambda: None,
