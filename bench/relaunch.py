@@ -132,6 +132,9 @@ class Orphan:
         finally:
             first.kill()
         self.reaper = reap_when_gone(self.pid)
+        # With a cgroup per sidecar, the cgroup its killed daemon made (the next daemon on this
+        # state dir removes it at a clean stop; the script, or an early failure, does not).
+        self.cgroups = [Path(str(e["path"])) for e in first.find("cgroup_created")]
 
     def close(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -142,6 +145,10 @@ class Orphan:
             finally:
                 os.close(fd)
         self.reaper.join(10)
+        for cgroup in self.cgroups:  # the sidecar's, then our folder: each only once empty
+            for path in (cgroup, cgroup.parent):
+                with contextlib.suppress(OSError):  # gone already, or not empty yet
+                    path.rmdir()
 
 
 def write_config(work: Path, port: int, report_file: Path, isolation: str) -> Path:
