@@ -3,10 +3,10 @@
 or `cgroup_leftovers_killed` with a cgroup per sidecar), `sidecar_spawned`, the new child
 listening and `sidecar_ready`.
 
-`python -m bench relaunch [--samples N] [--editable]`. Each sample: a daemon starts the demo
-sidecar (tcp probe) and is SIGKILLed once it is ready; its child lives on, holding the port
-(reparented to the bench, a subreaper, which reaps it when it is killed). Then, in the same run,
-interleaved so that load hits each alike:
+`python -m bench relaunch [--samples N] [--editable] [--isolation auto|cgroup|none]`. Each
+sample: a daemon starts the demo sidecar (tcp probe) and is SIGKILLed once it is ready; its
+child lives on, holding the port (reparented to the bench, a subreaper, which reaps it when it is
+killed). Then, in the same run, interleaved so that load hits each alike:
 
 - ours: `supervisor run` on the same config and state dir (a regular install, as `coldstart`);
 - script: the original design by hand, a bash script: `lsof -t -iTCP:P -sTCP:LISTEN`, `ps` to
