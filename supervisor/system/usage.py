@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from supervisor.system import procs
+from supervisor.system import procs, proctime
 from supervisor.system.cgroups import Cgroup
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -42,19 +42,21 @@ def _proc_usage(pid: int) -> tuple[int, float] | None:
     if sys.platform != "linux":
         return procs.rss_and_cpu(pid)
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        with open(f"/proc/{pid}/statm", "rb") as f:
-            statm = f.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    try:
+        fields = proctime.read_stat(pid)
         cpu = (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime (fields 14, 15)
-        rss = int(statm.split()[1]) * _PAGE
-    except (IndexError, ValueError):
+    except (OSError, IndexError, ValueError):
         return None
-    return rss, cpu
+    rss = _rss(pid)
+    return (rss, cpu) if rss is not None else None
+
+
+def _rss(pid: int) -> int | None:
+    """The resident set of one process (Linux: /proc/PID/statm), or None."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _tree_usage(pids: Iterable[int]) -> tuple[int | None, float | None]:
@@ -72,15 +74,8 @@ def _tree_rss(pids: Iterable[int]) -> int | None:
     """The summed resident sets of `pids` (None if none could be read): statm alone."""
     if sys.platform != "linux":
         return _tree_usage(pids)[0]
-    total, seen = 0, False
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/statm", "rb") as f:
-                total += int(f.read().split()[1]) * _PAGE
-        except (OSError, IndexError, ValueError):
-            continue
-        seen = True
-    return total if seen else None
+    found = [rss for rss in map(_rss, pids) if rss is not None]
+    return sum(found) if found else None
 
 
 class Sampler:
