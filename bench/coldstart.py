@@ -11,6 +11,10 @@ Side by side, in the same run:
 - supervisord 4.x, exec -> its child's creation (psutil `create_time`: 10 ms resolution);
 - a bare `python -c pass` of the same interpreter, exec -> exited (interleaved with the samples:
   the floor the issue-30 target is set against, 5x);
+- the floor of the daemon's own stack: the same interpreter importing anyio and structlog (every
+  lifecycle step runs in anyio, every event goes through structlog) and starting an empty
+  `anyio.run`, exec -> the first instant its task runs. No spawn made in the lifecycle can come
+  sooner, whatever our own code costs;
 - `supervisor status --json` against a running daemon, and a bare `python -c pass`;
 - the import time of `supervisor.daemon` (`python -X importtime`, cumulative): a regression shows.
 
@@ -184,6 +188,27 @@ def one_pass(python: str) -> float:
     return ns_to_ms(time.time_ns() - started)
 
 
+STACK_FLOOR = """\
+import time
+import anyio
+import structlog
+
+async def first() -> None:
+    print(time.time_ns(), flush=True)
+
+anyio.run(first)
+"""
+
+
+def one_stack_floor(python: str) -> float:
+    """anyio and structlog imported, an empty `anyio.run`: exec -> its task's first instant."""
+    started = time.time_ns()
+    done = subprocess.run(
+        [python, "-c", STACK_FLOOR], cwd="/", capture_output=True, text=True, check=True
+    )
+    return ns_to_ms(int(done.stdout) - started)
+
+
 def one_supervisord(binary: Path) -> float:
     """supervisord: exec -> its first child's creation (10 ms resolution)."""
     port = free_port()
@@ -219,14 +244,17 @@ def run(samples: int, editable: bool) -> tuple[list[Row], list[Check], list[str]
     direct: list[float] = []
     theirs: list[float] = []
     bare: list[float] = []
+    stack: list[float] = []
     binary = supervisord_bin(notes)
     one_ours(command)  # unmeasured: warms the page cache
     one_direct()
     one_pass(python)
+    one_stack_floor(python)
     for _ in range(samples):
         ours.append(one_ours(command))
         direct.append(one_direct())
         bare.append(one_pass(python))
+        stack.append(one_stack_floor(python))
         if binary is not None:
             theirs.append(one_supervisord(binary))
     rows = [
@@ -243,6 +271,14 @@ def run(samples: int, editable: bool) -> tuple[list[Row], list[Check], list[str]
             "ours",
             "x",
             [s[1] / b for s, b in zip(ours, bare, strict=True)],
+        ),
+        row(BENCH, "exec -> first task, anyio + structlog", "stack floor", "ms", stack),
+        row(
+            BENCH,
+            "exec -> first task, anyio + structlog / python -c pass (pairs)",
+            "stack floor",
+            "x",
+            [f / b for f, b in zip(stack, bare, strict=True)],
         ),
     ]
     if theirs:
