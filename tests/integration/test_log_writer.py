@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import threading
 from collections.abc import Iterator
 
@@ -86,3 +87,48 @@ def test_a_closed_reader_costs_lines_never_an_exception(pipe: tuple[int, int]) -
         writer.write("lost\n")
     assert writer.drain(10.0)
     assert writer.dropped_total == 100
+
+
+def test_a_pipe_with_room_gets_the_line_before_write_returns(pipe: tuple[int, int]) -> None:
+    """No trip through the thread when stderr is a pipe with room (issue 30: a wake-up per line
+    was a tenth of the daemon's CPU in a crash storm); the shared fd's own flags are untouched."""
+    read_fd, write_fd = pipe
+    writer = LineWriter(write_fd)
+    os.set_blocking(read_fd, False)
+    for number in range(200):
+        writer.write(f"line {number}\n")
+        assert os.read(read_fd, 4096) == f"line {number}\n".encode()
+    assert os.get_blocking(write_fd)
+
+
+def test_a_socket_with_room_gets_the_line_before_write_returns() -> None:
+    ours, reader = socket.socketpair()
+    with ours, reader:
+        writer = LineWriter(ours.fileno())
+        reader.setblocking(False)
+        writer.write("over a socket\n")
+        assert reader.recv(4096) == b"over a socket\n"
+        assert ours.getblocking()
+
+
+def test_lines_keep_their_order_when_the_pipe_fills_and_empties(pipe: tuple[int, int]) -> None:
+    """Written at once while there is room, queued behind the thread when there is not: the
+    reader still gets every line, in order."""
+    read_fd, write_fd = pipe
+    writer = LineWriter(write_fd, max_bytes=64 << 20)
+    count = 20_000  # ~0.5 MB: many times the pipe
+    received = bytearray()
+
+    def read_slowly() -> None:
+        while received.count(b"\n") < count:
+            received.extend(os.read(read_fd, 1024))
+
+    reader = threading.Thread(target=read_slowly, daemon=True)
+    reader.start()
+    for number in range(count):
+        writer.write(f"{number:08d} {'x' * 16}\n")
+    reader.join(30)
+    assert not reader.is_alive()
+    assert writer.dropped_total == 0
+    lines = bytes(received).splitlines()
+    assert [int(line.split()[0]) for line in lines] == list(range(count))
