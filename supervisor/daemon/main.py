@@ -797,4 +797,7 @@ async def _reap_adopted() -> None:
     with anyio.open_signal_receiver(signal.SIGCHLD) as exits:
         await workers.run_sync(reaper.reap_adopted)
         async for _ in exits:
-            await workers.run_sync(reaper.reap_adopted)
+            # Most exits are of our own sidecars (their pidfds see them): a trip to a worker
+            # thread per SIGCHLD only when an adopted orphan is among our children at all.
+            if reaper.any_adopted():
+                await workers.run_sync(reaper.reap_adopted)

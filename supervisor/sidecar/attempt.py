@@ -71,7 +71,6 @@ class Attempt:
         *,
         host: AttemptHost,
         log: FilteringBoundLogger,
-        chores: anyio.abc.TaskGroup | None = None,
         listen: inherit.ListenSocket | None = None,
         output_log: OutputLog | None = None,
     ) -> None:
@@ -81,7 +80,6 @@ class Attempt:
         self.state = rt.state
         self.host = host
         self.log = log
-        self.chores = chores  # the sidecar's: bookkeeping that need not hold up a restart
         self.output_events = logs.get_output(sidecar=config.name)
         self.child: children.Child | None = None
         self.ready_child: children.Child | None = None
@@ -228,12 +226,7 @@ class Attempt:
                     await self._stop_child(child)
                     await self._stop_left(tree)
                 await recorded.wait()
-                chores = self.chores
-                if chores is not None:
-                    # Off the respawn path: the session scan may take a few ms.
-                    chores.start_soon(self.records.forget_spawn, child)
-                else:
-                    await self.records.forget_spawn(child)
+                self.records.forget_spawn(child)
                 self._release(child)
                 self._close_notify()
         exit_status = child.status
@@ -293,7 +286,7 @@ class Attempt:
 
     async def _became_ready(self, child: children.Child, spawned: float) -> None:
         self.ready_child = child
-        await self.records.write_pidfile(child)
+        self.records.write_pidfile(child)
         elapsed_ms = round((time.monotonic() - spawned) * 1000, 1)
         self.host.ready(child)
         self.log.info("sidecar_ready", pid=child.pid, elapsed_ms=elapsed_ms, url=self.config.url)

@@ -53,7 +53,6 @@ class Sidecar:
         self.reason: str | None = None
         self.last_exit: status.LastExit | None = None
         self.attempt: Attempt | None = None
-        self._chores: anyio.abc.TaskGroup | None = None
         self.abandoned = False  # a child of it outlived SIGKILL (left unreaped)
         # For the control API's events: who holds the port, when the next attempt is due, and
         # the child's latest output lines.
@@ -111,9 +110,7 @@ class Sidecar:
             with anyio.CancelScope() as scope:
                 self._scope = scope
                 task_status.started()
-                async with anyio.create_task_group() as chores:
-                    self._chores = chores
-                    await self._supervise(self._kind(launch))
+                await self._supervise(self._kind(launch))
         finally:
             self._settled.set()
             if self._output_log is not None:
@@ -138,8 +135,6 @@ class Sidecar:
 
     async def stop(self) -> None:
         """Stop gracefully (idempotent); returns once the child and its group are gone."""
-        if self.attempt is not None:
-            self.attempt.chores = None  # its bookkeeping now happens before it returns
         if self._scope is not None:
             self._scope.cancel()
         await self._finished.wait()
@@ -273,7 +268,6 @@ class Sidecar:
                 self.rt,
                 host=self,
                 log=self.log,
-                chores=self._chores,
                 listen=listen,
                 output_log=self._output_log,
             )

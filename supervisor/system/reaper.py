@@ -102,6 +102,15 @@ def _children(parent: int | None) -> list[int]:
         return []
 
 
+def any_adopted() -> bool:
+    """Whether a child of ours, living or exited, is not one we forked: whether `reap_adopted`
+    has anything to do (one read of /proc, cheap enough for the event loop).
+
+    Without the lock: a membership test is atomic under the GIL, and a pid forked but not yet
+    registered can only make this True (a wasted reap), never hide an adopted orphan."""
+    return any(pid not in _forked for pid in _children(None))
+
+
 def adopted(parent: int | None = None) -> list[int]:
     """Living children of ours that we did not fork: orphans adopted as a subreaper."""
     with _lock:
