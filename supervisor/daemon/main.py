@@ -436,6 +436,7 @@ class Daemon:
     async def run(self) -> None:
         with anyio.open_signal_receiver(*signals.HANDLED) as received:
             signals.unblock()  # before anything is spawned: children inherit the mask
+            workers.limit_threads()
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 tg.start_soon(self._receive_signals, received)

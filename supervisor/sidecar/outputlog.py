@@ -132,5 +132,6 @@ class OutputLog:
     async def aclose(self) -> None:
         """Flush what is queued (bounded; off the loop), close the file, report lost lines."""
         with anyio.CancelScope(shield=True):
-            await workers.run_sync(self._writer.close, CLOSE_TIMEOUT_S)
+            # All sidecars close theirs at once at a reload or a stop: none waits for another.
+            await workers.run_sync(self._writer.close, CLOSE_TIMEOUT_S, own_thread=True)
         self._report(final=True)
