@@ -87,6 +87,8 @@ class Records:
             # On the event loop, as its removal: a new small file and a rename, not fsynced
             # (~50 us on ext4, ~25 on tmpfs), where a trip to a worker thread and back costs
             # more CPU than the write (two thread wake-ups; measured in a crash storm, issue 30).
+            # A state dir on a network file system that hangs would stall the loop here, as
+            # the removal always could: a trade-off made for the usual local state dir.
             self._write_pidfile(self._pid_record(child))
             self.log.info("pidfile_written", path=str(self.pidfile_path), pid=child.pid)
         except OSError as exc:

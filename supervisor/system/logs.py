@@ -1,11 +1,11 @@
 """structlog set-up: one event per line, JSON off a TTY, console on one; the bounded writer.
 
-Logging can never block the event loop or raise into supervision: a log call only renders the
-line and appends it to a bounded buffer; a writer thread owns the slow, fallible part (the
-write(2) to stderr). When stderr is a pipe or a socket and nothing is queued, the line is written
-at once by a write that cannot wait (`_NoWait`), which spares the thread a wake-up per line (in a
-crash storm, a tenth of the daemon's CPU went to those). stderr that is closed, full, never read,
-or failing (EPIPE, EIO, ENOSPC) costs log lines, which are counted and reported as
+Logging can never block the event loop or raise into supervision: a log call renders the line
+and either writes it at once with a write that cannot wait (`_NoWait`: stderr is a pipe or a
+socket with room, and nothing is queued) or appends it to a bounded buffer, whose writer thread
+owns the slow, fallible part (the write(2) to stderr). The first spares the thread a wake-up per
+line: in a crash storm, a tenth of the daemon's CPU went to those. stderr that is closed, full,
+never read, or failing (EPIPE, EIO, ENOSPC) costs log lines, which are counted and reported as
 `log_lines_dropped` once a write works again (and at shutdown) — never a stall or an exception
 where the daemon supervises.
 """
@@ -54,7 +54,8 @@ class LineWriter:
     """A file descriptor behind a bounded buffer and a writer thread (the TextIO structlog uses).
 
     `write` never blocks on the fd and never raises: when the buffer is full the line is dropped
-    and counted. The thread writes whole lines; a failed write drops what it held.
+    and counted. The thread writes what is queued (whole lines, or the rest of one a socket took
+    part of); a failed write drops what it held.
     """
 
     def __init__(self, fd: int, max_bytes: int = MAX_BUFFERED_BYTES) -> None:
@@ -213,7 +214,8 @@ class _NoWait:
             if stat.S_ISFIFO(mode):
                 flags = os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC
                 return cls(os.open(f"/proc/self/fd/{fd}", flags), None)
-            if stat.S_ISSOCK(mode):
+            # A default socket timeout would make the shared description non-blocking.
+            if stat.S_ISSOCK(mode) and socket.getdefaulttimeout() is None:
                 dup = os.dup(fd)
                 try:
                     return cls(dup, socket.socket(fileno=dup))

@@ -82,7 +82,7 @@ def _children(parent: int | None) -> list[int]:
     find_alive_thread: the thread list starts with the group leader), and our leader runs the
     event loop as long as the daemon lives: its own children list has every orphan we adopted.
     Reading every thread's list instead costs ~1 ms per SIGCHLD with 50 sidecars (a thread per
-    output.log writer, 40 workers). Our own forks from worker threads are in `_forked` anyway.
+    output.log writer, up to 8 workers). Our own forks from worker threads are in `_forked`.
     """
     me = os.getpid()
     if parent is not None and parent != me:
@@ -90,11 +90,8 @@ def _children(parent: int | None) -> list[int]:
     try:
         if sys.platform == "linux":
             # Without CONFIG_PROC_CHILDREN (no such file): the slow way below.
-            with (
-                contextlib.suppress(FileNotFoundError),
-                open(f"/proc/{me}/task/{me}/children", "rb") as listing,
-            ):
-                return [int(word) for word in listing.read().split()]
+            with contextlib.suppress(FileNotFoundError):
+                return _leader_children()
         return procs.child_pids(me)
     except OSError:
         # Out of fds (EMFILE) or /proc unreadable: none seen this time. An exited orphan is
@@ -102,13 +99,26 @@ def _children(parent: int | None) -> list[int]:
         return []
 
 
+def _leader_children() -> list[int]:
+    """Our leader thread's children, from the kernel's list (OSError where it has none)."""
+    me = os.getpid()
+    with open(f"/proc/{me}/task/{me}/children", "rb") as listing:
+        return [int(word) for word in listing.read().split()]
+
+
 def any_adopted() -> bool:
     """Whether a child of ours, living or exited, is not one we forked: whether `reap_adopted`
-    has anything to do (one read of /proc, cheap enough for the event loop).
+    has anything to do. One read of /proc, cheap enough for the event loop; where that list
+    cannot be read (no CONFIG_PROC_CHILDREN, not Linux, out of fds), True: the scan that
+    `reap_adopted` then makes stays in its worker thread.
 
     Without the lock: a membership test is atomic under the GIL, and a pid forked but not yet
     registered can only make this True (a wasted reap), never hide an adopted orphan."""
-    return any(pid not in _forked for pid in _children(None))
+    try:
+        children = _leader_children()
+    except OSError:
+        return True
+    return any(pid not in _forked for pid in children)
 
 
 def adopted(parent: int | None = None) -> list[int]:

@@ -26,7 +26,9 @@ LOG_EVERY_S = 60.0  # a shortage lasts: one line per minute at most, with the co
 # The daemon's worker threads (anyio's default is 40). Each call is short (a /proc scan, a small
 # file, an fsync), and a pool that grows to 40 in a crash storm and shrinks again when they idle
 # out left the daemon's RSS 0.4-1.0 MiB higher after every storm of `bench scale` (8 threads:
-# 0.1-0.3 MiB, levelling off). A wait that may last (a stuck disk) takes `own_thread=True`.
+# 0.3-0.4 MiB). A wait that may last and that many callers make at once (every sidecar's
+# output.log flush at a reload, on a stuck disk) passes `own_thread=True`; the status writer's
+# fsync, one at a time, holds at most one of the 8.
 DAEMON_THREADS = 8
 
 
@@ -49,8 +51,9 @@ def limit_threads(count: int = DAEMON_THREADS) -> None:
 async def run_sync(func: Callable[[*Ts], T], *args: *Ts, own_thread: bool = False) -> T:
     """`func(*args)` in a worker thread; on the loop's thread when none can be started.
 
-    `own_thread`: outside the pool's limit, for a call that may wait long (bounded) and must
-    not hold up the others while it does: a flush to a disk that may be stuck."""
+    `own_thread`: outside the pool's limit (an idle worker may still be reused, or a thread is
+    started), for a call that may wait long (bounded) and must not hold up the others while it
+    does: a flush to a disk that may be stuck."""
     started = False
 
     def call() -> T:

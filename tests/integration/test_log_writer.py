@@ -79,10 +79,18 @@ def test_child_output_cannot_crowd_out_the_daemons_own_events(pipe: tuple[int, i
     assert writer.dropped_total == flood_dropped
 
 
-def test_a_closed_reader_costs_lines_never_an_exception(pipe: tuple[int, int]) -> None:
+@pytest.mark.parametrize("reader_gone", ["before the writer", "after the writer"])
+def test_a_closed_reader_costs_lines_never_an_exception(
+    pipe: tuple[int, int], reader_gone: str
+) -> None:
+    """Before: the pipe cannot be reopened (ENXIO), the thread meets EPIPE. After: the first
+    line meets it in the direct write, the rest go through the thread."""
     read_fd, write_fd = pipe
-    os.close(read_fd)  # EPIPE from now on (Python ignores SIGPIPE)
+    if reader_gone == "before the writer":
+        os.close(read_fd)  # EPIPE from now on (Python ignores SIGPIPE)
     writer = LineWriter(write_fd)
+    if reader_gone == "after the writer":
+        os.close(read_fd)
     for _ in range(100):
         writer.write("lost\n")
     assert writer.drain(10.0)
@@ -108,7 +116,7 @@ def test_a_socket_with_room_gets_the_line_before_write_returns() -> None:
         reader.setblocking(False)
         writer.write("over a socket\n")
         assert reader.recv(4096) == b"over a socket\n"
-        assert ours.getblocking()
+        assert os.get_blocking(ours.fileno())
 
 
 def test_lines_keep_their_order_when_the_pipe_fills_and_empties(pipe: tuple[int, int]) -> None:
@@ -132,3 +140,20 @@ def test_lines_keep_their_order_when_the_pipe_fills_and_empties(pipe: tuple[int,
     assert writer.dropped_total == 0
     lines = bytes(received).splitlines()
     assert [int(line.split()[0]) for line in lines] == list(range(count))
+
+
+def test_a_paused_writer_holds_even_the_lines_it_could_write_at_once(
+    pipe: tuple[int, int],
+) -> None:
+    """A question open on the terminal: nothing is written over it, not even to a pipe with
+    room; what was held comes out after it, in order."""
+    read_fd, write_fd = pipe
+    writer = LineWriter(write_fd)
+    os.set_blocking(read_fd, False)
+    with writer.paused():
+        writer.write("held 1\n")
+        writer.write("held 2\n")
+        with pytest.raises(BlockingIOError):
+            os.read(read_fd, 4096)
+    assert writer.drain(10.0)
+    assert os.read(read_fd, 4096) == b"held 1\nheld 2\n"

@@ -467,3 +467,42 @@ def test_a_slow_lookup_does_not_delay_another_sidecars_respawn(tmp_path: Path) -
         # Had the scan held the loop, b could not have been spawned more than once before it.
         assert len(spawned_before) >= 3, f"b spawned {len(spawned_before)}x during a's lookup"
         assert daemon.stop() == 0
+
+
+ANY_ADOPTED = textwrap.dedent(
+    """
+    import subprocess
+    from supervisor.system import reaper
+    from tests.helpers.nofds import no_fd_left
+    said = [reaper.any_adopted()]  # no child at all
+    ours = reaper.fork_registered(lambda: subprocess.Popen(["sleep", "30"]), lambda p: p.pid)
+    stranger = None
+    try:
+        said.append(reaper.any_adopted())  # only a fork of ours
+        # A child we did not fork through the reaper: what an adopted orphan looks like.
+        stranger = subprocess.Popen(["sleep", "30"])
+        said.append(reaper.any_adopted())
+        with no_fd_left():  # the list cannot be read: the worker thread is asked to look
+            said.append(reaper.any_adopted())
+    finally:
+        for child in (ours, stranger):
+            if child is not None:
+                child.kill()
+                child.wait()
+    print(said)
+    """
+)
+
+
+@linux_only
+def test_a_sigchld_goes_to_the_reaper_thread_only_when_an_orphan_may_be_there() -> None:
+    # Run in a fresh interpreter: its only children are the ones the script makes.
+    done = subprocess.run(
+        [PYTHON, "-c", ANY_ADOPTED],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=True,
+    )
+    assert done.stdout.strip() == "[False, False, True, True]", done.stderr
