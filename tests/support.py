@@ -30,6 +30,21 @@ ROOT = Path(__file__).resolve().parent.parent
 Event = dict[str, Any]
 
 
+def run_script(code: str, timeout_s: float = 60.0) -> str:
+    """What `code` prints, run by a fresh interpreter from the checkout (it may import `tests.`):
+    a process whose only children, fds and limits are the script's own. It must exit 0."""
+    done = subprocess.run(
+        [PYTHON, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr  # its traceback, where check=True would hide it
+    return done.stdout.strip()
+
+
 def free_port(*, ipv6: bool = False) -> int:
     """A TCP port that is free right now on 127.0.0.1 (and ::1/:: when `ipv6`)."""
     while True:

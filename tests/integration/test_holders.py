@@ -21,7 +21,15 @@ import pytest
 from supervisor.reconcile import holders
 from supervisor.system import net, procs
 from supervisor.system.net import Listener, fallbacks, netlink
-from tests.support import PYTHON, ROOT, Holder, _readline, free_port, pid_gone, wait_until
+from tests.support import (
+    PYTHON,
+    Holder,
+    _readline,
+    free_port,
+    pid_gone,
+    run_script,
+    wait_until,
+)
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="netlink sock_diag is Linux-only")
 
@@ -304,15 +312,7 @@ FACTS_WITHOUT_FDS = textwrap.dedent(
 def test_process_facts_without_a_free_fd_raise_instead_of_saying_gone() -> None:
     # "Gone" would let a sweep forget a ledger entry whose process lives (issue 25): a read
     # that cannot be made is an error, as it was with psutil.
-    done = subprocess.run(
-        [PYTHON, "-c", FACTS_WITHOUT_FDS],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        check=True,
-    )
-    assert done.stdout.strip() == f"raised {errno.EMFILE}", done.stderr
+    assert run_script(FACTS_WITHOUT_FDS) == f"raised {errno.EMFILE}"
 
 
 @linux_only

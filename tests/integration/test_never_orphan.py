@@ -35,6 +35,7 @@ from tests.support import (
     free_port,
     pid_gone,
     read_status,
+    run_script,
     stamp_ns,
     wait_until,
     write_config,
@@ -497,12 +498,4 @@ ANY_ADOPTED = textwrap.dedent(
 @linux_only
 def test_a_sigchld_goes_to_the_reaper_thread_only_when_an_orphan_may_be_there() -> None:
     # Run in a fresh interpreter: its only children are the ones the script makes.
-    done = subprocess.run(
-        [PYTHON, "-c", ANY_ADOPTED],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        check=True,
-    )
-    assert done.stdout.strip() == "[False, False, True, True]", done.stderr
+    assert run_script(ANY_ADOPTED) == "[False, False, True, True]"
